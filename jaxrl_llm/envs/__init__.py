@@ -1,0 +1,54 @@
+"""Verifiable tasks, rewards and multi-turn text environments (host-side Python, no JAX).
+
+- `task`: the `VerifiableTask` interface and `Problem`.
+- `arithmetic`: built-in arithmetic tasks with graded difficulty and disjoint splits.
+- `math_answer`: `\\boxed{}` / final-number extraction and exact numeric answer checking.
+- `math_task`: a verifiable task over in-memory (question, answer) records.
+- `rewards`: correctness, format and overlong-length rewards, `[B, R]` reward vectors.
+- `thinking`: `</think>` split, no-think detection, degenerate repetition, AutoThink base reward.
+- `text_env`: the multi-turn `TextEnv` protocol and `BatchedTextEnv`.
+- `text_shop`: TextShop, a small WebShop-like environment.
+"""
+
+from jaxrl_llm.envs.arithmetic import ARITHMETIC_LEVELS, ArithmeticLevel, ArithmeticTask
+from jaxrl_llm.envs.math_answer import check_answer, extract_answer, normalize_answer
+from jaxrl_llm.envs.math_task import MathAnswerTask
+from jaxrl_llm.envs.rewards import (
+    DEFAULT_REWARD_SPEC,
+    RewardSpec,
+    combine_rewards,
+    conjunctive_reward,
+    correctness_rewards,
+    format_rewards,
+    overlong_penalty,
+    reward_vectors,
+    score_batch,
+)
+from jaxrl_llm.envs.task import Problem, VerifiableTask
+from jaxrl_llm.envs.text_env import BatchedTextEnv, TextEnv, extract_action
+from jaxrl_llm.envs.text_shop import TextShop
+
+__all__ = [
+    "ARITHMETIC_LEVELS",
+    "ArithmeticLevel",
+    "ArithmeticTask",
+    "BatchedTextEnv",
+    "DEFAULT_REWARD_SPEC",
+    "MathAnswerTask",
+    "Problem",
+    "RewardSpec",
+    "TextEnv",
+    "TextShop",
+    "VerifiableTask",
+    "check_answer",
+    "combine_rewards",
+    "conjunctive_reward",
+    "correctness_rewards",
+    "extract_action",
+    "extract_answer",
+    "format_rewards",
+    "normalize_answer",
+    "overlong_penalty",
+    "reward_vectors",
+    "score_batch",
+]

@@ -1,0 +1,110 @@
+"""Grouped-query softmax attention with RoPE, optional q/k/v biases (Qwen2) and q/k RMSNorm (Qwen3)."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxrl_llm.models.cache import KVCache, write_slots
+from jaxrl_llm.models.linear import linear, weight_as
+from jaxrl_llm.models.norm import RMSNorm
+from jaxrl_llm.models.params import constant_param, normal_param
+from jaxrl_llm.models.rope import apply_rope
+
+# Finite, so rows with no visible key (padding queries) give a uniform average instead of NaN.
+_MASKED = -1e30
+
+
+class MixerContext(NamedTuple):
+    """Per-forward inputs shared by every layer's mixer.
+
+    positions: `[B, T]` int32 RoPE positions of the queries.
+    segment_ids: `[B, T]` int32 query segments (0 = padding).
+    mask: `[B, T, S]` bool, query t may attend key slot s (S = T without a cache, else cache length).
+    cos, sin: `[B, T, Dh]` float32 RoPE tables.
+    cache_index: `[]` int32 first slot written by this call, or None without a cache.
+    """
+
+    positions: jax.Array
+    segment_ids: jax.Array
+    mask: jax.Array
+    cos: jax.Array
+    sin: jax.Array
+    cache_index: jax.Array | None
+
+
+def attention_mask(q_segment_ids: jax.Array, q_slots: jax.Array, k_segment_ids: jax.Array,
+                   k_slots: jax.Array) -> jax.Array:
+    """`[B, T, S]` bool: same non-zero segment and key slot not after the query slot.
+
+    q_segment_ids `[B, T]`, q_slots `[T]`, k_segment_ids `[B, S]`, k_slots `[S]`.
+    """
+    same_segment = q_segment_ids[:, :, None] == k_segment_ids[:, None, :]
+    causal = k_slots[None, None, :] <= q_slots[None, :, None]
+    return same_segment & causal & (k_segment_ids[:, None, :] != 0)
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """Softmax attention, softmax in float32.
+
+    q `[B, T, H, Dh]`, k/v `[B, S, KVH, Dh]` (H a multiple of KVH), mask `[B, T, S]` -> `[B, T, H, Dh]`.
+    """
+    b, t, h, dh = q.shape
+    kvh = k.shape[2]
+    q = q.reshape(b, t, kvh, h // kvh, dh)
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k.astype(q.dtype), preferred_element_type=jnp.float32)
+    scores = scores * (dh ** -0.5)
+    scores = jnp.where(mask[:, None, None, :, :], scores, _MASKED)
+    probs = jax.nn.softmax(scores, axis=-1)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs.astype(q.dtype), v.astype(q.dtype),
+                     preferred_element_type=jnp.float32)
+    return out.reshape(b, t, h, dh).astype(q.dtype)
+
+
+class Attention(nnx.Module):
+    """GQA self-attention. Weights `[in, out]`: q `[D, H*Dh]`, k/v `[D, KVH*Dh]`, o `[H*Dh, D]`."""
+
+    def __init__(self, config, *, rngs: nnx.Rngs):
+        c = config
+        pd = c.jnp_param_dtype
+        self.num_heads, self.num_kv_heads, self.head_dim = c.num_heads, c.num_kv_heads, c.head_dim
+        self.dtype = c.jnp_dtype
+        q_out, kv_out = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
+        self.q_proj = normal_param(rngs, (c.hidden_size, q_out), ("embed", "heads"), pd)
+        self.k_proj = normal_param(rngs, (c.hidden_size, kv_out), ("embed", "kv_heads"), pd)
+        self.v_proj = normal_param(rngs, (c.hidden_size, kv_out), ("embed", "kv_heads"), pd)
+        self.o_proj = normal_param(rngs, (q_out, c.hidden_size), ("heads", "embed"), pd)
+        self.use_bias = c.attention_bias
+        if c.attention_bias:
+            self.q_bias = constant_param(0.0, (q_out,), ("heads",), pd)
+            self.k_bias = constant_param(0.0, (kv_out,), ("kv_heads",), pd)
+            self.v_bias = constant_param(0.0, (kv_out,), ("kv_heads",), pd)
+        self.use_qk_norm = c.qk_norm
+        if c.qk_norm:
+            self.q_norm = RMSNorm(c.head_dim, eps=c.rms_norm_eps, param_dtype=pd)
+            self.k_norm = RMSNorm(c.head_dim, eps=c.rms_norm_eps, param_dtype=pd)
+
+    def _project(self, x, name: str, heads: int) -> jax.Array:
+        y = linear(x, getattr(self, f"{name}_proj").get_value())
+        if self.use_bias:
+            y = y + weight_as(getattr(self, f"{name}_bias").get_value(), y.dtype)
+        return y.reshape(*x.shape[:2], heads, self.head_dim)
+
+    def __call__(self, x: jax.Array, ctx: MixerContext, cache: KVCache | None):
+        """x `[B, T, D]` -> (`[B, T, D]`, updated `KVCache` or None)."""
+        q = self._project(x, "q", self.num_heads)
+        k = self._project(x, "k", self.num_kv_heads)
+        v = self._project(x, "v", self.num_kv_heads)
+        if self.use_qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = apply_rope(q, ctx.cos, ctx.sin)
+        k = apply_rope(k, ctx.cos, ctx.sin)
+        if cache is not None:
+            cache = KVCache(write_slots(cache.k, k, ctx.cache_index), write_slots(cache.v, v, ctx.cache_index))
+            k, v = cache.k, cache.v
+        out = attend(q, k, v, ctx.mask)
+        out = out.reshape(*x.shape[:2], self.num_heads * self.head_dim)
+        return linear(out, self.o_proj.get_value()), cache

@@ -1,0 +1,112 @@
+"""`Decoder`: embedding, a stack of `DecoderLayer`s, final RMSNorm and the lm_head."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxrl_llm.models.attention import MixerContext, attention_mask
+from jaxrl_llm.models.cache import DecoderCache, write_slots
+from jaxrl_llm.models.config import ModelConfig
+from jaxrl_llm.models.layers import DecoderLayer, mixer_spec
+from jaxrl_llm.models.linear import embedding_lookup, linear
+from jaxrl_llm.models.norm import RMSNorm
+from jaxrl_llm.models.params import normal_param
+from jaxrl_llm.models.rope import inverse_frequencies, rope_tables
+
+
+def init_cache(config: ModelConfig, batch_size: int, max_len: int, dtype=None) -> DecoderCache:
+    """An empty cache of `max_len` slots for `batch_size` rows; `dtype` defaults to `config.dtype`."""
+    dtype = jnp.dtype(dtype or config.dtype)
+    layers = tuple(mixer_spec(t).init_cache(config, batch_size, max_len, dtype)
+                   for t in config.resolved_layer_types)
+    return DecoderCache(layers=layers, segment_ids=jnp.zeros((batch_size, max_len), jnp.int32),
+                        index=jnp.zeros((), jnp.int32))
+
+
+class Decoder(nnx.Module):
+    """A causal decoder (Qwen2/Qwen3/Llama-3 family, optionally with other mixer layer types).
+
+    Call: `model(tokens [B, T] int32, positions [B, T] int32, *, segment_ids [B, T] | None,
+    cache | None, return_hidden=False, return_logits=True)` -> `(logits [B, T, V] float32,
+    new_cache)`, plus `hidden [B, T, D]` (after the final norm) when `return_hidden`. Segment id 0
+    marks padding; tokens attend only to earlier tokens of their own non-zero segment.
+    """
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        pd = config.jnp_param_dtype
+        self.embed = normal_param(rngs, (config.vocab_size, config.hidden_size), ("vocab", "embed"), pd)
+        self.layers = nnx.List([DecoderLayer(config, t, rngs=rngs) for t in config.resolved_layer_types])
+        self.final_norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps, param_dtype=pd)
+        if not config.tie_word_embeddings:
+            self.lm_head = normal_param(rngs, (config.hidden_size, config.vocab_size), ("embed", "vocab"), pd)
+
+    def lm_head_weight(self) -> Any:
+        """`[D, V]`: the lm_head, or the embedding transposed when embeddings are tied."""
+        if self.config.tie_word_embeddings:
+            return self.embed.get_value().T
+        return self.lm_head.get_value()
+
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        """`hidden [B, T, D]` -> `logits [B, T, V]` float32."""
+        return linear(hidden, self.lm_head_weight(), out_dtype=jnp.float32)
+
+    def hidden(self, tokens: jax.Array, positions: jax.Array, *, segment_ids: jax.Array | None = None,
+               cache: DecoderCache | None = None) -> tuple[jax.Array, DecoderCache | None]:
+        """Final-norm hidden states `[B, T, D]` (compute dtype) and the updated cache; no lm_head."""
+        segment_ids = _check_inputs(tokens, positions, segment_ids, cache)
+        t = tokens.shape[1]
+        if cache is None:
+            slots = jnp.arange(t, dtype=jnp.int32)
+            mask = attention_mask(segment_ids, slots, segment_ids, slots)
+            index = None
+        else:
+            index = cache.index
+            slot_segments = write_slots(cache.segment_ids, segment_ids, index)
+            mask = attention_mask(segment_ids, index + jnp.arange(t, dtype=jnp.int32), slot_segments,
+                                  jnp.arange(cache.max_len, dtype=jnp.int32))
+        c = self.config
+        cos, sin = rope_tables(positions, inverse_frequencies(c.head_dim, c.rope_theta, c.rope_scaling))
+        ctx = MixerContext(positions=positions, segment_ids=segment_ids, mask=mask, cos=cos, sin=sin,
+                           cache_index=index)
+        x = embedding_lookup(self.embed.get_value(), tokens, self.config.jnp_dtype)
+        new_layers = []
+        for i, layer in enumerate(self.layers):
+            x, layer_cache = layer(x, ctx, None if cache is None else cache.layers[i])
+            new_layers.append(layer_cache)
+        x = self.final_norm(x)
+        if cache is None:
+            return x, None
+        return x, DecoderCache(layers=tuple(new_layers), segment_ids=slot_segments, index=index + t)
+
+    def __call__(self, tokens: jax.Array, positions: jax.Array, *, segment_ids: jax.Array | None = None,
+                 cache: DecoderCache | None = None, return_hidden: bool = False, return_logits: bool = True):
+        """See the class docstring; `return_logits=False` skips the lm_head (logits is None)."""
+        hidden, new_cache = self.hidden(tokens, positions, segment_ids=segment_ids, cache=cache)
+        logits = self.logits(hidden) if return_logits else None
+        if return_hidden:
+            return logits, new_cache, hidden
+        return logits, new_cache
+
+
+def _check_inputs(tokens, positions, segment_ids, cache) -> jax.Array:
+    """Validates shapes and dtypes; returns segment_ids (all ones when None)."""
+    if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
+        raise ValueError(f"tokens must be [B, T] integers; got shape {tokens.shape} dtype {tokens.dtype}")
+    if positions.shape != tokens.shape or not jnp.issubdtype(positions.dtype, jnp.integer):
+        raise ValueError(f"positions must be [B, T] = {tokens.shape} integers; "
+                         f"got shape {positions.shape} dtype {positions.dtype}")
+    if segment_ids is None:
+        segment_ids = jnp.ones(tokens.shape, jnp.int32)
+    elif segment_ids.shape != tokens.shape:
+        raise ValueError(f"segment_ids must be [B, T] = {tokens.shape}; got {segment_ids.shape}")
+    if cache is not None:
+        if cache.batch_size != tokens.shape[0]:
+            raise ValueError(f"cache batch size {cache.batch_size} does not match tokens [B, T] = {tokens.shape}")
+        if tokens.shape[1] > cache.max_len:
+            raise ValueError(f"tokens length {tokens.shape[1]} exceeds cache max_len {cache.max_len}")
+    return segment_ids.astype(jnp.int32)

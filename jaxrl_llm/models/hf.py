@@ -1,0 +1,152 @@
+"""Hugging Face checkpoints in and out: `config.json` + safetensors <-> `Decoder`.
+
+HF linears store `[out, in]`; ours store `[in, out]`, so those tensors are transposed on the way in
+and out. Loading reads one tensor at a time; with a mesh, every device's shard is read straight from
+the memory-mapped file into its slot of a sharded array (`jax.make_array_from_callback`), so no
+host ever holds a full copy per device.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+
+from jaxrl_llm.models.config import ATTENTION, ModelConfig
+from jaxrl_llm.models.decoder import Decoder
+from jaxrl_llm.models.safetensors_io import SINGLE_FILE, CheckpointReader
+
+ShardingRules = Callable[[tuple[str | None, ...], Mesh], NamedSharding]
+StatePath = tuple[Any, ...]
+
+
+def hf_tensor_names(config: ModelConfig) -> dict[str, tuple[StatePath, bool]]:
+    """HF tensor name -> (path in `nnx.state(Decoder)`, whether HF stores it transposed)."""
+    names: dict[str, tuple[StatePath, bool]] = {
+        "model.embed_tokens.weight": (("embed",), False),
+        "model.norm.weight": (("final_norm", "scale"), False),
+    }
+    if not config.tie_word_embeddings:
+        names["lm_head.weight"] = (("lm_head",), True)
+    for i, layer_type in enumerate(config.resolved_layer_types):
+        if layer_type != ATTENTION:
+            raise ValueError(f"layer {i} has type {layer_type!r}; only {ATTENTION!r} layers map to "
+                             f"{config.architecture} checkpoints")
+        hf, ours = f"model.layers.{i}.", ("layers", i)
+        names[hf + "input_layernorm.weight"] = (ours + ("input_norm", "scale"), False)
+        names[hf + "post_attention_layernorm.weight"] = (ours + ("post_mixer_norm", "scale"), False)
+        for proj in ("q", "k", "v", "o"):
+            names[hf + f"self_attn.{proj}_proj.weight"] = (ours + ("mixer", f"{proj}_proj"), True)
+        if config.attention_bias:
+            for proj in ("q", "k", "v"):
+                names[hf + f"self_attn.{proj}_proj.bias"] = (ours + ("mixer", f"{proj}_bias"), False)
+        if config.qk_norm:
+            for proj in ("q", "k"):
+                names[hf + f"self_attn.{proj}_norm.weight"] = (ours + ("mixer", f"{proj}_norm", "scale"), False)
+        for proj in ("gate", "up", "down"):
+            names[hf + f"mlp.{proj}_proj.weight"] = (ours + ("mlp", f"{proj}_proj"), True)
+    return names
+
+
+def default_sharding_rules() -> ShardingRules | None:
+    """`jaxrl_llm.parallel.rules.logical_to_sharding` when that module is available, else None."""
+    try:
+        from jaxrl_llm.parallel.rules import logical_to_sharding  # noqa: PLC0415
+    except ImportError:
+        return None
+    return logical_to_sharding
+
+
+def load_pretrained(path: str | Path, *, dtype: str | None = None, param_dtype: str | None = None,
+                    mesh: Mesh | None = None, sharding_rules: ShardingRules | None = None
+                    ) -> tuple[Decoder, ModelConfig]:
+    """Loads a Qwen2/Qwen3/Llama HF checkpoint directory into a `Decoder`.
+
+    Args:
+      path: directory with `config.json` and `model.safetensors` or `model.safetensors.index.json`.
+      dtype: compute dtype (default float32).
+      param_dtype: parameter dtype (default: `dtype`, else float32).
+      mesh: place each parameter as a sharded array on this mesh, using `sharding_rules`
+        (default: `jaxrl_llm.parallel.rules.logical_to_sharding`) on its logical axis names.
+    Returns:
+      `(model, config)`; `model(tokens [B, T], positions [B, T])` gives `(logits [B, T, V], None)`.
+    """
+    path = Path(path)
+    hf_config = json.loads((path / "config.json").read_text())
+    overrides: dict[str, Any] = {"param_dtype": param_dtype or dtype or "float32"}
+    if dtype is not None:
+        overrides["dtype"] = dtype
+    config = ModelConfig.from_hf_config(hf_config, **overrides)
+    if mesh is not None:
+        sharding_rules = sharding_rules or default_sharding_rules()
+        if sharding_rules is None:
+            raise ValueError("load_pretrained: a mesh was given but no sharding_rules, and "
+                             "jaxrl_llm.parallel.rules.logical_to_sharding is not available")
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: Decoder(config, rngs=nnx.Rngs(0))))
+    flat = dict(nnx.to_flat_state(state))
+    reader = CheckpointReader(path)
+    for name, (state_path, transposed) in hf_tensor_names(config).items():
+        variable = flat[state_path]
+        shape = tuple(variable.get_value().shape)
+        hf_shape = shape[::-1] if transposed else shape
+        if name not in reader:
+            raise KeyError(f"checkpoint {path} is missing tensor {name!r} (expected shape {list(hf_shape)})")
+        if reader.shape(name) != hf_shape:
+            raise ValueError(f"tensor {name!r} in {path} has shape {list(reader.shape(name))}; "
+                             f"expected {list(hf_shape)} from config.json")
+        source = reader.array(name)
+        value = _materialise(source, transposed, shape, config.jnp_param_dtype,
+                             variable.get_metadata("out_sharding", None), mesh, sharding_rules)
+        flat[state_path] = variable.replace(value)
+    model = nnx.merge(graphdef, nnx.from_flat_state(flat))
+    return model, config
+
+
+def _materialise(source: np.ndarray, transposed: bool, shape: tuple[int, ...], dtype, axes, mesh,
+                 sharding_rules) -> jax.Array:
+    """The `[in, out]`-layout array of `shape`, on the default device or sharded over `mesh`."""
+
+    def read(index: tuple[slice, ...]) -> np.ndarray:
+        # Slicing the memmap reads only the requested block; astype copies it off the file.
+        block = source[index[::-1]].T if transposed else source[index]
+        return np.ascontiguousarray(block.astype(dtype))
+
+    full = tuple(slice(None) for _ in shape)
+    if mesh is None:
+        return jnp.asarray(read(full))
+    sharding = sharding_rules(tuple(axes) if axes is not None else (None,) * len(shape), mesh)
+    return jax.make_array_from_callback(shape, sharding, lambda index: read(tuple(index) + full[len(index):]))
+
+
+def save_pretrained(model: Decoder, config: ModelConfig, path: str | Path, *, dtype: str | None = None) -> Path:
+    """Writes `config.json` and `model.safetensors` that `transformers` loads as `config.architecture`.
+
+    `dtype` sets the stored tensor dtype (default: `config.param_dtype`). Sharded parameters are
+    gathered to the host; on several processes, all must call this and process 0 writes.
+    """
+    from jax.experimental import multihost_utils  # noqa: PLC0415
+    from safetensors.numpy import save_file  # noqa: PLC0415
+
+    path = Path(path)
+    out_dtype = np.dtype(jnp.dtype(dtype or config.param_dtype))
+    hf_config = config.to_hf_config()
+    hf_config["torch_dtype"] = hf_config["dtype"] = str(out_dtype)
+    flat = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
+    tensors = {}
+    for name, (state_path, transposed) in hf_tensor_names(config).items():
+        value = flat[state_path].get_value()
+        if isinstance(value, jax.Array) and not value.is_fully_addressable:
+            value = multihost_utils.process_allgather(value, tiled=True)
+        host = np.asarray(jax.device_get(value)).astype(out_dtype)
+        tensors[name] = np.ascontiguousarray(host.T if transposed else host)
+    if jax.process_index() == 0:
+        path.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(path / SINGLE_FILE), metadata={"format": "pt"})
+        (path / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True))
+    return path

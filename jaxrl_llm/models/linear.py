@@ -1,0 +1,39 @@
+"""The one place where weights meet activations.
+
+Every weight matmul in the decoder goes through `linear` (and every table lookup through
+`embedding_lookup`), so a quantized rollout path can store a different leaf type in a parameter
+without touching the layers: a weight leaf is either a plain array or any object with a
+`dequantize(dtype) -> array` method (e.g. an int8 array plus scales).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+
+def weight_as(w: Any, dtype) -> jax.Array:
+    """`w` as an array of `dtype`: dequantized if it is a quantized leaf, else cast."""
+    if hasattr(w, "dequantize"):
+        return w.dequantize(dtype)
+    return jnp.asarray(w).astype(dtype)
+
+
+def linear(x: jax.Array, w: Any, *, out_dtype=None) -> jax.Array:
+    """`x [..., I] @ w [I, O] -> [..., O]`.
+
+    The product accumulates in float32 and is cast to `out_dtype` (default: `x.dtype`); the weight is
+    brought to `x.dtype` first, so `x.dtype` is the compute dtype.
+    """
+    w = weight_as(w, x.dtype)
+    if w.ndim != 2 or w.shape[0] != x.shape[-1]:
+        raise ValueError(f"linear: w must be [{x.shape[-1]}, O] for x {x.shape}; got {w.shape}")
+    y = jnp.einsum("...i,io->...o", x, w, preferred_element_type=jnp.float32)
+    return y.astype(out_dtype or x.dtype)
+
+
+def embedding_lookup(table: Any, tokens: jax.Array, dtype) -> jax.Array:
+    """Rows of `table [V, D]` at `tokens [B, T]` -> `[B, T, D]` in `dtype`."""
+    return jnp.take(weight_as(table, dtype), tokens, axis=0)

@@ -1,0 +1,180 @@
+"""DGG, Dynamic Gradient Gating (arXiv 2605.19425): stop reusing a rollout batch when lm_head spikes.
+
+Reusing a batch for K > 1 optimizer passes can collapse RLVR training; the collapse shows first as a
+jump in the lm_head gradient energy g = ||grad W_lm_head||_F^2. DGG keeps a sliding window of the
+statistic (the step increment dg by default), and at reuse index k > 1 with a full window gates the
+step when z = (x - mean) / (std + 1e-12) > tau: the update is skipped (optimizer state untouched)
+and the rest of the batch's reuse passes are skipped too.
+
+RECONSTRUCTED (flags): energy = squared Frobenius norm; statistic "delta" (dg) or "energy" (g);
+window 20 with population std; the increment is taken between consecutive accepted steps of the
+same batch. `reuse_index` is 1-based: the first, on-policy pass of a batch is k = 1 and never gated.
+
+Everything is a fixed-shape pytree and branch-free, so it runs inside a jitted `lax.scan`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+LeafRule = Callable[[str], bool] | Sequence[str] | None
+
+
+class DGGState(NamedTuple):
+    """Gate statistics: a ring buffer of the last N accepted statistics and the running context."""
+
+    window: Array  # [N] float32 ring buffer
+    count: Array  # int32, statistics pushed so far (window full once count >= N)
+    prev_energy: Array  # float32, lm_head energy at the previous accepted step of this batch
+    stopped: Array  # bool, this batch's reuse was stopped by a gate
+    steps_used: Array  # int32, accepted updates on the current batch
+    last_energy: Array  # float32, for logging
+    last_z: Array  # float32, for logging
+    last_gated: Array  # bool, for logging
+
+
+def dgg_init(window: int = 20) -> DGGState:
+    """Empty gate state with a ring buffer of `window` entries."""
+    if window < 2:
+        raise ValueError(f"window must be >= 2; got {window}")
+    f0, i0, b0 = jnp.float32(0), jnp.int32(0), jnp.bool_(False)
+    return DGGState(jnp.zeros(window, jnp.float32), i0, f0, b0, i0, f0, f0, b0)
+
+
+def _leaf_matcher(rule: LeafRule) -> list[Callable[[str], bool]]:
+    """Matchers tried in order; the first that matches any leaf wins."""
+    if rule is None:
+        return [lambda p: "lm_head" in p, lambda p: "embed" in p]
+    if callable(rule):
+        return [rule]
+    names = [rule] if isinstance(rule, str) else list(rule)
+    return [lambda p, names=names: any(n in p for n in names)]
+
+
+def head_gradient_leaves(grads: Any, leaf_rule: LeafRule = None) -> list[Array]:
+    """The gradient leaves of the output head: paths containing `lm_head`, else `embed` (tied head).
+
+    `leaf_rule` overrides the choice: a predicate on the path string (`jax.tree_util.keystr`) or
+    key names to look for. Raises if nothing matches.
+    """
+    flat, _ = jax.tree_util.tree_flatten_with_path(grads)
+    paths = [(jax.tree_util.keystr(path), leaf) for path, leaf in flat]
+    for match in _leaf_matcher(leaf_rule):
+        leaves = [leaf for p, leaf in paths if match(p)]
+        if leaves:
+            return leaves
+    raise ValueError(f"grads has no leaf matching the head rule {leaf_rule!r}; paths: {[p for p, _ in paths][:8]}")
+
+
+def head_gradient_energy(grads: Any, leaf_rule: LeafRule = None) -> Array:
+    """g = sum of squared entries of the head's gradient leaves (squared Frobenius norm), fp32."""
+    return sum(jnp.sum(jnp.square(leaf.astype(jnp.float32))) for leaf in head_gradient_leaves(grads, leaf_rule))
+
+
+def dgg_gate(grads: Any, gate_state: DGGState, reuse_index: Array | int, *, tau: float = 0.5,
+             window: int | None = None, statistic: str = "delta",
+             leaf_rule: LeafRule = None) -> tuple[Array, DGGState, dict[str, Array]]:
+    """Decide whether to skip this update. Returns `(gated bool, new_state, metrics)`.
+
+    grads: the gradient pytree; reuse_index: 1-based pass over the current rollout batch (traced
+    values are fine); `window` (optional) must equal the state's buffer length. `gated` is True when
+    the z-score gate fires now or fired earlier on this batch (reuse stopped). On a gated step the
+    window and previous energy are kept; otherwise the statistic is pushed into the window.
+    Metrics: dgg/lmhead_energy, dgg/delta, dgg/z, dgg/gated, dgg/window_full, dgg/reuse_steps_used.
+    """
+    n = gate_state.window.shape[0]
+    if window is not None and window != n:
+        raise ValueError(f"window={window} does not match gate_state.window of length {n}")
+    if statistic not in ("delta", "energy"):
+        raise ValueError(f"statistic must be 'delta' or 'energy'; got {statistic!r}")
+    k = jnp.asarray(reuse_index, jnp.int32)
+    new_batch = k <= 1
+    energy = head_gradient_energy(grads, leaf_rule)
+    delta = energy - gate_state.prev_energy
+    if statistic == "delta":
+        x, has_stat = delta, ~new_batch  # no increment on the first pass of a batch
+    else:
+        x, has_stat = energy, jnp.bool_(True)
+    mean = jnp.mean(gate_state.window)
+    std = jnp.sqrt(jnp.mean(jnp.square(gate_state.window - mean)))
+    z = (x - mean) / (std + 1e-12)
+    full = gate_state.count >= n
+    stopped = jnp.where(new_batch, False, gate_state.stopped)
+    fires = full & ~new_batch & has_stat & (z > tau)
+    gated = stopped | fires
+    push = has_stat & ~gated
+    slot = jnp.mod(gate_state.count, n)
+    window_buf = jnp.where(push, gate_state.window.at[slot].set(x.astype(jnp.float32)), gate_state.window)
+    steps_before = jnp.where(new_batch, 0, gate_state.steps_used)
+    new_state = DGGState(
+        window=window_buf,
+        count=gate_state.count + push.astype(jnp.int32),
+        prev_energy=jnp.where(gated, gate_state.prev_energy, energy).astype(jnp.float32),
+        stopped=gated,
+        steps_used=steps_before + (~gated).astype(jnp.int32),
+        last_energy=energy.astype(jnp.float32),
+        last_z=jnp.where(full & has_stat, z, 0.0).astype(jnp.float32),
+        last_gated=gated,
+    )
+    metrics = {"dgg/lmhead_energy": new_state.last_energy, "dgg/delta": jnp.where(new_batch, 0.0, delta),
+               "dgg/z": new_state.last_z, "dgg/gated": gated.astype(jnp.float32),
+               "dgg/window_full": full.astype(jnp.float32),
+               "dgg/reuse_steps_used": new_state.steps_used.astype(jnp.float32)}
+    return gated, new_state, metrics
+
+
+class GatedTransformation(NamedTuple):
+    """An optax-compatible `(init, update)` pair whose `update` takes extra keyword arguments."""
+
+    init: Callable[..., Any]
+    update: Callable[..., Any]
+
+
+def _select(gated: Array, old: Any, new: Any) -> Any:
+    return jax.tree.map(lambda o, n: jnp.where(gated, o, n), old, new)
+
+
+def gated_update(optimizer: Any) -> GatedTransformation:
+    """Wrap an optax-style optimizer: `update(grads, state, params=None, *, gated)`.
+
+    When `gated` is True the returned updates are zeros and the returned state is the input state,
+    bit for bit (Adam moments and step count untouched), like `optax.apply_if_finite`.
+    """
+
+    def update(updates, state, params=None, *, gated):
+        gated = jnp.asarray(gated, bool)
+        new_updates, new_state = optimizer.update(updates, state, params)
+        zeros = jax.tree.map(jnp.zeros_like, new_updates)
+        return _select(gated, zeros, new_updates), _select(gated, state, new_state)
+
+    return GatedTransformation(optimizer.init, update)
+
+
+class DGGWrappedState(NamedTuple):
+    """State of `dgg_wrapped`: the inner optimizer state and the gate statistics."""
+
+    inner: Any
+    gate: DGGState
+
+
+def dgg_wrapped(optimizer: Any, *, tau: float = 0.5, window: int = 20, statistic: str = "delta",
+                leaf_rule: LeafRule = None) -> GatedTransformation:
+    """Optimizer with the DGG gate inside: `update(grads, state, params=None, *, reuse_index)`.
+
+    The gate reads the head gradient from `grads`; the gate's logs are in `state.gate.last_*`.
+    """
+
+    def init(params):
+        return DGGWrappedState(optimizer.init(params), dgg_init(window))
+
+    def update(updates, state, params=None, *, reuse_index):
+        gated, gate_state, _ = dgg_gate(updates, state.gate, reuse_index, tau=tau, statistic=statistic,
+                                        leaf_rule=leaf_rule)
+        new_updates, inner = gated_update(optimizer).update(updates, state.inner, params, gated=gated)
+        return new_updates, DGGWrappedState(inner, gate_state)
+
+    return GatedTransformation(init, update)

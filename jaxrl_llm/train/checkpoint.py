@@ -1,0 +1,67 @@
+"""Checkpoints: orbax `CheckpointManager` over the `TrainState` and the grain iterator state.
+
+A checkpoint at step `s` holds the state after `s` updates and the data iterator positioned at the
+next batch, so restoring and training `k` more steps reproduces the uninterrupted run bitwise.
+A state with a non-finite floating-point leaf is never written.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import grain
+import orbax.checkpoint as ocp
+
+from jaxrl_llm.train.state import TrainState, abstract_train_state, all_finite
+
+
+class NonFiniteStateError(RuntimeError):
+    """Raised instead of writing a checkpoint whose state holds NaN or inf."""
+
+
+class Checkpointer:
+    """Save/restore `TrainState` (+ optional grain iterator) under `directory`, keeping `max_to_keep`."""
+
+    def __init__(self, directory: str, *, max_to_keep: int = 3, save_interval_steps: int = 1):
+        self.directory = os.path.abspath(directory)
+        self._manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=max_to_keep,
+                save_interval_steps=save_interval_steps,
+                create=True,
+            ),
+        )
+
+    def save(self, step: int, state: TrainState, data_iterator: Any | None = None, *, force: bool = False) -> bool:
+        """Save `state` (and the iterator) as `step`; returns whether a checkpoint was written."""
+        if not all_finite(state):
+            raise NonFiniteStateError(f"refusing to checkpoint step {step}: the train state holds NaN/inf")
+        items: dict[str, Any] = {"state": ocp.args.StandardSave(state)}
+        if data_iterator is not None:
+            items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+        saved = self._manager.save(int(step), args=ocp.args.Composite(**items), force=force)
+        self._manager.wait_until_finished()
+        return bool(saved)
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self._manager.all_steps())
+
+    def restore(self, like: TrainState, data_iterator: Any | None = None, *, step: int | None = None) -> TrainState:
+        """Restore into the structure/shardings of `like`; `data_iterator` is repositioned in place."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint found under {self.directory}")
+        items: dict[str, Any] = {"state": ocp.args.StandardRestore(abstract_train_state(like))}
+        if data_iterator is not None:
+            items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+        restored = self._manager.restore(int(step), args=ocp.args.Composite(**items))
+        return restored["state"]
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()

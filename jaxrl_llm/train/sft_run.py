@@ -1,0 +1,233 @@
+"""An SFT run from a config: build everything, train with logging and checkpoints, evaluate.
+
+`setup_sft(cfg)` builds the mesh, tokenizer, sharded model, optimizer, `TrainState`, data iterator
+and jitted step (`SFTSetup`); `train_loop` runs steps with metrics, progress bar, checkpoints and
+the non-finite-loss stop; `run_sft(cfg)` does both plus held-out evaluation and the loss plot,
+and returns a summary dict.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
+
+from jaxrl_llm.data.pipeline import build_sft_dataset
+from jaxrl_llm.data.tokenizer import CharTokenizer, HFTokenizer, Tokenizer
+from jaxrl_llm.envs.arithmetic import ArithmeticTask
+from jaxrl_llm.models.config import ModelConfig, preset
+from jaxrl_llm.models.decoder import Decoder
+from jaxrl_llm.parallel.distributed import initialize_distributed, is_primary_process
+from jaxrl_llm.parallel.init import ModelParts, init_sharded
+from jaxrl_llm.parallel.mesh import mesh_from_config
+from jaxrl_llm.train.checkpoint import Checkpointer
+from jaxrl_llm.train.evaluate import exact_match_accuracy, greedy_completions, make_greedy_generate
+from jaxrl_llm.train.metrics import MetricsWriter, ProgressBar, plot_loss_curve
+from jaxrl_llm.train.optim import make_optimizer, make_schedule
+from jaxrl_llm.train.sft import make_sft_step
+from jaxrl_llm.train.state import TrainState, create_train_state
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN/inf loss or gradient; `step` is the 1-based step that did."""
+
+    def __init__(self, step: int, loss: float):
+        super().__init__(f"non-finite loss {loss} at step {step}; stopping (no checkpoint written for it)")
+        self.step = step
+        self.loss = loss
+
+
+def build_tokenizer(cfg: Mapping[str, Any]) -> Tokenizer:
+    """`"char"` -> `CharTokenizer`; anything else is a path to a `tokenizer.json` (or its folder)."""
+    name = cfg["tokenizer"]
+    return CharTokenizer() if name == "char" else HFTokenizer.from_file(name)
+
+
+def build_model_config(model_cfg: Mapping[str, Any], tokenizer: Tokenizer) -> ModelConfig:
+    """`preset(model.preset, **other model fields)`; checks the vocabulary covers the tokenizer."""
+    fields = dict(model_cfg)
+    name = fields.pop("preset")
+    config = preset(name, **fields)
+    if config.vocab_size < tokenizer.vocab_size:
+        raise ValueError(
+            f"model.vocab_size={config.vocab_size} must be >= the tokenizer's vocab_size {tokenizer.vocab_size}"
+        )
+    return config
+
+
+def task_from_config(data_cfg: Mapping[str, Any]) -> ArithmeticTask:
+    if data_cfg["task"] != "arithmetic":
+        raise ValueError(f"data.task must be 'arithmetic' (the built-in task); got {data_cfg['task']!r}")
+    return ArithmeticTask(int(data_cfg["level"]), eval_fraction=float(data_cfg["eval_fraction"]))
+
+
+def training_records(data_cfg: Mapping[str, Any], seed: int) -> list[dict[str, str]] | str:
+    """SFT records: the `data.jsonl_path` path if set, else `data.num_train` task problems."""
+    if data_cfg["jsonl_path"]:
+        return data_cfg["jsonl_path"]
+    problems = task_from_config(data_cfg).sample_batch(int(data_cfg["num_train"]), seed, "train")
+    return [{"prompt": p.prompt, "completion": p.reference} for p in problems]
+
+
+@dataclasses.dataclass
+class SFTSetup:
+    """Everything a run needs, built from one config."""
+
+    cfg: Any
+    mesh: Mesh
+    tokenizer: Tokenizer
+    model_config: ModelConfig
+    parts: ModelParts
+    rest: Any
+    state: TrainState
+    step_fn: Any
+    iterator: Any
+    optimizer: Any
+    schedule: Any
+
+
+def setup_sft(cfg: Any) -> SFTSetup:
+    """Build mesh, tokenizer, sharded model, optimizer, `TrainState`, data iterator and step."""
+    initialize_distributed(cfg.distributed)
+    mesh = mesh_from_config(cfg.mesh)
+    tokenizer = build_tokenizer(cfg.data)
+    model_config = build_model_config(cfg.model, tokenizer)
+    parts, params, rest, params_shardings = init_sharded(
+        lambda: Decoder(model_config, rngs=nnx.Rngs(int(cfg.seed))), mesh
+    )
+    steps = int(cfg.train.steps)
+    optimizer = make_optimizer(cfg.optimizer, steps)
+    schedule = make_schedule(cfg.optimizer, steps)
+    state = create_train_state(params, optimizer, mesh, params_shardings, seed=int(cfg.seed))
+    shardings = jax.tree.map(lambda x: x.sharding, state)
+    step_fn = make_sft_step(
+        parts, optimizer, schedule, shardings, mesh, rest=rest, num_micro_batches=int(cfg.train.micro_batches)
+    )
+    # Each process reads its own rows of the global batch.
+    local_batch = int(cfg.train.batch_size) // jax.process_count()
+    dataset = build_sft_dataset(
+        training_records(cfg.data, int(cfg.seed)),
+        tokenizer,
+        seq_len=int(cfg.data.seq_len),
+        batch_size=local_batch,
+        seed=int(cfg.seed) + jax.process_index(),
+        packing=bool(cfg.data.packing),
+    )
+    return SFTSetup(cfg, mesh, tokenizer, model_config, parts, rest, state, step_fn, iter(dataset), optimizer, schedule)
+
+
+def train_loop(
+    state: TrainState,
+    step_fn: Any,
+    iterator: Iterator[Mapping[str, np.ndarray]],
+    num_steps: int,
+    *,
+    writer: MetricsWriter | None = None,
+    checkpointer: Checkpointer | None = None,
+    checkpoint_every: int = 0,
+    log_every: int = 1,
+    progress: bool = False,
+) -> tuple[TrainState, list[dict[str, float]]]:
+    """Run `num_steps` updates from `state`; returns the final state and the logged records.
+
+    Raises `NonFiniteLossError` (with the global step) as soon as a step's loss or gradient norm
+    is not finite; that step's update was not applied and no checkpoint is written for it.
+    """
+    start = int(state.step)
+    bar = ProgressBar(start + num_steps, initial=start, disable=not progress)
+    records: list[dict[str, float]] = []
+    t_last = time.perf_counter()
+    try:
+        for _ in range(num_steps):
+            batch = next(iterator)
+            state, metrics = step_fn(state, batch)
+            step = int(state.step)
+            loss = float(metrics["loss"])
+            if not (math.isfinite(loss) and float(metrics["finite"]) == 1.0):
+                if writer is not None:
+                    writer.write(step, metrics)
+                raise NonFiniteLossError(step, loss)
+            n_tokens = int(np.asarray(batch["segment_ids"] > 0).sum())
+            now = time.perf_counter()
+            tokens_per_s = bar.update(n_tokens, loss)
+            record = {k: float(v) for k, v in metrics.items()}
+            record.update(tokens_per_s=tokens_per_s, step_time_s=now - t_last)
+            t_last = now
+            records.append({"step": step, **record})
+            if writer is not None and (step % log_every == 0 or step == start + num_steps):
+                writer.write(step, record)
+            if checkpointer is not None and checkpoint_every and step % checkpoint_every == 0:
+                checkpointer.save(step, state, iterator)
+    finally:
+        bar.close()
+    return state, records
+
+
+def evaluate_sft(setup: SFTSetup, state: TrainState) -> dict[str, Any]:
+    """Greedy exact-match accuracy on `eval.num_problems` held-out task problems."""
+    cfg = setup.cfg
+    task = task_from_config(cfg.data)
+    problems = task.eval_set(int(cfg.eval.num_problems), seed=int(cfg.seed))
+    generate = make_greedy_generate(setup.parts, int(cfg.eval.max_new_tokens))
+    completions = greedy_completions(
+        generate, state.params, setup.rest, setup.tokenizer, [p.prompt for p in problems],
+        batch_size=int(cfg.eval.batch_size),
+    )
+    accuracy = exact_match_accuracy(task, problems, completions)
+    examples = [(p.prompt, p.reference, c) for p, c in zip(problems[:5], completions[:5])]
+    return {"accuracy": accuracy, "num_problems": len(problems), "examples": examples}
+
+
+def run_sft(cfg: Any) -> dict[str, Any]:
+    """Train per `cfg`, writing `metrics.jsonl`, `tensorboard/`, `loss.png`, `checkpoints/` under
+    `cfg.output_dir`; returns `{"final_loss", "eval_accuracy", "wall_time_s", "run_dir", ...}`."""
+    t0 = time.perf_counter()
+    run_dir = os.path.abspath(cfg.output_dir)
+    setup = setup_sft(cfg)
+    primary = is_primary_process()
+    checkpointer = Checkpointer(
+        os.path.join(run_dir, "checkpoints"), max_to_keep=int(cfg.checkpoint.max_to_keep)
+    )
+    state = setup.state
+    if cfg.checkpoint.resume and checkpointer.latest_step() is not None:
+        state = checkpointer.restore(state, setup.iterator)
+    remaining = int(cfg.train.steps) - int(state.step)
+    writer = MetricsWriter(run_dir, tensorboard=primary) if primary else None
+    try:
+        state, records = train_loop(
+            state, setup.step_fn, setup.iterator, max(remaining, 0), writer=writer,
+            checkpointer=checkpointer, checkpoint_every=int(cfg.checkpoint.every),
+            log_every=int(cfg.train.log_every), progress=primary and bool(cfg.train.progress_bar),
+        )
+        if int(state.step) not in checkpointer.all_steps():
+            checkpointer.save(int(state.step), state, setup.iterator, force=True)
+        summary: dict[str, Any] = {"run_dir": run_dir, "steps": int(state.step)}
+        if records:
+            summary.update(first_loss=records[0]["loss"], final_loss=records[-1]["loss"])
+        if int(cfg.eval.num_problems) > 0:
+            result = evaluate_sft(setup, state)
+            summary.update(eval_accuracy=result["accuracy"], eval_examples=result["examples"],
+                           eval_num_problems=result["num_problems"])
+            if writer is not None:
+                writer.write(int(state.step), {"eval_accuracy": result["accuracy"]})
+        if writer is not None:
+            writer.close()
+            writer = None
+            if os.path.exists(os.path.join(run_dir, "metrics.jsonl")) and records:
+                summary["loss_plot"] = plot_loss_curve(os.path.join(run_dir, "metrics.jsonl"),
+                                                       os.path.join(run_dir, "loss.png"))
+    finally:
+        if writer is not None:
+            writer.close()
+        checkpointer.close()
+    summary["wall_time_s"] = time.perf_counter() - t0
+    summary["checkpoint_dir"] = checkpointer.directory
+    return summary
