@@ -39,14 +39,14 @@ def _randomise(model, seed=1):
         if isinstance(var, nnx.Param):
             name = path[-1]
             scale = {"A_log": 0.5, "dt_bias": 0.5, "conv1d": 0.5}.get(name, 0.3)
-            noise = rng.standard_normal(var.value.shape) * scale
+            noise = rng.standard_normal(var.get_value().shape) * scale
             base = 1.0 if name == "norm" else 0.0
-            var.value = jnp.asarray(base + noise, var.value.dtype)
+            var.set_value(jnp.asarray(base + noise, var.get_value().dtype))
     return model
 
 
 def _params(model):
-    return {path[-1]: np.asarray(var.value, np.float64) for path, var in nnx.iter_graph(model)
+    return {path[-1]: np.asarray(var.get_value(), np.float64) for path, var in nnx.iter_graph(model)
             if isinstance(var, nnx.Param)}
 
 
@@ -207,7 +207,7 @@ def test_conv_taps_stop_at_sequence_boundaries():
 def test_parameters_carry_logical_axis_names():
     model = build("gdn")
     specs = nnx.get_partition_spec(nnx.state(model, nnx.Param))
-    names = {path[-1]: tuple(leaf.value) for path, leaf in nnx.to_flat_state(specs)}
+    names = {path[-1]: tuple(leaf.get_value()) for path, leaf in nnx.to_flat_state(specs)}
     assert names["in_proj_qkvz"] == ("embed", "heads")
     assert names["out_proj"] == ("heads", "embed")
     assert names["conv1d"] == (None, "conv")

@@ -193,7 +193,7 @@ def test_bad_inputs_name_the_argument():
         dequantize(jnp.ones((2, 2)))
 
 
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=12, deadline=None, derandomize=True)
 @given(
     fmt=st.sampled_from(["int8", "int4"]),
     in_features=st.sampled_from([5, 130]),
@@ -210,8 +210,11 @@ def test_int_round_trip_bound_property(fmt, in_features, group_size, seed):
     padded[:in_features] = w
     groups = padded.reshape(-1, gs, 3)
     step = np.abs(groups).max(axis=1, keepdims=True) / qmax
-    ref = (np.round(groups / np.where(step > 0, step, 1.0)) * step).reshape(-1, 3)[:in_features]
+    scaled = groups / np.where(step > 0, step, 1.0)
+    ref = (np.round(scaled) * step).reshape(-1, 3)[:in_features]
+    # float32 and float64 may round a near-tie differently; compare everywhere else
+    near_tie = (np.abs(np.abs(scaled) % 1.0 - 0.5) < 1e-4).reshape(-1, 3)[:in_features]
     deq = np.asarray(dequantize(q), np.float64)
-    np.testing.assert_allclose(deq, ref, atol=1e-6)
+    np.testing.assert_allclose(deq[~near_tie], ref[~near_tie], atol=1e-6)
     step_rows = np.repeat(step[:, 0], gs, axis=0)[:in_features]
     assert np.all(np.abs(w - deq) <= step_rows / 2 + 1e-6)

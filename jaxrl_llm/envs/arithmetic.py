@@ -45,9 +45,8 @@ class ArithmeticLevel:
             raise ValueError(f"num_digits must be >= 1; got {self.num_digits}")
         if self.num_operands < 2:
             raise ValueError(f"num_operands must be >= 2; got {self.num_operands}")
-        if not self.ops or any(op not in _OPS for op in self.ops) or len(set(self.ops)) != len(
-            self.ops
-        ):
+        valid = all(op in _OPS for op in self.ops) and len(set(self.ops)) == len(self.ops)
+        if not self.ops or not valid:
             raise ValueError(f"ops must be distinct characters from {_OPS!r}; got {self.ops!r}")
 
 

@@ -146,7 +146,7 @@ class _DeltaMixer(nnx.Module):
         x = x.astype(self.dtype)
         conv_state, rec_state = self.init_state(b) if state is None else state
         mixed, extras = self._project(x)  # mixed: [B, T, C_conv] = [q | k | v] before the conv
-        mixed, conv_state = causal_depthwise_conv(mixed, self.conv1d.value, conv_state, segment_ids)
+        mixed, conv_state = causal_depthwise_conv(mixed, self.conv1d.get_value(), conv_state, segment_ids)
         mixed = jax.nn.silu(mixed.astype(jnp.float32)).astype(self.dtype)
         q, k, v = jnp.split(mixed, [self.key_dim, 2 * self.key_dim], axis=-1)
         q = q.reshape(b, t, self.num_k_heads, self.head_k_dim)
@@ -165,8 +165,8 @@ class _DeltaMixer(nnx.Module):
                 q, k, v, g, beta, initial_state=rec_state, output_final_state=True,
                 segment_ids=segment_ids, impl=self.impl, chunk_size=self.chunk_size, **kwargs,
             )
-        o = gated_rms_norm(o, gate, self.norm.value, self.norm_eps, self.gate_activation)
-        y = linear(o.reshape(b, t, self.value_dim), self.out_proj.value)
+        o = gated_rms_norm(o, gate, self.norm.get_value(), self.norm_eps, self.gate_activation)
+        y = linear(o.reshape(b, t, self.value_dim), self.out_proj.get_value())
         return y, (conv_state, rec_state)
 
 
@@ -194,9 +194,9 @@ class GatedDeltaNet(_DeltaMixer):
         b, t, _ = x.shape
         r = self.num_v_heads // self.num_k_heads
         hk, dk, dv = self.num_k_heads, self.head_k_dim, self.head_v_dim
-        qkvz = linear(x, self.in_proj_qkvz.value).reshape(b, t, hk, 2 * dk + 2 * r * dv)
+        qkvz = linear(x, self.in_proj_qkvz.get_value()).reshape(b, t, hk, 2 * dk + 2 * r * dv)
         q, k, v, z = jnp.split(qkvz, [dk, 2 * dk, 2 * dk + r * dv], axis=-1)
-        ba = linear(x, self.in_proj_ba.value).reshape(b, t, hk, 2 * r)
+        ba = linear(x, self.in_proj_ba.get_value()).reshape(b, t, hk, 2 * r)
         mixed = jnp.concatenate([q.reshape(b, t, -1), k.reshape(b, t, -1), v.reshape(b, t, -1)], -1)
         extras = (z.reshape(b, t, self.num_v_heads, dv), ba[..., :r].reshape(b, t, -1),
                   ba[..., r:].reshape(b, t, -1))
@@ -204,7 +204,7 @@ class GatedDeltaNet(_DeltaMixer):
 
     def _gates(self, x, extras):
         z, b_logit, a = extras
-        g = log_decay(a, self.A_log.value, self.dt_bias.value)
+        g = log_decay(a, self.A_log.get_value(), self.dt_bias.get_value())
         return g, jax.nn.sigmoid(b_logit.astype(jnp.float32)), None, z
 
 
@@ -242,19 +242,19 @@ class KimiDeltaAttention(_DeltaMixer):
 
     def _strengths(self, x):
         """(beta, beta_v) fed to the delta rule."""
-        return jax.nn.sigmoid(linear(x, self.b_proj.value, out_dtype=jnp.float32)), None
+        return jax.nn.sigmoid(linear(x, self.b_proj.get_value(), out_dtype=jnp.float32)), None
 
     def _project(self, x):
-        parts = [linear(x, w.value) for w in (self.q_proj, self.k_proj, self.v_proj)]
+        parts = [linear(x, w.get_value()) for w in (self.q_proj, self.k_proj, self.v_proj)]
         return jnp.concatenate(parts, axis=-1), None
 
     def _gates(self, x, extras):
         b, t, _ = x.shape
         hv, dk, dv = self.num_v_heads, self.head_k_dim, self.head_v_dim
-        f = linear(linear(x, self.f_a_proj.value), self.f_b_proj.value).reshape(b, t, hv, dk)
-        g = log_decay(f, self.A_log.value[:, None], self.dt_bias.value.reshape(hv, dk))
-        gate = linear(linear(x, self.g_a_proj.value), self.g_b_proj.value)
-        gate = (gate + weight_as(self.g_b_bias.value, gate.dtype)).reshape(b, t, hv, dv)
+        f = linear(linear(x, self.f_a_proj.get_value()), self.f_b_proj.get_value()).reshape(b, t, hv, dk)
+        g = log_decay(f, self.A_log.get_value()[:, None], self.dt_bias.get_value().reshape(hv, dk))
+        gate = linear(linear(x, self.g_a_proj.get_value()), self.g_b_proj.get_value())
+        gate = (gate + weight_as(self.g_b_bias.get_value(), gate.dtype)).reshape(b, t, hv, dv)
         beta, beta_v = self._strengths(x)
         return g, beta, beta_v, gate
 
@@ -285,9 +285,9 @@ class FG2GatedDeltaNet(KimiDeltaAttention):
     def _strengths(self, x):
         b, t, _ = x.shape
         hv = self.num_v_heads
-        beta = jax.nn.sigmoid(linear(x, self.b_proj.value, out_dtype=jnp.float32))
+        beta = jax.nn.sigmoid(linear(x, self.b_proj.get_value(), out_dtype=jnp.float32))
         beta = beta.reshape(b, t, hv, self.head_k_dim)
         if not self.decoupled:
             return beta, None
-        beta_v = jax.nn.sigmoid(linear(x, self.bv_proj.value, out_dtype=jnp.float32))
+        beta_v = jax.nn.sigmoid(linear(x, self.bv_proj.get_value(), out_dtype=jnp.float32))
         return beta, beta_v.reshape(b, t, hv, self.head_v_dim)

@@ -2,8 +2,8 @@
 
 Every weight matmul in the decoder goes through `linear` (and every table lookup through
 `embedding_lookup`), so a quantized rollout path can store a different leaf type in a parameter
-without touching the layers: a weight leaf is either a plain array or any object with a
-`dequantize(dtype) -> array` method (e.g. an int8 array plus scales).
+without touching the layers: a weight leaf is either a plain array, a `jaxrl_llm.quant.QuantArray`
+(multiplied by `qmatmul`), or any object with a `dequantize(dtype) -> array` method.
 """
 
 from __future__ import annotations
@@ -13,9 +13,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jaxrl_llm.quant import QuantArray, dequantize, qmatmul
+
 
 def weight_as(w: Any, dtype) -> jax.Array:
     """`w` as an array of `dtype`: dequantized if it is a quantized leaf, else cast."""
+    if isinstance(w, QuantArray):
+        return dequantize(w, dtype)
     if hasattr(w, "dequantize"):
         return w.dequantize(dtype)
     return jnp.asarray(w).astype(dtype)
@@ -25,8 +29,11 @@ def linear(x: jax.Array, w: Any, *, out_dtype=None) -> jax.Array:
     """`x [..., I] @ w [I, O] -> [..., O]`.
 
     The product accumulates in float32 and is cast to `out_dtype` (default: `x.dtype`); the weight is
-    brought to `x.dtype` first, so `x.dtype` is the compute dtype.
+    brought to `x.dtype` first, so `x.dtype` is the compute dtype. A `QuantArray` weight goes
+    through `qmatmul` (per-channel codes enter the matmul directly).
     """
+    if isinstance(w, QuantArray):
+        return qmatmul(x, w).astype(out_dtype or x.dtype)
     w = weight_as(w, x.dtype)
     if w.ndim != 2 or w.shape[0] != x.shape[-1]:
         raise ValueError(f"linear: w must be [{x.shape[-1]}, O] for x {x.shape}; got {w.shape}")

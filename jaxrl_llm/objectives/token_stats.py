@@ -34,8 +34,23 @@ def _chunk_start(k: Array, chunk: int, vocab: int) -> tuple[Array, Array]:
     return start, cols >= k * chunk
 
 
-def _online_stats(chunk_logits_fn, targets: Array, lead_shape, vocab: int, chunk: int, n_chunks: int):
-    """Scan chunks; return (lse, target_logit, sum_p_logit) each fp32 `lead_shape`."""
+def _acc_dtype(*arrays: Array):
+    """Accumulate in fp32 at least (bf16 logits are upcast chunk by chunk), in float64 when given float64."""
+    return jnp.promote_types(jnp.result_type(*arrays), jnp.float32)
+
+
+def _slice_upcast(logits: Array, start: Array, chunk: int, acc) -> Array:
+    """One vocabulary chunk of `logits`, upcast to `acc`.
+
+    The barrier stops XLA from swapping the convert and the slice and then hoisting a full-size
+    convert of the logits out of the loop, which would recreate the fp32 [B, T, V] copy.
+    """
+    c = jax.lax.optimization_barrier(jax.lax.dynamic_slice_in_dim(logits, start, chunk, axis=-1))
+    return c.astype(acc)
+
+
+def _online_stats(chunk_logits_fn, targets: Array, lead_shape, vocab: int, chunk: int, n_chunks: int, acc):
+    """Scan chunks; return (lse, target_logit, mean logit under softmax), each `acc` dtype `lead_shape`."""
 
     def body(carry, k):
         m, s, sx, tgt = carry
@@ -53,8 +68,8 @@ def _online_stats(chunk_logits_fn, targets: Array, lead_shape, vocab: int, chunk
         tgt = jnp.where(hit, picked, tgt)
         return (m_new, s, sx, tgt), None
 
-    init = (jnp.full(lead_shape, -jnp.inf, jnp.float32), jnp.zeros(lead_shape, jnp.float32),
-            jnp.zeros(lead_shape, jnp.float32), jnp.zeros(lead_shape, jnp.float32))
+    init = (jnp.full(lead_shape, -jnp.inf, acc), jnp.zeros(lead_shape, acc), jnp.zeros(lead_shape, acc),
+            jnp.zeros(lead_shape, acc))
     (m, s, sx, tgt), _ = jax.lax.scan(body, init, jnp.arange(n_chunks))
     lse = m + jnp.log(s)
     return lse, tgt, sx / s
@@ -80,12 +95,12 @@ def _logits_stats(logits: Array, targets: Array, chunk_size: int, temperature: f
 def _logits_stats_fwd(logits, targets, chunk_size, temperature):
     vocab = logits.shape[-1]
     chunk, n_chunks = _chunk_layout(vocab, chunk_size)
+    acc = _acc_dtype(logits)
 
     def chunk_logits(start):
-        c = jax.lax.dynamic_slice_in_dim(logits, start, chunk, axis=-1)
-        return c.astype(jnp.float32) / temperature
+        return _slice_upcast(logits, start, chunk, acc) / temperature
 
-    lse, tgt, mean_x = _online_stats(chunk_logits, targets, logits.shape[:-1], vocab, chunk, n_chunks)
+    lse, tgt, mean_x = _online_stats(chunk_logits, targets, logits.shape[:-1], vocab, chunk, n_chunks, acc)
     logp, entropy = tgt - lse, lse - mean_x
     return (logp, entropy), (logits, targets, lse, entropy)
 
@@ -98,7 +113,7 @@ def _logits_stats_bwd(chunk_size, temperature, res, cotangents):
 
     def body(grad, k):
         start, fresh = _chunk_start(k, chunk, vocab)
-        x = jax.lax.dynamic_slice_in_dim(logits, start, chunk, axis=-1).astype(jnp.float32) / temperature
+        x = _slice_upcast(logits, start, chunk, lse.dtype) / temperature
         local = targets - start
         hit = (local >= 0) & (local < chunk) & (targets >= k * chunk)
         d = _dlogits(x, fresh, local, hit, lse, entropy, g_logp, g_ent) / temperature
@@ -117,7 +132,7 @@ def logits_token_stats(logits: Array, targets: Array, *, chunk_size: int = 8192,
     """Log-prob of `targets` and entropy of softmax(logits / temperature), chunked over V.
 
     logits: [..., V] (any float dtype; each chunk is upcast to fp32); targets: [...] int.
-    Returns `(logp [...], entropy [...])` in fp32. Differentiable w.r.t. `logits`.
+    Returns `(logp [...], entropy [...])` in fp32 (float64 for float64 logits). Differentiable w.r.t. `logits`.
     """
     if logits.ndim < 1 or tuple(targets.shape) != tuple(logits.shape[:-1]):
         raise ValueError(f"targets must be logits.shape[:-1]={tuple(logits.shape[:-1])}; got {tuple(targets.shape)}")
@@ -132,7 +147,7 @@ def _hidden_stats(hidden: Array, lm_head: Array, targets: Array, chunk_size: int
 
 def _head_chunk(hidden, lm_head, start, chunk, temperature):
     w = jax.lax.dynamic_slice_in_dim(lm_head, start, chunk, axis=1)
-    x = jnp.einsum("...d,dc->...c", hidden, w, preferred_element_type=jnp.float32)
+    x = jnp.einsum("...d,dc->...c", hidden, w, preferred_element_type=_acc_dtype(hidden, lm_head))
     return x / temperature, w
 
 
@@ -143,7 +158,8 @@ def _hidden_stats_fwd(hidden, lm_head, targets, chunk_size, temperature):
     def chunk_logits(start):
         return _head_chunk(hidden, lm_head, start, chunk, temperature)[0]
 
-    lse, tgt, mean_x = _online_stats(chunk_logits, targets, hidden.shape[:-1], vocab, chunk, n_chunks)
+    lse, tgt, mean_x = _online_stats(chunk_logits, targets, hidden.shape[:-1], vocab, chunk, n_chunks,
+                                     _acc_dtype(hidden, lm_head))
     logp, entropy = tgt - lse, lse - mean_x
     return (logp, entropy), (hidden, lm_head, targets, lse, entropy)
 
@@ -161,13 +177,14 @@ def _hidden_stats_bwd(chunk_size, temperature, res, cotangents):
         local = targets - start
         hit = (local >= 0) & (local < chunk) & (targets >= k * chunk)
         d = _dlogits(x, fresh, local, hit, lse, entropy, g_logp, g_ent) / temperature
-        d_hidden = d_hidden + jnp.einsum("...c,dc->...d", d, w.astype(jnp.float32))
-        dw = jnp.einsum("...d,...c->dc", hidden.astype(jnp.float32), d)
+        d_hidden = d_hidden + jnp.einsum("...c,dc->...d", d, w.astype(acc))
+        dw = jnp.einsum("...d,...c->dc", hidden.astype(acc), d)
         prev = jax.lax.dynamic_slice_in_dim(d_head, start, chunk, axis=1)
         d_head = jax.lax.dynamic_update_slice_in_dim(d_head, prev + dw, start, axis=1)
         return (d_hidden, d_head), None
 
-    init = (jnp.zeros(hidden.shape, jnp.float32), jnp.zeros(lm_head.shape, jnp.float32))
+    acc = lse.dtype
+    init = (jnp.zeros(hidden.shape, acc), jnp.zeros(lm_head.shape, acc))
     (d_hidden, d_head), _ = jax.lax.scan(body, init, jnp.arange(n_chunks))
     return d_hidden.astype(hidden.dtype), d_head.astype(lm_head.dtype), None
 
@@ -190,6 +207,6 @@ def hidden_token_stats(hidden: Array, lm_head: Array, targets: Array, *, chunk_s
 
 def naive_token_stats(logits: Array, targets: Array, *, temperature: float = 1.0) -> tuple[Array, Array]:
     """Reference (unchunked) log-prob of `targets` and entropy; materialises log_softmax [..., V]."""
-    logp_all = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature, axis=-1)
+    logp_all = jax.nn.log_softmax(logits.astype(_acc_dtype(logits)) / temperature, axis=-1)
     logp = jnp.take_along_axis(logp_all, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
     return logp, -jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1)

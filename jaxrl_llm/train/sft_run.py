@@ -89,6 +89,7 @@ class SFTSetup:
     rest: Any
     state: TrainState
     step_fn: Any
+    dataset: Any
     iterator: Any
     optimizer: Any
     schedule: Any
@@ -121,7 +122,7 @@ def setup_sft(cfg: Any) -> SFTSetup:
         seed=int(cfg.seed) + jax.process_index(),
         packing=bool(cfg.data.packing),
     )
-    return SFTSetup(cfg, mesh, tokenizer, model_config, parts, rest, state, step_fn, iter(dataset), optimizer, schedule)
+    return SFTSetup(cfg, mesh, tokenizer, model_config, parts, rest, state, step_fn, dataset, iter(dataset), optimizer, schedule)
 
 
 def train_loop(
@@ -165,7 +166,8 @@ def train_loop(
             if writer is not None and (step % log_every == 0 or step == start + num_steps):
                 writer.write(step, record)
             if checkpointer is not None and checkpoint_every and step % checkpoint_every == 0:
-                checkpointer.save(step, state, iterator)
+                # Only checkpointable (grain) iterators are saved alongside the state.
+                checkpointer.save(step, state, iterator if hasattr(iterator, "get_state") else None)
     finally:
         bar.close()
     return state, records
