@@ -148,8 +148,15 @@ def _sft(cfg: ConfigDict) -> dict[str, Any]:
     return run_sft(cfg)
 
 
+def _rl(cfg: ConfigDict) -> dict[str, Any]:
+    from jaxrl_llm.train.rl import run_rl
+
+    summary = run_rl(cfg)
+    return {k: v for k, v in summary.items() if k not in ("records", "final_state")}
+
+
 # Subcommand name -> runner(config) -> summary dict.
-COMMANDS: dict[str, Callable[[ConfigDict], dict[str, Any]]] = {"sft": _sft}
+COMMANDS: dict[str, Callable[[ConfigDict], dict[str, Any]]] = {"sft": _sft, "rl": _rl}
 
 
 def _usage() -> str:

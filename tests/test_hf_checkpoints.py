@@ -108,6 +108,10 @@ def test_bfloat16_checkpoint_loads_exactly(checkpoints, tmp_path):
     assert model16.embed.get_value().dtype == jnp.bfloat16 and config16.dtype == "bfloat16"
     ours16 = _our_logits(model16)
     assert np.abs(ours16 - reference_logits).max() < 0.05 * np.abs(ours16).max()
+    save_pretrained(model16, config16, tmp_path / "bf16_out")
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "bf16_out")
+    assert reloaded.model.embed_tokens.weight.dtype == torch.bfloat16
+    assert torch.equal(reloaded.model.embed_tokens.weight, hf_model.model.embed_tokens.weight)
 
 
 def test_reader_matches_safe_open(checkpoints):
@@ -134,6 +138,19 @@ def test_load_onto_mesh_places_sharded_arrays(checkpoints):
     assert q_proj.sharding == NamedSharding(mesh, P("data", "tensor"))
     assert q_proj.addressable_shards[0].data.shape == (16, 8)
     assert model.lm_head.get_value().sharding.spec == P("data", "tensor")
+    assert np.abs(_our_logits(model) - hf_logits).max() < 1e-4
+
+
+def test_load_onto_mesh_with_project_sharding_rules(checkpoints):
+    rules = pytest.importorskip("jaxrl_llm.parallel.rules")
+    _, path, hf_logits = checkpoints["qwen3_tied"]
+    mesh = jax.make_mesh((2, 4), ("fsdp", "tensor"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
+    model, _ = load_pretrained(path, mesh=mesh)
+    for variable in (model.embed, model.layers[1].mixer.k_proj, model.layers[1].mlp.down_proj):
+        value = variable.get_value()
+        names = variable.get_metadata("out_sharding")
+        assert value.sharding == rules.logical_to_sharding(names, mesh, shape=value.shape)
+    assert not model.embed.get_value().sharding.is_fully_replicated
     assert np.abs(_our_logits(model) - hf_logits).max() < 1e-4
 
 

@@ -5,9 +5,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from hypothesis import given, settings, strategies as st
 
 from jaxrl_llm.models import Decoder, init_cache, preset
 from jaxrl_llm.models import functional
+from jaxrl_llm.models.attention import attention_mask
 from jaxrl_llm.models.rope import apply_rope, inverse_frequencies, rope_tables
 
 CFG = preset("tiny", qk_norm=True)
@@ -214,3 +216,20 @@ def test_bad_inputs_name_the_argument(model):
         model(tokens, _arange(2, 4), cache=init_cache(CFG, 3, 8))
     with pytest.raises(ValueError, match="unknown layer type 'mamba'"):
         Decoder(CFG.replace(layer_types=("attention", "mamba")), rngs=nnx.Rngs(0))
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 2), min_size=6, max_size=6), min_size=2, max_size=2),
+       st.integers(0, 3))
+def test_attention_mask_matches_definition(segments, offset):
+    """Query t (slot offset + t) sees slot s iff same non-zero segment and s <= offset + t."""
+    k_segments = np.zeros((2, 10), np.int32)
+    k_segments[:, offset:offset + 6] = segments
+    q_slots = offset + np.arange(6)
+    mask = np.asarray(attention_mask(jnp.asarray(segments), jnp.asarray(q_slots), jnp.asarray(k_segments),
+                                     jnp.arange(10)))
+    for b in range(2):
+        for t in range(6):
+            for s in range(10):
+                expected = segments[b][t] != 0 and k_segments[b, s] == segments[b][t] and s <= q_slots[t]
+                assert mask[b, t, s] == expected, (b, t, s)

@@ -16,7 +16,8 @@ from jaxrl_llm.parallel import make_mesh
 from jaxrl_llm.parallel.init import abstract_model, init_sharded, state_shardings
 from jaxrl_llm.train.loss import masked_next_token_loss
 
-CONFIG = tiny(vocab_size=128, hidden_size=64, intermediate_size=128, num_heads=4, num_kv_heads=2, head_dim=16)
+CONFIG = tiny(vocab_size=128, hidden_size=64, intermediate_size=128, num_layers=1, num_heads=4, num_kv_heads=2,
+              head_dim=16)
 MESHES = {"data2_fsdp2_tensor2": (2, 2, 2), "fsdp8": (1, 8, 1)}
 
 
@@ -70,9 +71,9 @@ def test_parameters_carry_the_rule_table_specs(shape):
         ("lm_head",): spec("fsdp", tensor) if tensor else spec("fsdp"),
         ("layers", 0, "mixer", "q_proj"): spec("fsdp", tensor) if tensor else spec("fsdp"),
         ("layers", 0, "mixer", "k_proj"): spec("fsdp", tensor) if tensor else spec("fsdp"),
-        ("layers", 1, "mixer", "o_proj"): spec(tensor, "fsdp"),
-        ("layers", 1, "mlp", "down_proj"): spec(tensor, "fsdp"),
-        ("layers", 1, "mlp", "up_proj"): spec("fsdp", tensor) if tensor else spec("fsdp"),
+        ("layers", 0, "mixer", "o_proj"): spec(tensor, "fsdp"),
+        ("layers", 0, "mlp", "down_proj"): spec(tensor, "fsdp"),
+        ("layers", 0, "mlp", "up_proj"): spec("fsdp", tensor) if tensor else spec("fsdp"),
         ("final_norm", "scale"): spec(),
     }
     for path, want in expected.items():

@@ -33,14 +33,21 @@ def model_state():
     return parts, params, rest
 
 
-def naive_greedy(parts, params, rest, prompt, n):
-    """Re-run the full forward on the growing sequence, no cache: the reference."""
-    model = parts.merge(params, rest)
+@functools.lru_cache(maxsize=None)
+def full_forward(parts):
+    return jax.jit(lambda params, rest, t, p, s: parts.merge(params, rest)(t, p, segment_ids=s)[0])
+
+
+def naive_greedy(parts, params, rest, prompt, n, valid=None, width=16):
+    """Reference without a cache: re-run the whole (right-padded) sequence for every new token."""
     seq = list(prompt)
     for _ in range(n):
-        tokens = jnp.asarray([seq], jnp.int32)
-        logits, _ = model(tokens, jnp.arange(len(seq), dtype=jnp.int32)[None])
-        seq.append(int(jnp.argmax(logits[0, -1])))
+        tokens = np.zeros((1, width), np.int32)
+        tokens[0, : len(seq)] = seq
+        segments = (np.arange(width) < len(seq)).astype(np.int32)[None]
+        logits = full_forward(parts)(params, rest, tokens, np.arange(width, dtype=np.int32)[None], segments)
+        row = np.asarray(logits[0, len(seq) - 1])
+        seq.append(int(np.argmax(row if valid is None else row[:valid])))
     return seq[len(prompt):]
 
 
@@ -67,10 +74,10 @@ def test_truncate_and_exact_match():
 def test_greedy_completions_pad_the_last_batch_and_decode_text():
     parts, params, rest = model_state()
     tok = CharTokenizer()
-    generate = make_greedy_generate(parts, 4)
+    generate = make_greedy_generate(parts, 4, valid_vocab_size=tok.vocab_size)
     prompts = ["12+3=", "4+4=", "99+1="]
     texts = greedy_completions(generate, params, rest, tok, prompts, batch_size=2)
     assert len(texts) == 3
     for text, prompt in zip(texts, prompts):
-        ids = naive_greedy(parts, params, rest, [tok.bos_id] + tok.encode(prompt), 4)
+        ids = naive_greedy(parts, params, rest, [tok.bos_id] + tok.encode(prompt), 4, valid=tok.vocab_size)
         assert text == tok.decode(truncate_at_eos(ids, tok.eos_id))

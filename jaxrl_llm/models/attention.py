@@ -71,7 +71,6 @@ class Attention(nnx.Module):
         c = config
         pd = c.jnp_param_dtype
         self.num_heads, self.num_kv_heads, self.head_dim = c.num_heads, c.num_kv_heads, c.head_dim
-        self.dtype = c.jnp_dtype
         q_out, kv_out = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
         self.q_proj = normal_param(rngs, (c.hidden_size, q_out), ("embed", "heads"), pd)
         self.k_proj = normal_param(rngs, (c.hidden_size, kv_out), ("embed", "kv_heads"), pd)

@@ -54,13 +54,14 @@ def hf_tensor_names(config: ModelConfig) -> dict[str, tuple[StatePath, bool]]:
     return names
 
 
-def default_sharding_rules() -> ShardingRules | None:
-    """`jaxrl_llm.parallel.rules.logical_to_sharding` when that module is available, else None."""
+def _default_sharding_for(mesh: Mesh) -> Callable[[tuple, tuple[int, ...]], NamedSharding] | None:
+    """Shardings from `jaxrl_llm.parallel.rules.logical_to_sharding` when that module is available."""
     try:
         from jaxrl_llm.parallel.rules import logical_to_sharding  # noqa: PLC0415
     except ImportError:
         return None
-    return logical_to_sharding
+    # With the shape, dimensions a mesh axis does not divide are replicated instead of failing.
+    return lambda axes, shape: logical_to_sharding(axes, mesh, shape=shape)
 
 
 def load_pretrained(path: str | Path, *, dtype: str | None = None, param_dtype: str | None = None,
@@ -83,9 +84,13 @@ def load_pretrained(path: str | Path, *, dtype: str | None = None, param_dtype: 
     if dtype is not None:
         overrides["dtype"] = dtype
     config = ModelConfig.from_hf_config(hf_config, **overrides)
+    sharding_for = None
     if mesh is not None:
-        sharding_rules = sharding_rules or default_sharding_rules()
-        if sharding_rules is None:
+        if sharding_rules is not None:
+            sharding_for = lambda axes, shape: sharding_rules(axes, mesh)  # noqa: E731
+        else:
+            sharding_for = _default_sharding_for(mesh)
+        if sharding_for is None:
             raise ValueError("load_pretrained: a mesh was given but no sharding_rules, and "
                              "jaxrl_llm.parallel.rules.logical_to_sharding is not available")
     graphdef, state = nnx.split(nnx.eval_shape(lambda: Decoder(config, rngs=nnx.Rngs(0))))
@@ -102,15 +107,16 @@ def load_pretrained(path: str | Path, *, dtype: str | None = None, param_dtype: 
                              f"expected {list(hf_shape)} from config.json")
         source = reader.array(name)
         value = _materialise(source, transposed, shape, config.jnp_param_dtype,
-                             variable.get_metadata("out_sharding", None), mesh, sharding_rules)
+                             variable.get_metadata("out_sharding", None), sharding_for)
         flat[state_path] = variable.replace(value)
     model = nnx.merge(graphdef, nnx.from_flat_state(flat))
     return model, config
 
 
-def _materialise(source: np.ndarray, transposed: bool, shape: tuple[int, ...], dtype, axes, mesh,
-                 sharding_rules) -> jax.Array:
-    """The `[in, out]`-layout array of `shape`, on the default device or sharded over `mesh`."""
+def _materialise(source: np.ndarray, transposed: bool, shape: tuple[int, ...], dtype, axes,
+                 sharding_for) -> jax.Array:
+    """The `[in, out]`-layout array of `shape`: on the default device when `sharding_for` is None,
+    else sharded as `sharding_for(logical axes, shape)`."""
 
     def read(index: tuple[slice, ...]) -> np.ndarray:
         # Slicing the memmap reads only the requested block; astype copies it off the file.
@@ -118,9 +124,9 @@ def _materialise(source: np.ndarray, transposed: bool, shape: tuple[int, ...], d
         return np.ascontiguousarray(block.astype(dtype))
 
     full = tuple(slice(None) for _ in shape)
-    if mesh is None:
+    if sharding_for is None:
         return jnp.asarray(read(full))
-    sharding = sharding_rules(tuple(axes) if axes is not None else (None,) * len(shape), mesh)
+    sharding = sharding_for(tuple(axes) if axes is not None else (None,) * len(shape), shape)
     return jax.make_array_from_callback(shape, sharding, lambda index: read(tuple(index) + full[len(index):]))
 
 

@@ -43,4 +43,7 @@ def linear(x: jax.Array, w: Any, *, out_dtype=None) -> jax.Array:
 
 def embedding_lookup(table: Any, tokens: jax.Array, dtype) -> jax.Array:
     """Rows of `table [V, D]` at `tokens [B, T]` -> `[B, T, D]` in `dtype`."""
-    return jnp.take(weight_as(table, dtype), tokens, axis=0)
+    if hasattr(table, "dequantize"):
+        return jnp.take(table.dequantize(dtype), tokens, axis=0)
+    # Gather before casting: only B*T rows change dtype, not the whole table.
+    return jnp.take(table, tokens, axis=0).astype(dtype)

@@ -5,6 +5,8 @@ Every function maps arrays (shapes in its docstring) and keyword-only hyperparam
 Configs name methods through the registry (`get_objective("grpo")`, `get_advantage("rloo")`).
 """
 
+from types import ModuleType as _ModuleType
+
 from jaxrl_llm.objectives.advantages import (dapo_group_keep_mask, dapo_overlong_penalty, drgrpo_advantages,
                                              gae_advantages, grpo_advantages, masked_whiten, rloo_advantages)
 from jaxrl_llm.objectives.aggregation import (AGGREGATIONS, aggregate, seq_mean_token_mean, seq_mean_token_sum,
@@ -33,4 +35,5 @@ from jaxrl_llm.objectives.skillc import (SkillCCurriculum, skillc_advantages, sk
 from jaxrl_llm.objectives.tbpo import tbpo_loss, tbpo_mismatch_weight
 from jaxrl_llm.objectives.token_stats import hidden_token_stats, logits_token_stats, naive_token_stats
 
-__all__ = [name for name in dir() if not name.startswith("_")]
+__all__ = sorted(name for name, value in globals().items()
+                 if not name.startswith("_") and not isinstance(value, _ModuleType))

@@ -45,9 +45,12 @@ def _fill(template: nnx.State, values: PureDict) -> nnx.State:
     return nnx.from_flat_state([(path, var.replace(flat[path])) for path, var in nnx.to_flat_state(template)])
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class ModelParts:
-    """The static half of a split module: its graph and abstract (shape-only) states."""
+    """The static half of a split module: its graph and abstract (shape-only) states.
+
+    Compared and hashed by identity, so it can key caches of compiled functions.
+    """
 
     graphdef: nnx.GraphDef
     abstract_params: nnx.State

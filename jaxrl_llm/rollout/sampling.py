@@ -113,3 +113,15 @@ def _logprob_at(logits: jax.Array, token: jax.Array) -> jax.Array:
     """`log_softmax(logits [B, V])[b, token[b]]` -> `[B]` float32."""
     logp = jax.nn.log_softmax(logits, axis=-1)
     return jnp.take_along_axis(logp, token[:, None], axis=-1)[:, 0]
+
+
+def as_prng_key(key) -> jax.Array:
+    """A typed PRNG key from a typed key or a legacy `uint32[2]` key."""
+    key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        if key.shape != ():
+            raise ValueError(f"key must be a single PRNG key; got a key array of shape {key.shape}")
+        return key
+    if key.shape != (2,) or key.dtype != jnp.uint32:
+        raise ValueError(f"key must be jax.random.key(...) or a uint32[2] PRNGKey; got {key.dtype}{key.shape}")
+    return jax.random.wrap_key_data(key)

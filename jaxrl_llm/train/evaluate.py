@@ -30,8 +30,19 @@ def left_pad_prompts(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[np.
     return tokens, np.asarray([len(p) for p in prompts], np.int32)
 
 
-def make_greedy_generate(parts: ModelParts, max_new_tokens: int) -> Callable[..., jax.Array]:
-    """Jitted `generate(params, rest, tokens [B, P], lengths [B]) -> [B, max_new_tokens]` int32."""
+def make_greedy_generate(
+    parts: ModelParts, max_new_tokens: int, *, valid_vocab_size: int | None = None
+) -> Callable[..., jax.Array]:
+    """Jitted `generate(params, rest, tokens [B, P], lengths [B]) -> [B, max_new_tokens]` int32.
+
+    `valid_vocab_size`: only ids below it may be chosen (a model's vocabulary is often padded
+    past the tokenizer's, and those rows decode to nothing).
+    """
+
+    def pick(logits: jax.Array) -> jax.Array:
+        if valid_vocab_size is not None:
+            logits = jnp.where(jnp.arange(logits.shape[-1]) < valid_vocab_size, logits, -jnp.inf)
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
 
     def generate(params: Any, rest: Any, tokens: jax.Array, lengths: jax.Array) -> jax.Array:
         model = parts.merge(params, rest)
@@ -42,13 +53,13 @@ def make_greedy_generate(parts: ModelParts, max_new_tokens: int) -> Callable[...
         positions = jnp.maximum(slot - pad, 0).astype(jnp.int32)
         cache = init_cache(model.config, b, p + max_new_tokens)
         logits, cache = model(tokens, positions, segment_ids=segment_ids, cache=cache)
-        first = jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32)
+        first = pick(logits[:, -1])
 
         def decode(carry, _):
             token, position, cache = carry
             logits, cache = model(token[:, None], position[:, None], segment_ids=jnp.ones((b, 1), jnp.int32),
                                   cache=cache)
-            nxt = jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32)
+            nxt = pick(logits[:, -1])
             return (nxt, position + 1, cache), token
 
         _, out = jax.lax.scan(decode, (first, lengths.astype(jnp.int32), cache), None, length=max_new_tokens)

@@ -178,7 +178,9 @@ def evaluate_sft(setup: SFTSetup, state: TrainState) -> dict[str, Any]:
     cfg = setup.cfg
     task = task_from_config(cfg.data)
     problems = task.eval_set(int(cfg.eval.num_problems), seed=int(cfg.seed))
-    generate = make_greedy_generate(setup.parts, int(cfg.eval.max_new_tokens))
+    generate = make_greedy_generate(
+        setup.parts, int(cfg.eval.max_new_tokens), valid_vocab_size=setup.tokenizer.vocab_size
+    )
     completions = greedy_completions(
         generate, state.params, setup.rest, setup.tokenizer, [p.prompt for p in problems],
         batch_size=int(cfg.eval.batch_size),

@@ -1,0 +1,324 @@
+"""The RL loop: prompts -> n samples each -> rewards -> advantages -> K DGG-gated updates -> log/checkpoint.
+
+`run_rl(cfg)` (the `rl` CLI command) optionally warms a model up with the SFT trainer, then runs
+`cfg.rl.steps` RL iterations. One iteration (`rl_step`):
+
+1. the step's prompts (`prompts_for_step`, a pure function of seed and step);
+2. `n` samples per prompt from `jaxrl_llm.rollout.generate` (on quantized weights if
+   `rl.rollout_quant`), with a key folded from the state's RNG and the step;
+3. task rewards, then advantages from the registered estimator;
+4. the learner's own log-probs of the sampled tokens (`old_logprobs`; QaRL-aligned if `rl.qarl`)
+   and, with `rl.kl_coef > 0`, the frozen reference's (`ref_logprobs`);
+5. one jitted `rl_update` (K reuse epochs, DGG gate inside).
+
+Every step is logged to `metrics.jsonl` / TensorBoard; held-out greedy accuracy is logged as
+`eval/accuracy` at step 0, every `eval.every` steps and at the end. Since prompts and sampling keys
+depend only on (seed, step) and the state, resuming from a checkpoint replays the run exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import time
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+from ml_collections import ConfigDict
+
+from jaxrl_llm.models.decoder import Decoder
+from jaxrl_llm.parallel.distributed import initialize_distributed, is_primary_process
+from jaxrl_llm.parallel.init import init_sharded
+from jaxrl_llm.parallel.mesh import mesh_from_config
+from jaxrl_llm.rollout.sampler import SamplingConfig
+from jaxrl_llm.train.checkpoint import Checkpointer
+from jaxrl_llm.train.evaluate import exact_match_accuracy, greedy_completions, make_greedy_generate
+from jaxrl_llm.train.metrics import MetricsWriter, ProgressBar, read_jsonl
+from jaxrl_llm.train.optim import make_optimizer
+from jaxrl_llm.train.rl_plot import plot_rl_curves
+from jaxrl_llm.train.rl_rollout import (build_rollout_batch, decode_responses, encode_prompts, estimate_advantages,
+                                        prompts_for_step, sample_responses, score_responses)
+from jaxrl_llm.train.rl_update import RLUpdateOptions, dgg_extras, make_logprob_fn, make_rl_update
+from jaxrl_llm.train.sft_run import build_model_config, build_tokenizer, setup_sft, task_from_config, train_loop
+from jaxrl_llm.train.state import TrainState, create_train_state
+
+
+def update_options(cfg: Any) -> RLUpdateOptions:
+    """`RLUpdateOptions` from the `rl` section (the KL coefficient joins the objective's kwargs)."""
+    rl = cfg.rl
+    kwargs = dict(rl.objective_kwargs)
+    if float(rl.kl_coef):
+        kwargs["kl_coef"] = float(rl.kl_coef)
+    return RLUpdateOptions(objective=rl.objective, objective_kwargs=tuple(sorted(kwargs.items())),
+                           reuse_epochs=int(rl.reuse_epochs), minibatches=int(rl.minibatches),
+                           dgg=bool(rl.dgg.enabled), dgg_tau=float(rl.dgg.tau), dgg_statistic=rl.dgg.statistic,
+                           logprob_chunk=int(rl.logprob_chunk), qarl_format=rl.rollout_quant if rl.qarl else "")
+
+
+def sampling_config(cfg: Any, tokenizer: Any) -> SamplingConfig:
+    rl = cfg.rl
+    return SamplingConfig(max_new_tokens=int(rl.max_new_tokens), temperature=float(rl.temperature),
+                          top_k=int(rl.top_k), top_p=float(rl.top_p), n=int(rl.samples_per_prompt),
+                          stop_ids=(tokenizer.eos_id,), pad_id=tokenizer.pad_id)
+
+
+def check_rl_config(cfg: Any) -> None:
+    """Fail before anything is built when a field is out of range, naming it."""
+    rl = cfg.rl
+    for name in ("steps", "prompts_per_step", "samples_per_prompt", "max_new_tokens"):
+        if int(rl[name]) < 1:
+            raise ValueError(f"rl.{name} must be >= 1; got {rl[name]}")
+    if int(rl.samples_per_prompt) < 2 and rl.advantage in ("grpo", "drgrpo", "rloo"):
+        raise ValueError(f"rl.samples_per_prompt must be >= 2 for the group estimator {rl.advantage!r}")
+    rows = int(rl.prompts_per_step) * int(rl.samples_per_prompt)
+    if rows % int(rl.minibatches):
+        raise ValueError(f"rl.minibatches={rl.minibatches} must divide prompts_per_step x samples_per_prompt = {rows}")
+    if rl.qarl and not rl.rollout_quant:
+        raise ValueError("rl.qarl needs rl.rollout_quant ('int8', 'int4' or 'fp8'): the format to align with")
+    if int(rl.dgg.window) < 2:
+        raise ValueError(f"rl.dgg.window must be >= 2; got {rl.dgg.window}")
+    update_options(cfg)  # validates the objective name, reuse and gate fields
+
+
+def sft_warmup_config(cfg: Any) -> ConfigDict:
+    """The SFT trainer's config for the warm-up, written under `<output_dir>/sft`."""
+    c = ConfigDict()
+    c.seed = int(cfg.seed)
+    c.output_dir = os.path.join(cfg.output_dir, "sft")
+    for section in ("model", "mesh", "distributed", "data"):
+        c[section] = copy.deepcopy(cfg[section])
+    c.optimizer = copy.deepcopy(cfg.sft.optimizer)
+    c.train = ConfigDict({"steps": int(cfg.sft.steps), "batch_size": int(cfg.sft.batch_size),
+                          "micro_batches": int(cfg.sft.micro_batches), "log_every": int(cfg.sft.log_every),
+                          "progress_bar": bool(cfg.rl.progress_bar)})
+    c.eval = ConfigDict({"num_problems": 0, "batch_size": int(cfg.eval.batch_size),
+                         "max_new_tokens": int(cfg.eval.max_new_tokens)})
+    c.checkpoint = ConfigDict({"every": 0, "max_to_keep": 1, "resume": False})
+    return c
+
+
+def initial_policy(cfg: Any, *, warm_up: bool) -> tuple[Any, Any, Any, Any, Any]:
+    """`(mesh, parts, params, rest, params_shardings)`: after the SFT warm-up, or freshly initialised."""
+    if warm_up and int(cfg.sft.steps) > 0:
+        sft_cfg = sft_warmup_config(cfg)
+        setup = setup_sft(sft_cfg)
+        primary = is_primary_process()
+        writer = MetricsWriter(sft_cfg.output_dir, tensorboard=False) if primary else None
+        try:
+            state, _ = train_loop(setup.state, setup.step_fn, setup.iterator, int(sft_cfg.train.steps),
+                                  writer=writer, log_every=int(sft_cfg.train.log_every),
+                                  progress=primary and bool(sft_cfg.train.progress_bar))
+        finally:
+            if writer is not None:
+                writer.close()
+        shardings = jax.tree.map(lambda x: x.sharding, state.params)
+        return setup.mesh, setup.parts, state.params, setup.rest, shardings
+    initialize_distributed(cfg.distributed)
+    mesh = mesh_from_config(cfg.mesh)
+    model_config = build_model_config(cfg.model, build_tokenizer(cfg.data))
+    parts, params, rest, shardings = init_sharded(lambda: Decoder(model_config, rngs=nnx.Rngs(int(cfg.seed))), mesh)
+    return mesh, parts, params, rest, shardings
+
+
+@dataclasses.dataclass
+class RLSetup:
+    """Everything an RL run needs, built from one config."""
+
+    cfg: Any
+    mesh: Any
+    tokenizer: Any
+    task: Any
+    parts: Any
+    rest: Any
+    state: TrainState
+    update_fn: Any
+    logprob_fn: Any
+    sampling: SamplingConfig
+    ref_params: Any
+    eval_problems: list
+    eval_generate: Any
+
+
+def setup_rl(cfg: Any, *, warm_up: bool = True) -> RLSetup:
+    """Validate `cfg`, get the initial policy, build the RL `TrainState` and the jitted functions.
+
+    The reference policy (for `rl.kl_coef > 0`) is the initial policy, i.e. the warmed-up model.
+    """
+    check_rl_config(cfg)
+    tokenizer = build_tokenizer(cfg.data)
+    task = task_from_config(cfg.data)
+    mesh, parts, params, rest, shardings = initial_policy(cfg, warm_up=warm_up)
+    options = update_options(cfg)
+    rl = cfg.rl
+    total = int(rl.steps) * options.reuse_epochs * options.minibatches
+    optimizer = make_optimizer(rl.optimizer, total)
+    ref_params = jax.tree.map(lambda x: x.copy(), params) if float(rl.kl_coef) else None
+    extras = dgg_extras(int(rl.dgg.window)) if options.dgg else {}
+    state = create_train_state(params, optimizer, mesh, shardings, seed=int(cfg.seed), extras=extras)
+    state_shardings = jax.tree.map(lambda x: x.sharding, state)
+    update_fn = make_rl_update(parts, optimizer, options, rest=rest, mesh=mesh, state_shardings=state_shardings)
+    logprob_fn = make_logprob_fn(parts, chunk_size=options.logprob_chunk, qarl_format=options.qarl_format)
+    eval_problems = task.eval_set(int(cfg.eval.num_problems), seed=int(cfg.seed)) if int(cfg.eval.num_problems) else []
+    eval_generate = make_greedy_generate(parts, int(cfg.eval.max_new_tokens), valid_vocab_size=tokenizer.vocab_size)
+    return RLSetup(cfg, mesh, tokenizer, task, parts, rest, state, update_fn, logprob_fn,
+                   sampling_config(cfg, tokenizer), ref_params, eval_problems, eval_generate)
+
+
+def evaluate_policy(setup: RLSetup, params: Any) -> float:
+    """Greedy exact-match accuracy on the held-out problems."""
+    completions = greedy_completions(setup.eval_generate, params, setup.rest, setup.tokenizer,
+                                     [p.prompt for p in setup.eval_problems], batch_size=int(setup.cfg.eval.batch_size))
+    return exact_match_accuracy(setup.task, setup.eval_problems, completions)
+
+
+def collect_rollout_batch(setup: RLSetup, state: TrainState) -> tuple[Any, dict[str, float]]:
+    """Stages 1-4 of an iteration: the `RolloutBatch` for step `state.step` and rollout metrics."""
+    cfg, rl = setup.cfg, setup.cfg.rl
+    step = int(state.step)
+    n_prompts, n = int(rl.prompts_per_step), int(rl.samples_per_prompt)
+    problems = prompts_for_step(setup.task, n_prompts, int(cfg.seed), step)
+    key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), step)
+    t0 = time.perf_counter()
+    rollout = sample_responses(setup.parts, state.params, setup.rest, encode_prompts(setup.tokenizer, problems),
+                               key=key, config=setup.sampling, quant_format=rl.rollout_quant, mesh=setup.mesh)
+    lengths = np.asarray(rollout.lengths)
+    rollout_s = time.perf_counter() - t0
+    rewards = score_responses(setup.task, problems, decode_responses(setup.tokenizer, rollout), n)
+    group_ids = np.repeat(np.arange(n_prompts, dtype=np.int32), n)
+    advantages, adv_metrics = estimate_advantages(rl.advantage, rewards, group_ids, n_prompts,
+                                                  **dict(rl.advantage_kwargs))
+    batch = build_rollout_batch(rollout, rewards, group_ids, advantages, pad_id=setup.tokenizer.pad_id)
+    arrays = (batch.tokens, batch.positions, batch.segment_ids)
+    old, _ = setup.logprob_fn(state.params, setup.rest, *arrays)
+    mask = batch.loss_mask
+    batch = batch.replace(old_logprobs=np.asarray(old) * mask)
+    if setup.ref_params is not None:
+        ref, _ = setup.logprob_fn(setup.ref_params, setup.rest, *arrays)
+        batch = batch.replace(ref_logprobs=np.asarray(ref) * mask)
+    grouped = rewards.reshape(n_prompts, n)
+    metrics = {
+        "reward/mean": float(rewards.mean()), "reward/std": float(rewards.std()),
+        "accuracy": float((rewards >= 1.0).mean()),
+        "reward/mixed_groups": float(np.mean(grouped.max(1) > grouped.min(1))),
+        "response_length": float(lengths.mean()),
+        "rollout/mismatch_abs_logp": float(np.sum(np.abs(batch.old_logprobs - batch.rollout_logprobs) * mask)
+                                           / max(mask.sum(), 1.0)),
+        "rollout/tokens_per_s": float(lengths.sum() / max(rollout_s, 1e-9)),
+        "rollout/time_s": rollout_s,
+        **{f"advantage/{k}": v for k, v in adv_metrics.items()},
+    }
+    return batch, metrics
+
+
+def rl_step(setup: RLSetup, state: TrainState) -> tuple[TrainState, dict[str, float]]:
+    """One full iteration (see the module docstring); returns the new state and its flat record."""
+    batch, record = collect_rollout_batch(setup, state)
+    t0 = time.perf_counter()
+    state, metrics = setup.update_fn(state, batch)
+    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    update_s = time.perf_counter() - t0
+    b, t = batch.shape
+    record.update(metrics)
+    record["update/tokens_per_s"] = b * t * max(metrics["reuse/epochs_used"], 1.0) / max(update_s, 1e-9)
+    record["update/time_s"] = update_s
+    return state, record
+
+
+def rl_train_loop(setup: RLSetup, state: TrainState, num_steps: int, *, writer: MetricsWriter | None = None,
+                  checkpointer: Checkpointer | None = None, progress: bool = False) -> tuple[TrainState, list[dict]]:
+    """Run `num_steps` iterations from `state`; returns the final state and the per-step records."""
+    cfg = setup.cfg
+    start, last = int(state.step), int(cfg.rl.steps)
+    eval_every, ckpt_every = int(cfg.eval.every), int(cfg.checkpoint.every)
+    bar = ProgressBar(min(last, start + num_steps), initial=start, disable=not progress)
+    records = []
+    try:
+        for _ in range(num_steps):
+            state, record = rl_step(setup, state)
+            step = int(state.step)
+            if not np.isfinite(record["loss"]):
+                raise FloatingPointError(f"non-finite RL loss {record['loss']} at step {step}")
+            if setup.eval_problems and ((eval_every and step % eval_every == 0) or step == last):
+                record["eval/accuracy"] = evaluate_policy(setup, state.params)
+            bar.update(int(record["rollout/tokens_per_s"] * record["rollout/time_s"]), record["loss"])
+            records.append({"step": step, **record})
+            if writer is not None and (step % int(cfg.rl.log_every) == 0 or "eval/accuracy" in record):
+                writer.write(step, record)
+            if checkpointer is not None and ((ckpt_every and step % ckpt_every == 0) or step == last):
+                checkpointer.save(step, state)
+    finally:
+        bar.close()
+    return state, records
+
+
+def _save_reference(path: str, params: Any) -> None:
+    ckptr = ocp.StandardCheckpointer()
+    ckptr.save(path, params, force=True)
+    ckptr.wait_until_finished()
+
+
+def _restore_reference(path: str, like: Any) -> Any:
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), like)
+    return ocp.StandardCheckpointer().restore(path, abstract)
+
+
+def run_rl(cfg: Any, *, stop_after: int | None = None) -> dict[str, Any]:
+    """A full RL run per `cfg` (see the module docstring); returns a summary dict.
+
+    `stop_after` ends the run after that many iterations of this call (the schedule still spans
+    `rl.steps`), which is how a run is split into resumable parts. Summary keys: accuracy_before,
+    accuracy_after (held-out greedy), eval_accuracy, steps, wall_time_s, run_dir, plot, checkpoint_dir.
+    """
+    t0 = time.perf_counter()
+    run_dir = os.path.abspath(cfg.output_dir)
+    ckpt_dir = os.path.join(run_dir, "checkpoints")
+    resume = bool(cfg.checkpoint.resume) and os.path.isdir(ckpt_dir) and bool(os.listdir(ckpt_dir))
+    if not resume and os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
+        raise FileExistsError(f"{ckpt_dir} already holds checkpoints; set checkpoint.resume=true to continue "
+                              "that run or choose another output_dir")
+    setup = setup_rl(cfg, warm_up=not resume)
+    primary = is_primary_process()
+    checkpointer = Checkpointer(ckpt_dir, max_to_keep=int(cfg.checkpoint.max_to_keep))
+    ref_path = os.path.join(run_dir, "reference")
+    state = setup.state
+    if resume:
+        state = checkpointer.restore(state)
+        if setup.ref_params is not None:
+            setup.ref_params = _restore_reference(ref_path, setup.ref_params)
+    elif setup.ref_params is not None and primary:
+        _save_reference(ref_path, setup.ref_params)
+    writer = MetricsWriter(run_dir, tensorboard=primary) if primary else None
+    jsonl = os.path.join(run_dir, "metrics.jsonl")
+    summary: dict[str, Any] = {"run_dir": run_dir}
+    try:
+        if int(state.step) == 0 and setup.eval_problems:
+            summary["accuracy_before"] = evaluate_policy(setup, state.params)
+            if writer is not None:
+                writer.write(0, {"eval/accuracy": summary["accuracy_before"]})
+        remaining = max(int(cfg.rl.steps) - int(state.step), 0)
+        n = remaining if stop_after is None else min(remaining, int(stop_after))
+        state, records = rl_train_loop(setup, state, n, writer=writer, checkpointer=checkpointer,
+                                       progress=primary and bool(cfg.rl.progress_bar))
+    finally:
+        if writer is not None:
+            writer.close()
+        checkpointer.close()
+    summary.update(steps=int(state.step), records=records, final_state=state)
+    evals = [r for r in read_jsonl(jsonl) if "eval/accuracy" in r] if os.path.exists(jsonl) else []
+    if evals:
+        summary.setdefault("accuracy_before", evals[0]["eval/accuracy"] if evals[0]["step"] == 0 else None)
+        summary["accuracy_after"] = summary["eval_accuracy"] = evals[-1]["eval/accuracy"]
+        summary["eval_num_problems"] = len(setup.eval_problems)
+    if primary and os.path.exists(jsonl):
+        summary["plot"] = plot_rl_curves(jsonl, os.path.join(run_dir, "rl.png"))
+    summary["checkpoint_dir"] = ckpt_dir
+    summary["wall_time_s"] = time.perf_counter() - t0
+    if summary.get("accuracy_before") is not None and "accuracy_after" in summary:
+        gain = 100 * (summary["accuracy_after"] - summary["accuracy_before"])
+        print(f"held-out greedy accuracy before RL: {summary['accuracy_before']:.3f}, after RL: "
+              f"{summary['accuracy_after']:.3f} ({gain:+.1f} points, {len(setup.eval_problems)} problems)")
+    return summary
