@@ -41,7 +41,9 @@ def load_config_file(path: str) -> ConfigDict:
         raise ConfigError(f"config file {path!r} must define get_config()")
     cfg = module.get_config()
     if not isinstance(cfg, ConfigDict):
-        raise ConfigError(f"get_config() in {path!r} must return an ml_collections.ConfigDict; got {type(cfg).__name__}")
+        raise ConfigError(
+            f"get_config() in {path!r} must return an ml_collections.ConfigDict; got {type(cfg).__name__}"
+        )
     return cfg
 
 

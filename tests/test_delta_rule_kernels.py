@@ -237,7 +237,8 @@ def test_auto_picks_chunked_on_cpu_and_pallas_on_accelerators():
         (dict(q=np.zeros((2, 37, 2, 16), np.int32)), "q must be a floating-point array"),
         (dict(segment_ids=np.zeros((2, 36), np.int32)), r"segment_ids must be \[B, T\]"),
         (dict(cu_seqlens=np.array([0, 37], np.int32)), "cu_seqlens needs packed inputs with B == 1"),
-        (dict(chunk_size=0), "chunk_size must be a positive int"),
+        (dict(chunk_size=0), "chunk_size must be a power of two"),
+        (dict(chunk_size=24), "chunk_size must be a power of two"),
     ],
 )
 def test_bad_arguments_fail_naming_the_argument(change, message):

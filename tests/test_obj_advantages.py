@@ -100,6 +100,8 @@ def test_bad_group_inputs_name_the_array():
 # ---- RDPO (reconstructed formulas, spec section 3) ----
 
 RDPO_R = jnp.array([[0.0, 0.2], [0.0, 0.4], [1.0, 0.6], [1.0, 0.8]])
+# One compiled program per shape instead of op-by-op dispatch (keeps the suite fast).
+rdpo_jit = jax.jit(obj.rdpo_advantages, static_argnames=("num_groups", "whitening"))
 
 
 def test_rdpo_maq_case():
@@ -113,24 +115,24 @@ def test_rdpo_maq_case():
 
 def test_rdpo_whitening_case_float64():
     with jax.enable_x64(True):
-        adv, metrics = obj.rdpo_advantages(jnp.asarray(RDPO_R, jnp.float64), ONE_GROUP, num_groups=1)
+        adv, metrics = rdpo_jit(jnp.asarray(RDPO_R, jnp.float64), ONE_GROUP, num_groups=1)
         np.testing.assert_allclose(adv, [-0.624113, -0.579209, 0.579209, 0.624113], atol=1e-6)
         np.testing.assert_allclose(metrics["abs_corr_before"], 0.894427, atol=1e-6)
         assert float(metrics["abs_corr_after"]) < 1e-5
-        naive, _ = obj.rdpo_advantages(jnp.asarray(RDPO_R, jnp.float64), ONE_GROUP, num_groups=1, whitening="none")
+        naive, _ = rdpo_jit(jnp.asarray(RDPO_R, jnp.float64), ONE_GROUP, num_groups=1, whitening="none")
         np.testing.assert_allclose(naive, [-0.95, -0.65, 0.65, 0.95], atol=1e-6)
-    adv32, _ = obj.rdpo_advantages(RDPO_R, ONE_GROUP, num_groups=1)
+    adv32, _ = rdpo_jit(RDPO_R, ONE_GROUP, num_groups=1)
     np.testing.assert_allclose(adv32, [-0.624113, -0.579209, 0.579209, 0.624113], atol=1e-5)
 
 
 def test_rdpo_constant_or_undefined_dimension_contributes_nothing():
     r = jnp.concatenate([RDPO_R, jnp.full((4, 1), 0.7)], axis=1)
-    adv, metrics = obj.rdpo_advantages(r, ONE_GROUP, num_groups=1)
-    base, _ = obj.rdpo_advantages(RDPO_R, ONE_GROUP, num_groups=1)
+    adv, metrics = rdpo_jit(r, ONE_GROUP, num_groups=1)
+    base, _ = rdpo_jit(RDPO_R, ONE_GROUP, num_groups=1)
     np.testing.assert_allclose(adv, base, atol=1e-6)
     assert float(metrics["active_dims"]) == 2.0 and float(metrics["magnitude_2"]) == 0.0
     nan_dim = jnp.concatenate([RDPO_R[:, :1], jnp.full((4, 1), jnp.nan)], axis=1)
-    adv_nan, m = obj.rdpo_advantages(nan_dim, ONE_GROUP, num_groups=1)
+    adv_nan, m = rdpo_jit(nan_dim, ONE_GROUP, num_groups=1)
     np.testing.assert_allclose(adv_nan, [-0.5, -0.5, 0.5, 0.5], atol=1e-6)
     assert float(m["active_dims"]) == 1.0
 
@@ -138,9 +140,9 @@ def test_rdpo_constant_or_undefined_dimension_contributes_nothing():
 def test_rdpo_groups_are_independent_and_jit_safe():
     r = jnp.concatenate([RDPO_R, RDPO_R[::-1] * 0.5], axis=0)
     g = jnp.array([0, 0, 0, 0, 1, 1, 1, 1], jnp.int32)
-    adv = jax.jit(lambda x, gi: obj.rdpo_advantages(x, gi, num_groups=2)[0])(r, g)
-    first, _ = obj.rdpo_advantages(RDPO_R, ONE_GROUP, num_groups=1)
-    second, _ = obj.rdpo_advantages(RDPO_R[::-1] * 0.5, ONE_GROUP, num_groups=1)
+    adv = jax.jit(lambda x, gi: rdpo_jit(x, gi, num_groups=2)[0])(r, g)
+    first, _ = rdpo_jit(RDPO_R, ONE_GROUP, num_groups=1)
+    second, _ = rdpo_jit(RDPO_R[::-1] * 0.5, ONE_GROUP, num_groups=1)
     np.testing.assert_allclose(adv, jnp.concatenate([first, second]), atol=1e-5)
     np.testing.assert_allclose(jax.ops.segment_sum(adv, g, num_segments=2), 0.0, atol=1e-5)
 

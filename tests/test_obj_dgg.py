@@ -33,6 +33,15 @@ def test_energy_is_squared_frobenius_norm_case_i():
         obj.head_gradient_energy({"mlp": jnp.ones(2)})
 
 
+def test_init_state_has_fixed_shapes_and_distinct_buffers():
+    state = obj.dgg_init(5)
+    assert state.window.shape == (5,) and all(leaf.shape == () for leaf in state[1:])
+    pointers = [leaf.unsafe_buffer_pointer() for leaf in state]
+    assert len(set(pointers)) == len(pointers)
+    with pytest.raises(ValueError, match="window must be >= 2"):
+        obj.dgg_init(1)
+
+
 def test_zscore_cases_ii():
     head = [[np.sqrt(0.02), 0.0], [0.0, 0.0]]
     gated, _, m = obj.dgg_gate(grads_with_head(head), full_state(WINDOW), 2, tau=0.1)

@@ -137,6 +137,7 @@ LOSSES = {
     "vanilla": lambda lp, old, m, a, aux: obj.vanilla_pg_loss(lp, a, m),
     "opd": lambda lp, old, m, a, aux: obj.opd_loss(lp, old, old + aux, m, kl_coef=0.5),
     "opd_clipped": lambda lp, old, m, a, aux: obj.opd_loss(lp, old, old + aux, m, clip=0.2),
+    "value": lambda lp, old, m, a, aux: obj.value_loss(lp, old, old + aux, m, clip=0.05),
 }
 
 

@@ -90,6 +90,21 @@ def test_bcpg_nsa_loss_case_n1():
     np.testing.assert_allclose(out.metrics["frac_flipped"], 2 / 12, atol=1e-6)
 
 
+def test_bcpg_nsa_gradient_matches_finite_differences_float64():
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(0)
+        behavior = jnp.asarray(-rng.uniform(0.5, 2.0, (4, 5)))
+        logp = behavior + 0.1 * jnp.asarray(rng.normal(size=(4, 5)))
+        step_id = jnp.array([[0, 0, 1, 1, -1]] * 4)
+        step_ok = jnp.array([[True, False]] * 4)
+        rewards, groups = jnp.array([1.0, 0.0, 0.0, 1.0]), jnp.array([0, 0, 1, 1])
+        mask = jnp.ones((4, 5)).at[:, 4].set(0.0)
+        f = lambda lp: obj.bcpg_nsa_loss(lp, behavior, mask, rewards, groups, step_id, step_ok, num_groups=2).loss
+        d = jnp.asarray(rng.normal(size=(4, 5)))
+        fd = (f(logp + 1e-6 * d) - f(logp - 1e-6 * d)) / 2e-6
+        np.testing.assert_allclose(jnp.sum(jax.grad(f)(logp) * d), fd, rtol=1e-5)
+
+
 def test_bcpg_nsa_bad_input():
     with pytest.raises(ValueError, match=r"step_ok must be \[B, K\]"):
         obj.nsa_token_advantages(jnp.array([-0.5]), N1_STEP_ID, jnp.array([True, False]))

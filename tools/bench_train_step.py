@@ -109,8 +109,9 @@ def run(args: argparse.Namespace) -> dict:
     total_steps = args.warmup + args.steps + 1
     optimizer = make_optimizer(opt_cfg, total_steps)
     state = create_train_state(params, optimizer, mesh, shardings, seed=0)
-    step = make_sft_step(parts, optimizer, make_schedule(opt_cfg, total_steps), jax.tree.map(lambda x: x.sharding, state),
-                         mesh, rest=rest, num_micro_batches=args.micro_batches)
+    state_shardings = jax.tree.map(lambda x: x.sharding, state)
+    step = make_sft_step(parts, optimizer, make_schedule(opt_cfg, total_steps), state_shardings, mesh,
+                         rest=rest, num_micro_batches=args.micro_batches)
 
     b, t = args.batch_size, args.seq_len
     rng = np.random.default_rng(0)

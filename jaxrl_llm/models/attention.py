@@ -1,4 +1,5 @@
-"""Grouped-query softmax attention with RoPE, optional q/k/v biases (Qwen2) and q/k RMSNorm (Qwen3)."""
+"""Grouped-query softmax attention with RoPE, optional q/k/v biases (Qwen2), q/k RMSNorm (Qwen3) and a
+sigmoid output gate (Qwen3-Next)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ class MixerContext(NamedTuple):
     positions: `[B, T]` int32 RoPE positions of the queries.
     segment_ids: `[B, T]` int32 query segments (0 = padding).
     mask: `[B, T, S]` bool, query t may attend key slot s (S = T without a cache, else cache length).
-    cos, sin: `[B, T, Dh]` float32 RoPE tables.
+    cos, sin: `[B, T, R]` float32 RoPE tables (R = rotary dims, `Dh` unless partial rotary).
     cache_index: `[]` int32 first slot written by this call, or None without a cache.
     """
 
@@ -65,38 +66,49 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Arr
 
 
 class Attention(nnx.Module):
-    """GQA self-attention. Weights `[in, out]`: q `[D, H*Dh]`, k/v `[D, KVH*Dh]`, o `[H*Dh, D]`."""
+    """GQA self-attention. Weights `[in, out]`: q `[D, H*Dh]`, k/v `[D, KVH*Dh]`, o `[H*Dh, D]`.
+
+    With `config.attention_output_gate` (Qwen3-Next) q is `[D, H*2*Dh]`: per head, `Dh` query
+    channels then `Dh` gate channels (the Hugging Face layout), and the attention output is
+    multiplied by `sigmoid(gate)` before `o`.
+    """
 
     def __init__(self, config, *, rngs: nnx.Rngs):
         c = config
         pd = c.jnp_param_dtype
         self.num_heads, self.num_kv_heads, self.head_dim = c.num_heads, c.num_kv_heads, c.head_dim
+        self.output_gate = c.attention_output_gate
         q_out, kv_out = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
-        self.q_proj = normal_param(rngs, (c.hidden_size, q_out), ("embed", "heads"), pd)
+        q_width = 2 * q_out if self.output_gate else q_out
+        self.q_proj = normal_param(rngs, (c.hidden_size, q_width), ("embed", "heads"), pd)
         self.k_proj = normal_param(rngs, (c.hidden_size, kv_out), ("embed", "kv_heads"), pd)
         self.v_proj = normal_param(rngs, (c.hidden_size, kv_out), ("embed", "kv_heads"), pd)
         self.o_proj = normal_param(rngs, (q_out, c.hidden_size), ("heads", "embed"), pd)
         self.use_bias = c.attention_bias
         if c.attention_bias:
-            self.q_bias = constant_param(0.0, (q_out,), ("heads",), pd)
+            self.q_bias = constant_param(0.0, (q_width,), ("heads",), pd)
             self.k_bias = constant_param(0.0, (kv_out,), ("kv_heads",), pd)
             self.v_bias = constant_param(0.0, (kv_out,), ("kv_heads",), pd)
         self.use_qk_norm = c.qk_norm
         if c.qk_norm:
-            self.q_norm = RMSNorm(c.head_dim, eps=c.rms_norm_eps, param_dtype=pd)
-            self.k_norm = RMSNorm(c.head_dim, eps=c.rms_norm_eps, param_dtype=pd)
+            norm = dict(eps=c.rms_norm_eps, param_dtype=pd, zero_centered=c.norm_zero_centered)
+            self.q_norm = RMSNorm(c.head_dim, **norm)
+            self.k_norm = RMSNorm(c.head_dim, **norm)
 
-    def _project(self, x, name: str, heads: int) -> jax.Array:
+    def _project(self, x, name: str, heads: int, width: int) -> jax.Array:
         y = linear(x, getattr(self, f"{name}_proj").get_value())
         if self.use_bias:
             y = y + weight_as(getattr(self, f"{name}_bias").get_value(), y.dtype)
-        return y.reshape(*x.shape[:2], heads, self.head_dim)
+        return y.reshape(*x.shape[:2], heads, width)
 
     def __call__(self, x: jax.Array, ctx: MixerContext, cache: KVCache | None):
         """x `[B, T, D]` -> (`[B, T, D]`, updated `KVCache` or None)."""
-        q = self._project(x, "q", self.num_heads)
-        k = self._project(x, "k", self.num_kv_heads)
-        v = self._project(x, "v", self.num_kv_heads)
+        if self.output_gate:
+            q, gate = jnp.split(self._project(x, "q", self.num_heads, 2 * self.head_dim), 2, axis=-1)
+        else:
+            q, gate = self._project(x, "q", self.num_heads, self.head_dim), None
+        k = self._project(x, "k", self.num_kv_heads, self.head_dim)
+        v = self._project(x, "v", self.num_kv_heads, self.head_dim)
         if self.use_qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q = apply_rope(q, ctx.cos, ctx.sin)
@@ -105,5 +117,7 @@ class Attention(nnx.Module):
             cache = KVCache(write_slots(cache.k, k, ctx.cache_index), write_slots(cache.v, v, ctx.cache_index))
             k, v = cache.k, cache.v
         out = attend(q, k, v, ctx.mask)
+        if gate is not None:
+            out = out * jax.nn.sigmoid(gate.astype(jnp.float32)).astype(out.dtype)
         out = out.reshape(*x.shape[:2], self.num_heads * self.head_dim)
         return linear(out, self.o_proj.get_value()), cache

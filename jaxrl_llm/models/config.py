@@ -1,8 +1,10 @@
 """`ModelConfig`: the shape and numerics of a decoder, and its Hugging Face `config.json` mapping.
 
-Supported Hugging Face architectures: `Qwen2ForCausalLM`, `Qwen3ForCausalLM`, `LlamaForCausalLM`.
-Qwen2 always has q/k/v biases; Qwen3 adds per-head RMSNorm on q and k (`qk_norm`); Llama 3 may use
-the `llama3` RoPE frequency scaling.
+Supported Hugging Face architectures: `Qwen2ForCausalLM`, `Qwen3ForCausalLM`, `LlamaForCausalLM`,
+`Qwen3NextForCausalLM` (dense MLP only). Qwen2 always has q/k/v biases; Qwen3 adds per-head RMSNorm
+on q and k (`qk_norm`); Llama 3 may use the `llama3` RoPE frequency scaling; Qwen3-Next mixes Gated
+DeltaNet layers with gated, partially rotary attention and uses zero-centred RMSNorm weights (its
+conversion lives in `models.qwen3_next`).
 """
 
 from __future__ import annotations
@@ -13,15 +15,20 @@ from typing import Any
 import jax.numpy as jnp
 
 ATTENTION = "attention"
-SUPPORTED_ARCHITECTURES = ("Qwen2ForCausalLM", "Qwen3ForCausalLM", "LlamaForCausalLM")
+QWEN3_NEXT = "Qwen3NextForCausalLM"
+SUPPORTED_ARCHITECTURES = ("Qwen2ForCausalLM", "Qwen3ForCausalLM", "LlamaForCausalLM", QWEN3_NEXT)
 _MODEL_TYPE_TO_ARCH = {
     "qwen2": "Qwen2ForCausalLM",
     "qwen3": "Qwen3ForCausalLM",
     "llama": "LlamaForCausalLM",
+    "qwen3_next": QWEN3_NEXT,
 }
 _ARCH_TO_MODEL_TYPE = {v: k for k, v in _MODEL_TYPE_TO_ARCH.items()}
 _DTYPES = ("float32", "bfloat16", "float16")
 _LLAMA3_ROPE_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+# The kernels' implementations (`jaxrl_llm.kernels.delta_rule.IMPLS`), repeated so that configs stay
+# importable without the kernels.
+DELTA_IMPLS = ("recurrent", "chunked", "pallas", "auto")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,8 +53,23 @@ class ModelConfig:
       max_position_embeddings: the longest context the checkpoint was trained for (informational).
       param_dtype: storage dtype of parameters ("float32" or "bfloat16").
       dtype: compute dtype of activations and matmuls; softmax and norms always run in float32.
-      layer_types: one mixer name per layer (default: all "attention"); see `models.layers`.
+      layer_types: one mixer name per layer (default: all "attention"); see `models.layers` and,
+        for the delta-rule types ("gated_deltanet", "kda", "fg2_gdn", "fg2_gdn_plus"), `models.hybrid`.
       architecture: the Hugging Face architecture name written by `to_hf_config`.
+      partial_rotary_factor: fraction of each head's Dh channels that RoPE rotates (Qwen3-Next:
+        0.25); `rotary_dim = int(head_dim * partial_rotary_factor)` must be even.
+      attention_output_gate: q_proj also yields a per-head gate; attention output is multiplied by
+        sigmoid(gate) before o_proj (Qwen3-Next).
+      norm_zero_centered: RMSNorm weights are stored zero-centred and applied as `1 + weight`
+        (Qwen3-Next), for the layer, final and q/k norms.
+      linear_num_key_heads: delta-rule q/k heads (default: num_heads).
+      linear_num_value_heads: delta-rule value heads, a multiple of linear_num_key_heads (default:
+        linear_num_key_heads).
+      linear_key_head_dim: delta-rule q/k head dim K (default: head_dim).
+      linear_value_head_dim: delta-rule value head dim V (default: linear_key_head_dim).
+      linear_conv_kernel_dim: width W of the depthwise causal conv before the delta rule.
+      delta_impl: delta-rule kernel: "chunked", "recurrent", "pallas" or "auto".
+      delta_chunk_size: chunk length C of the chunked / Pallas kernels.
     """
 
     vocab_size: int
@@ -68,6 +90,16 @@ class ModelConfig:
     dtype: str = "float32"
     layer_types: tuple[str, ...] | None = None
     architecture: str = "Qwen2ForCausalLM"
+    partial_rotary_factor: float = 1.0
+    attention_output_gate: bool = False
+    norm_zero_centered: bool = False
+    linear_num_key_heads: int | None = None
+    linear_num_value_heads: int | None = None
+    linear_key_head_dim: int | None = None
+    linear_value_head_dim: int | None = None
+    linear_conv_kernel_dim: int = 4
+    delta_impl: str = "auto"
+    delta_chunk_size: int = 64
 
     def __post_init__(self):
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
@@ -81,6 +113,11 @@ class ModelConfig:
                 f"({self.num_kv_heads})")
         if self.head_dim % 2:
             raise ValueError(f"ModelConfig.head_dim must be even for RoPE; got {self.head_dim}")
+        if not 0.0 < self.partial_rotary_factor <= 1.0 or self.rotary_dim < 2 or self.rotary_dim % 2:
+            raise ValueError(
+                f"ModelConfig.partial_rotary_factor must be in (0, 1] with int(head_dim * factor) even and "
+                f">= 2; got {self.partial_rotary_factor} (rotary_dim {self.rotary_dim}, head_dim {self.head_dim})")
+        self._resolve_delta_fields()
         for name in ("param_dtype", "dtype"):
             if getattr(self, name) not in _DTYPES:
                 raise ValueError(f"ModelConfig.{name} must be one of {_DTYPES}; got {getattr(self, name)!r}")
@@ -100,6 +137,32 @@ class ModelConfig:
             object.__setattr__(self, "layer_types", types)
         if self.architecture not in SUPPORTED_ARCHITECTURES:
             raise ValueError(_unsupported(self.architecture))
+
+    def _resolve_delta_fields(self) -> None:
+        """Fills the delta-rule defaults (from the attention shapes) and validates them."""
+        defaults = (("linear_num_key_heads", self.num_heads),
+                    ("linear_num_value_heads", self.linear_num_key_heads or self.num_heads),
+                    ("linear_key_head_dim", self.head_dim),
+                    ("linear_value_head_dim", self.linear_key_head_dim or self.head_dim))
+        for name, default in defaults:
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, default)
+        for name in ("linear_num_key_heads", "linear_num_value_heads", "linear_key_head_dim",
+                     "linear_value_head_dim", "linear_conv_kernel_dim", "delta_chunk_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"ModelConfig.{name} must be a positive int; got {value!r}")
+        if self.linear_num_value_heads % self.linear_num_key_heads:
+            raise ValueError(
+                f"ModelConfig.linear_num_value_heads ({self.linear_num_value_heads}) must be a multiple of "
+                f"linear_num_key_heads ({self.linear_num_key_heads})")
+        if self.delta_impl not in DELTA_IMPLS:
+            raise ValueError(f"ModelConfig.delta_impl must be one of {DELTA_IMPLS}; got {self.delta_impl!r}")
+
+    @property
+    def rotary_dim(self) -> int:
+        """R, the channels of each attention head that RoPE rotates (`head_dim` unless partial)."""
+        return int(self.head_dim * self.partial_rotary_factor)
 
     @property
     def resolved_layer_types(self) -> tuple[str, ...]:
@@ -153,11 +216,19 @@ class ModelConfig:
             max_position_embeddings=int(hf.get("max_position_embeddings", 4096)),
             architecture=arch,
         )
+        if arch == QWEN3_NEXT:
+            from jaxrl_llm.models import qwen3_next  # noqa: PLC0415
+
+            fields.update(qwen3_next.fields_from_hf(hf))
         fields.update(overrides)
         return cls(**fields)
 
     def to_hf_config(self) -> dict[str, Any]:
         """The `config.json` dict that `transformers.AutoConfig` reads back into this model."""
+        if self.architecture == QWEN3_NEXT:
+            from jaxrl_llm.models import qwen3_next  # noqa: PLC0415
+
+            return qwen3_next.to_hf_config(self, self._hf_common())
         if set(self.resolved_layer_types) != {ATTENTION}:
             raise ValueError(
                 f"to_hf_config: only all-attention models map to {self.architecture}; "
@@ -168,6 +239,18 @@ class ModelConfig:
             raise ValueError(f"{self.architecture} with attention_bias also biases o_proj; not supported")
         if self.qk_norm != (self.architecture == "Qwen3ForCausalLM"):
             raise ValueError(f"qk_norm={self.qk_norm} does not match {self.architecture}")
+        for name in ("attention_output_gate", "norm_zero_centered"):
+            if getattr(self, name):
+                raise ValueError(f"{name}=True does not exist in {self.architecture}")
+        if self.partial_rotary_factor != 1.0:
+            raise ValueError(f"partial_rotary_factor={self.partial_rotary_factor} does not exist in {self.architecture}")
+        hf = self._hf_common()
+        if self.architecture != "Qwen2ForCausalLM":
+            hf["attention_bias"] = False
+        return hf
+
+    def _hf_common(self) -> dict[str, Any]:
+        """The `config.json` entries every supported architecture shares."""
         rope: dict[str, Any] = {"rope_theta": self.rope_theta, "rope_type": "default"}
         if self.rope_scaling is not None:
             rope.update({k: self.rope_scaling[k] for k in _LLAMA3_ROPE_KEYS}, rope_type="llama3")
@@ -191,8 +274,6 @@ class ModelConfig:
             "rope_scaling": None if self.rope_scaling is None else dict(rope),
             "torch_dtype": self.param_dtype,
         }
-        if self.architecture != "Qwen2ForCausalLM":
-            hf["attention_bias"] = False
         return hf
 
 
@@ -250,11 +331,42 @@ def qwen25_05b(**overrides: Any) -> ModelConfig:
     return ModelConfig(**fields)
 
 
-PRESETS = {"tiny": tiny, "qwen2.5-0.5b": qwen25_05b}
+def hybrid_layer_types(num_layers: int, every: int = 4, mixer: str = "gated_deltanet") -> tuple[str, ...]:
+    """`layer_types` with softmax attention at every `every`-th layer and `mixer` elsewhere.
+
+    `hybrid_layer_types(8)` is Qwen3-Next's 3:1 pattern (layers 3 and 7 attend); `every=1` gives an
+    all-attention stack.
+    """
+    if not isinstance(num_layers, int) or num_layers <= 0:
+        raise ValueError(f"num_layers must be a positive int; got {num_layers!r}")
+    if not isinstance(every, int) or every <= 0:
+        raise ValueError(f"every must be a positive int; got {every!r}")
+    return tuple(ATTENTION if (i + 1) % every == 0 else mixer for i in range(num_layers))
+
+
+def hybrid_tiny(**overrides: Any) -> ModelConfig:
+    """A 4-layer Qwen3-Next-shaped hybrid (3 Gated DeltaNet : 1 attention, D=64, V=128) for tests.
+
+    Gated, half-rotary attention with q/k norm and zero-centred norms, so it saves as a
+    `Qwen3NextForCausalLM` checkpoint; pass `layer_types=hybrid_layer_types(4, mixer="kda")` (with
+    `architecture` unchanged it then only runs here) for other delta-rule mixers.
+    """
+    num_layers = overrides.pop("num_layers", 4)
+    fields = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_layers=num_layers, num_heads=4,
+                  num_kv_heads=2, head_dim=16, rope_theta=10000.0, max_position_embeddings=512,
+                  layer_types=hybrid_layer_types(num_layers), qk_norm=True, attention_output_gate=True,
+                  norm_zero_centered=True, partial_rotary_factor=0.5, linear_num_key_heads=2,
+                  linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=16,
+                  delta_chunk_size=16, architecture=QWEN3_NEXT)
+    fields.update(overrides)
+    return ModelConfig(**fields)
+
+
+PRESETS = {"tiny": tiny, "qwen2.5-0.5b": qwen25_05b, "hybrid-tiny": hybrid_tiny}
 
 
 def preset(name: str, **overrides: Any) -> ModelConfig:
-    """A named preset (`tiny`, `qwen2.5-0.5b`) with `overrides` applied."""
+    """A named preset (`tiny`, `qwen2.5-0.5b`, `hybrid-tiny`) with `overrides` applied."""
     if name not in PRESETS:
         raise ValueError(f"unknown model preset {name!r}; known: {sorted(PRESETS)}")
     return PRESETS[name](**overrides)

@@ -41,7 +41,8 @@ class Decoder(nnx.Module):
         pd = config.jnp_param_dtype
         self.embed = normal_param(rngs, (config.vocab_size, config.hidden_size), ("vocab", "embed"), pd)
         self.layers = nnx.List([DecoderLayer(config, t, rngs=rngs) for t in config.resolved_layer_types])
-        self.final_norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps, param_dtype=pd)
+        self.final_norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps, param_dtype=pd,
+                                  zero_centered=config.norm_zero_centered)
         if not config.tie_word_embeddings:
             self.lm_head = normal_param(rngs, (config.hidden_size, config.vocab_size), ("embed", "vocab"), pd)
 
@@ -70,7 +71,7 @@ class Decoder(nnx.Module):
             mask = attention_mask(segment_ids, index + jnp.arange(t, dtype=jnp.int32), slot_segments,
                                   jnp.arange(cache.max_len, dtype=jnp.int32))
         c = self.config
-        cos, sin = rope_tables(positions, inverse_frequencies(c.head_dim, c.rope_theta, c.rope_scaling))
+        cos, sin = rope_tables(positions, inverse_frequencies(c.rotary_dim, c.rope_theta, c.rope_scaling))
         ctx = MixerContext(positions=positions, segment_ids=segment_ids, mask=mask, cos=cos, sin=sin,
                            cache_index=index)
         x = embedding_lookup(self.embed.get_value(), tokens, self.config.jnp_dtype)

@@ -1,7 +1,7 @@
 """Hugging Face checkpoints in and out: `config.json` + safetensors <-> `Decoder`.
 
 HF linears store `[out, in]`; ours store `[in, out]`, so those tensors are transposed on the way in
-and out. Loading reads one tensor at a time; with a mesh, every device's shard is read straight from
+and out; depthwise conv weights `[C, 1, W]` are stored `[C, W]`. Loading reads one tensor at a time; with a mesh, every device's shard is read straight from
 the memory-mapped file into its slot of a sharded array (`jax.make_array_from_callback`), so no
 host ever holds a full copy per device.
 """
@@ -18,40 +18,69 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
-from jaxrl_llm.models.config import ATTENTION, ModelConfig
+from jaxrl_llm.models.config import ATTENTION, QWEN3_NEXT, ModelConfig
 from jaxrl_llm.models.decoder import Decoder
+from jaxrl_llm.models.qwen3_next import GATED_DELTANET
 from jaxrl_llm.models.safetensors_io import SINGLE_FILE, CheckpointReader
 
 ShardingRules = Callable[[tuple[str | None, ...], Mesh], NamedSharding]
 StatePath = tuple[Any, ...]
+# How a tensor is stored in HF relative to ours: as is, transposed (linears), or `[C, 1, W]` for our
+# `[C, W]` (depthwise conv).
+SAME, TRANSPOSED, CONV = "same", "transposed", "conv"
+# Gated DeltaNet tensors: HF name under `linear_attn.` -> (our name under `mixer.delta.`, layout).
+_GATED_DELTANET_TENSORS = {
+    "in_proj_qkvz.weight": ("in_proj_qkvz", TRANSPOSED),
+    "in_proj_ba.weight": ("in_proj_ba", TRANSPOSED),
+    "conv1d.weight": ("conv1d", CONV),
+    "dt_bias": ("dt_bias", SAME),
+    "A_log": ("A_log", SAME),
+    "norm.weight": ("norm", SAME),
+    "out_proj.weight": ("out_proj", TRANSPOSED),
+}
 
 
-def hf_tensor_names(config: ModelConfig) -> dict[str, tuple[StatePath, bool]]:
-    """HF tensor name -> (path in `nnx.state(Decoder)`, whether HF stores it transposed)."""
-    names: dict[str, tuple[StatePath, bool]] = {
-        "model.embed_tokens.weight": (("embed",), False),
-        "model.norm.weight": (("final_norm", "scale"), False),
+def hf_tensor_names(config: ModelConfig) -> dict[str, tuple[StatePath, str]]:
+    """HF tensor name -> (path in `nnx.state(Decoder)`, layout: `SAME`, `TRANSPOSED` or `CONV`)."""
+    names: dict[str, tuple[StatePath, str]] = {
+        "model.embed_tokens.weight": (("embed",), SAME),
+        "model.norm.weight": (("final_norm", "scale"), SAME),
     }
     if not config.tie_word_embeddings:
-        names["lm_head.weight"] = (("lm_head",), True)
+        names["lm_head.weight"] = (("lm_head",), TRANSPOSED)
     for i, layer_type in enumerate(config.resolved_layer_types):
-        if layer_type != ATTENTION:
-            raise ValueError(f"layer {i} has type {layer_type!r}; only {ATTENTION!r} layers map to "
-                             f"{config.architecture} checkpoints")
         hf, ours = f"model.layers.{i}.", ("layers", i)
-        names[hf + "input_layernorm.weight"] = (ours + ("input_norm", "scale"), False)
-        names[hf + "post_attention_layernorm.weight"] = (ours + ("post_mixer_norm", "scale"), False)
-        for proj in ("q", "k", "v", "o"):
-            names[hf + f"self_attn.{proj}_proj.weight"] = (ours + ("mixer", f"{proj}_proj"), True)
-        if config.attention_bias:
-            for proj in ("q", "k", "v"):
-                names[hf + f"self_attn.{proj}_proj.bias"] = (ours + ("mixer", f"{proj}_bias"), False)
-        if config.qk_norm:
-            for proj in ("q", "k"):
-                names[hf + f"self_attn.{proj}_norm.weight"] = (ours + ("mixer", f"{proj}_norm", "scale"), False)
+        names[hf + "input_layernorm.weight"] = (ours + ("input_norm", "scale"), SAME)
+        names[hf + "post_attention_layernorm.weight"] = (ours + ("post_mixer_norm", "scale"), SAME)
+        if layer_type == ATTENTION:
+            names.update(_attention_tensor_names(config, hf + "self_attn.", ours + ("mixer",)))
+        elif layer_type == GATED_DELTANET and config.architecture == QWEN3_NEXT:
+            for hf_name, (name, layout) in _GATED_DELTANET_TENSORS.items():
+                names[hf + "linear_attn." + hf_name] = (ours + ("mixer", "delta", name), layout)
+        else:
+            raise ValueError(f"layer {i} has type {layer_type!r}, which does not map to {config.architecture} "
+                             f"checkpoints")
         for proj in ("gate", "up", "down"):
-            names[hf + f"mlp.{proj}_proj.weight"] = (ours + ("mlp", f"{proj}_proj"), True)
+            names[hf + f"mlp.{proj}_proj.weight"] = (ours + ("mlp", f"{proj}_proj"), TRANSPOSED)
     return names
+
+
+def _attention_tensor_names(config: ModelConfig, hf: str, ours: StatePath) -> dict[str, tuple[StatePath, str]]:
+    names = {hf + f"{proj}_proj.weight": (ours + (f"{proj}_proj",), TRANSPOSED) for proj in "qkvo"}
+    if config.attention_bias:
+        names.update({hf + f"{proj}_proj.bias": (ours + (f"{proj}_bias",), SAME) for proj in "qkv"})
+    if config.qk_norm:
+        names.update({hf + f"{proj}_norm.weight": (ours + (f"{proj}_norm", "scale"), SAME) for proj in "qk"})
+    return names
+
+
+def hf_shape(shape: tuple[int, ...], layout: str) -> tuple[int, ...]:
+    """The HF shape of a tensor whose shape here is `shape`."""
+    if layout == TRANSPOSED:
+        return shape[::-1]
+    if layout == CONV:
+        return (shape[0], 1, shape[1])
+    return shape
 
 
 def _default_sharding_for(mesh: Mesh) -> Callable[[tuple, tuple[int, ...]], NamedSharding] | None:
@@ -67,7 +96,7 @@ def _default_sharding_for(mesh: Mesh) -> Callable[[tuple, tuple[int, ...]], Name
 def load_pretrained(path: str | Path, *, dtype: str | None = None, param_dtype: str | None = None,
                     mesh: Mesh | None = None, sharding_rules: ShardingRules | None = None
                     ) -> tuple[Decoder, ModelConfig]:
-    """Loads a Qwen2/Qwen3/Llama HF checkpoint directory into a `Decoder`.
+    """Loads a Qwen2/Qwen3/Llama/Qwen3-Next (dense) HF checkpoint directory into a `Decoder`.
 
     Args:
       path: directory with `config.json` and `model.safetensors` or `model.safetensors.index.json`.
@@ -96,17 +125,19 @@ def load_pretrained(path: str | Path, *, dtype: str | None = None, param_dtype: 
     graphdef, state = nnx.split(nnx.eval_shape(lambda: Decoder(config, rngs=nnx.Rngs(0))))
     flat = dict(nnx.to_flat_state(state))
     reader = CheckpointReader(path)
-    for name, (state_path, transposed) in hf_tensor_names(config).items():
+    for name, (state_path, layout) in hf_tensor_names(config).items():
         variable = flat[state_path]
         shape = tuple(variable.get_value().shape)
-        hf_shape = shape[::-1] if transposed else shape
+        want = hf_shape(shape, layout)
         if name not in reader:
-            raise KeyError(f"checkpoint {path} is missing tensor {name!r} (expected shape {list(hf_shape)})")
-        if reader.shape(name) != hf_shape:
+            raise KeyError(f"checkpoint {path} is missing tensor {name!r} (expected shape {list(want)})")
+        if reader.shape(name) != want:
             raise ValueError(f"tensor {name!r} in {path} has shape {list(reader.shape(name))}; "
-                             f"expected {list(hf_shape)} from config.json")
+                             f"expected {list(want)} from config.json")
         source = reader.array(name)
-        value = _materialise(source, transposed, shape, config.jnp_param_dtype,
+        if layout == CONV:
+            source = source[:, 0, :]
+        value = _materialise(source, layout == TRANSPOSED, shape, config.jnp_param_dtype,
                              variable.get_metadata("out_sharding", None), sharding_for)
         flat[state_path] = variable.replace(value)
     model = nnx.merge(graphdef, nnx.from_flat_state(flat))
@@ -145,12 +176,12 @@ def save_pretrained(model: Decoder, config: ModelConfig, path: str | Path, *, dt
     hf_config["torch_dtype"] = hf_config["dtype"] = str(out_dtype)
     flat = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
     tensors = {}
-    for name, (state_path, transposed) in hf_tensor_names(config).items():
+    for name, (state_path, layout) in hf_tensor_names(config).items():
         value = flat[state_path].get_value()
         if isinstance(value, jax.Array) and not value.is_fully_addressable:
             value = multihost_utils.process_allgather(value, tiled=True)
         host = np.asarray(jax.device_get(value)).astype(out_dtype)
-        tensors[name] = np.ascontiguousarray(host.T if transposed else host)
+        tensors[name] = np.ascontiguousarray(host.T if layout == TRANSPOSED else host.reshape(hf_shape(host.shape, layout)))
     if jax.process_index() == 0:
         path.mkdir(parents=True, exist_ok=True)
         save_file(tensors, str(path / SINGLE_FILE), metadata={"format": "pt"})

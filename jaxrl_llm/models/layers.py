@@ -3,8 +3,8 @@
 A mixer is an `nnx.Module` called as `mixer(x [B, T, D], ctx: MixerContext, layer_cache)` that
 returns `(y [B, T, D], new_layer_cache)` (`layer_cache` is None without a cache). Each layer type
 registers how to build its mixer and how to make its empty cache entry; `"attention"` is built in,
-other types (delta-rule mixers) register themselves with `register_mixer` when their module is
-imported.
+other types (the delta-rule mixers of `models.hybrid`) register themselves with `register_mixer`
+when their module is imported.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from jaxrl_llm.models.mlp import SwiGLU
 from jaxrl_llm.models.norm import RMSNorm
 
 # Modules that register further layer types when imported.
-_PLUGIN_MODULES = ("jaxrl_llm.models.delta_layers",)
+_PLUGIN_MODULES = ("jaxrl_llm.models.hybrid",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,11 +65,12 @@ class DecoderLayer(nnx.Module):
     """Pre-norm residual block: `x + mixer(norm(x))`, then `x + mlp(norm(x))`."""
 
     def __init__(self, config: ModelConfig, layer_type: str, *, rngs: nnx.Rngs):
-        pd, eps = config.jnp_param_dtype, config.rms_norm_eps
+        norm = dict(eps=config.rms_norm_eps, param_dtype=config.jnp_param_dtype,
+                    zero_centered=config.norm_zero_centered)
         self.layer_type = layer_type
-        self.input_norm = RMSNorm(config.hidden_size, eps=eps, param_dtype=pd)
+        self.input_norm = RMSNorm(config.hidden_size, **norm)
         self.mixer = mixer_spec(layer_type).build(config, rngs)
-        self.post_mixer_norm = RMSNorm(config.hidden_size, eps=eps, param_dtype=pd)
+        self.post_mixer_norm = RMSNorm(config.hidden_size, **norm)
         self.mlp = SwiGLU(config, rngs=rngs)
 
     def __call__(self, x: jax.Array, ctx: MixerContext, cache: Any):

@@ -41,7 +41,17 @@ def rope_tables(positions: jax.Array, inv_freq: np.ndarray) -> tuple[jax.Array, 
 
 
 def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
-    """Rotates `x [B, T, N, Dh]` by `cos/sin [B, T, Dh]` (in float32), returning `x.dtype`."""
+    """Rotates `x [B, T, N, Dh]` by `cos/sin [B, T, R]` (in float32), returning `x.dtype`.
+
+    With `R < Dh` (partial rotary, as in Qwen3-Next) only the first `R` channels rotate (half-split
+    within them) and the other `Dh - R` pass through unchanged.
+    """
+    rotary = cos.shape[-1]
+    if rotary > x.shape[-1] or rotary % 2:
+        raise ValueError(f"apply_rope: cos/sin must be [B, T, R] with R even and R <= Dh = {x.shape[-1]}; "
+                         f"got {tuple(cos.shape)}")
+    if rotary < x.shape[-1]:
+        return jnp.concatenate([apply_rope(x[..., :rotary], cos, sin), x[..., rotary:]], axis=-1)
     xf = x.astype(jnp.float32)
     half = x.shape[-1] // 2
     rotated = jnp.concatenate([-xf[..., half:], xf[..., :half]], axis=-1)

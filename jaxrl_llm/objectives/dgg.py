@@ -41,8 +41,11 @@ def dgg_init(window: int = 20) -> DGGState:
     """Empty gate state with a ring buffer of `window` entries."""
     if window < 2:
         raise ValueError(f"window must be >= 2; got {window}")
-    f0, i0, b0 = jnp.float32(0), jnp.int32(0), jnp.bool_(False)
-    return DGGState(jnp.zeros(window, jnp.float32), i0, f0, b0, i0, f0, f0, b0)
+    # A fresh buffer per field: a donated state must not alias one scalar across fields.
+    f32, i32 = jnp.float32, jnp.int32
+    return DGGState(window=jnp.zeros(window, f32), count=jnp.zeros((), i32), prev_energy=jnp.zeros((), f32),
+                    stopped=jnp.zeros((), bool), steps_used=jnp.zeros((), i32), last_energy=jnp.zeros((), f32),
+                    last_z=jnp.zeros((), f32), last_gated=jnp.zeros((), bool))
 
 
 def _leaf_matcher(rule: LeafRule) -> list[Callable[[str], bool]]:

@@ -144,13 +144,11 @@ class DecodeEngine:
         self._slots, self._prefill_len, self._target_len = max_concurrent_decodes, max_prefill_length, max_target_length
         self.knobs = SamplingKnobs.make(temperature, top_k, top_p)
         self.stop_ids = tuple(int(s) for s in stop_ids)
+        # Traced, so engines that differ only in knobs or stop ids share compiled programs.
+        self._stops = jnp.asarray(self.stop_ids or (_NO_STOP,), jnp.int32)
         self.quant_format = quant_format
         self.graphdef, _ = nnx.split(nnx.eval_shape(lambda: Decoder(config, rngs=nnx.Rngs(0))))
-        self._prefill = jax.jit(self._prefill_impl)
-        # The decode state is updated in place where the backend supports donation (not on CPU).
-        donate = () if jax.default_backend() == "cpu" else (1,)
-        self._insert = jax.jit(self._insert_impl, donate_argnums=donate)
-        self._generate = jax.jit(self._generate_impl, donate_argnums=donate)
+        self._spec = _Spec(self.graphdef, config, max_target_length)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, dtype: str | None = None, **engine_kwargs: Any
@@ -215,7 +213,7 @@ class DecodeEngine:
         if not 1 <= int(true_length) <= padded_tokens.shape[0]:
             raise ValueError(f"true_length must be in [1, {padded_tokens.shape[0]}]; got {true_length}")
         key = as_prng_key(jax.random.key(0) if key is None else key)
-        prefix = self._prefill(params, padded_tokens, jnp.int32(true_length), key)
+        prefix = _prefill_jit(self._spec, params, padded_tokens, jnp.int32(true_length), key, self.knobs)
         ones = jnp.ones((1, 1), jnp.int32)
         return prefix, ResultTokens(prefix.token.reshape(1, 1), ones, ones[:, 0], prefix.logprob.reshape(1, 1))
 
@@ -223,66 +221,80 @@ class DecodeEngine:
         """`decode_state` with `prefix` placed in `slot` (whatever was there is dropped)."""
         if not 0 <= int(slot) < self._slots:
             raise ValueError(f"slot must be in [0, {self._slots}); got {slot}")
-        return self._insert(prefix, decode_state, jnp.int32(slot))
+        return _insert_jit(self._spec, prefix, decode_state, jnp.int32(slot), self._stops)
 
     def generate(self, params: Any, decode_state: DecodeState) -> tuple[DecodeState, ResultTokens]:
         """One token for every live slot; `valid` marks the slots that were decoding."""
-        return self._generate(params, decode_state)
+        return _generate_jit(self._spec, params, decode_state, self.knobs, self._stops)
 
-    # --- compiled bodies ------------------------------------------------------------------------
 
-    def _is_stop(self, token: jax.Array) -> jax.Array:
-        stops = jnp.asarray(self.stop_ids or (_NO_STOP,), jnp.int32)
-        return jnp.any(token[..., None] == stops, axis=-1)
+@dataclasses.dataclass(frozen=True)
+class _Spec:
+    """What the compiled engine programs specialise on (hashable: a static `jit` argument)."""
 
-    def _prefill_impl(self, params, tokens, true_length, key) -> Prefix:
-        model = nnx.merge(self.graphdef, params)
-        width = tokens.shape[0]
-        cols = jnp.arange(width, dtype=jnp.int32)[None, :]
-        segment_ids = (cols < true_length).astype(jnp.int32)
-        cache = init_cache(self.config, 1, self._target_len)
-        hidden, cache = model.hidden(tokens[None, :], cols, segment_ids=segment_ids, cache=cache)
-        last = jax.lax.dynamic_index_in_dim(hidden, true_length - 1, axis=1)  # [1, 1, D]
-        draw = sample_tokens(jax.random.fold_in(key, 0)[None], model.logits(last)[:, 0], self.knobs)
-        return Prefix(cache=cache, position=true_length, token=draw.token[0], logprob=draw.logprob[0], key=key)
+    graphdef: nnx.GraphDef
+    config: ModelConfig
+    target_len: int
 
-    def _insert_impl(self, prefix: Prefix, state: DecodeState, slot) -> DecodeState:
-        def put(stack, value):
-            return jax.lax.dynamic_update_index_in_dim(stack, jnp.asarray(value, stack.dtype), slot, axis=0)
 
-        room = prefix.cache.index < self._target_len
-        return DecodeState(
-            caches=jax.tree.map(put, state.caches, prefix.cache),
-            tokens=put(state.tokens, prefix.token),
-            positions=put(state.positions, prefix.position),
-            active=put(state.active, room & ~self._is_stop(prefix.token)),
-            generated=put(state.generated, 1),
-            keys=put(state.keys, prefix.key))
+def _is_stop(token: jax.Array, stops: jax.Array) -> jax.Array:
+    return jnp.any(token[..., None] == stops, axis=-1)
 
-    def _generate_impl(self, params, state: DecodeState) -> tuple[DecodeState, ResultTokens]:
-        model = nnx.merge(self.graphdef, params)
-        last_slot = self._target_len - 1
-        # Finished slots still run (fixed shapes) but write padding (segment 0) in place.
-        caches = state.caches._replace(index=jnp.minimum(state.caches.index, last_slot))
 
-        def step(cache, token, position, live):
-            hidden, cache = model.hidden(token.reshape(1, 1), position.reshape(1, 1),
-                                         segment_ids=live.astype(jnp.int32).reshape(1, 1), cache=cache)
-            return model.logits(hidden)[0, 0], cache
+def _prefill_fn(spec: _Spec, params, tokens, true_length, key, knobs) -> Prefix:
+    model = nnx.merge(spec.graphdef, params)
+    width = tokens.shape[0]
+    cols = jnp.arange(width, dtype=jnp.int32)[None, :]
+    segment_ids = (cols < true_length).astype(jnp.int32)
+    cache = init_cache(spec.config, 1, spec.target_len)
+    hidden, cache = model.hidden(tokens[None, :], cols, segment_ids=segment_ids, cache=cache)
+    last = jax.lax.dynamic_index_in_dim(hidden, true_length - 1, axis=1)  # [1, 1, D]
+    draw = sample_tokens(jax.random.fold_in(key, 0)[None], model.logits(last)[:, 0], knobs)
+    return Prefix(cache=cache, position=true_length, token=draw.token[0], logprob=draw.logprob[0], key=key)
 
-        logits, new_caches = jax.vmap(step)(caches, state.tokens, state.positions, state.active)
-        keys = jax.vmap(jax.random.fold_in)(state.keys, state.generated)
-        draw = sample_tokens(keys, logits, self.knobs)
-        live = state.active
-        index = jnp.where(live, new_caches.index, caches.index)
-        generated = state.generated + live.astype(jnp.int32)
-        new_state = DecodeState(
-            caches=new_caches._replace(index=index),
-            tokens=jnp.where(live, draw.token, state.tokens),
-            positions=state.positions + live.astype(jnp.int32),
-            active=live & ~self._is_stop(draw.token) & (index < self._target_len),
-            generated=generated,
-            keys=state.keys)
-        result = ResultTokens(tokens=draw.token[:, None], valid=live.astype(jnp.int32)[:, None], lengths=generated,
-                              logprobs=draw.logprob[:, None])
-        return new_state, result
+
+def _insert_fn(spec: _Spec, prefix: Prefix, state: DecodeState, slot, stops) -> DecodeState:
+    def put(stack, value):
+        return jax.lax.dynamic_update_index_in_dim(stack, jnp.asarray(value, stack.dtype), slot, axis=0)
+
+    room = prefix.cache.index < spec.target_len
+    return DecodeState(
+        caches=jax.tree.map(put, state.caches, prefix.cache),
+        tokens=put(state.tokens, prefix.token),
+        positions=put(state.positions, prefix.position),
+        active=put(state.active, room & ~_is_stop(prefix.token, stops)),
+        generated=put(state.generated, 1),
+        keys=put(state.keys, prefix.key))
+
+
+def _generate_fn(spec: _Spec, params, state: DecodeState, knobs, stops) -> tuple[DecodeState, ResultTokens]:
+    model = nnx.merge(spec.graphdef, params)
+    # Finished slots still run (fixed shapes) but write padding (segment 0) in place.
+    caches = state.caches._replace(index=jnp.minimum(state.caches.index, spec.target_len - 1))
+
+    def step(cache, token, position, live):
+        hidden, cache = model.hidden(token.reshape(1, 1), position.reshape(1, 1),
+                                     segment_ids=live.astype(jnp.int32).reshape(1, 1), cache=cache)
+        return model.logits(hidden)[0, 0], cache
+
+    logits, new_caches = jax.vmap(step)(caches, state.tokens, state.positions, state.active)
+    draw = sample_tokens(jax.vmap(jax.random.fold_in)(state.keys, state.generated), logits, knobs)
+    live = state.active
+    index = jnp.where(live, new_caches.index, caches.index)
+    generated = state.generated + live.astype(jnp.int32)
+    new_state = DecodeState(
+        caches=new_caches._replace(index=index),
+        tokens=jnp.where(live, draw.token, state.tokens),
+        positions=state.positions + live.astype(jnp.int32),
+        active=live & ~_is_stop(draw.token, stops) & (index < spec.target_len),
+        generated=generated,
+        keys=state.keys)
+    result = ResultTokens(tokens=draw.token[:, None], valid=live.astype(jnp.int32)[:, None], lengths=generated,
+                          logprobs=draw.logprob[:, None])
+    return new_state, result
+
+
+# The decode state is donated: `insert` and `generate` update its caches in place.
+_prefill_jit = jax.jit(_prefill_fn, static_argnums=(0,))
+_insert_jit = jax.jit(_insert_fn, static_argnums=(0,), donate_argnums=(2,))
+_generate_jit = jax.jit(_generate_fn, static_argnums=(0,), donate_argnums=(2,))

@@ -102,6 +102,8 @@ def make_sft_step(
 
         def accumulate(carry, mb):
             grads, loss, count, correct = carry
+            # Slicing the scanned axis can lose the batch layout; pin it back to the batch rule.
+            mb = {k: jax.lax.with_sharding_constraint(v, batch_sharding(mesh, v.shape)) for k, v in mb.items()}
             (l, (c, k)), g = grad_fn(state.params, rest, mb, denom)
             grads = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), grads, g)
             return (grads, loss + l, count + c, correct + k), None
@@ -113,7 +115,10 @@ def make_sft_step(
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, new_opt = optimizer.update(grads, state.opt_state, state.params)
         new_params = optax.apply_updates(state.params, updates)
-        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
+
+        def keep(new, old):
+            return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+
         new_state = state.replace(
             params=keep(new_params, state.params),
             opt_state=keep(new_opt, state.opt_state),

@@ -122,7 +122,8 @@ def setup_sft(cfg: Any) -> SFTSetup:
         seed=int(cfg.seed) + jax.process_index(),
         packing=bool(cfg.data.packing),
     )
-    return SFTSetup(cfg, mesh, tokenizer, model_config, parts, rest, state, step_fn, dataset, iter(dataset), optimizer, schedule)
+    return SFTSetup(cfg, mesh, tokenizer, model_config, parts, rest, state, step_fn, dataset, iter(dataset),
+                    optimizer, schedule)
 
 
 def train_loop(

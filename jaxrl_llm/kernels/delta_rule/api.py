@@ -84,14 +84,14 @@ def delta_rule(
       use_qk_l2norm_in_kernel: L2-normalise q and k over K (fp32, eps 1e-6) first.
       impl: "recurrent" (lax.scan reference), "chunked" (pure JAX WY/UT), "pallas" (fused state
         pass kernel) or "auto" (pallas on GPU/TPU when shapes allow, chunked otherwise).
-      chunk_size: chunk length C for chunked/pallas (any T; T is padded internally).
+      chunk_size: chunk length C for chunked/pallas, a power of two (any T: T is padded).
       interpret: Pallas interpreter on/off; None means on exactly when the default backend is CPU.
 
     Returns:
       (o [B, T, HV, V] in v's dtype, final_state [B, HV, K, V] fp32 or None).
     """
-    if not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int; got {chunk_size!r}")
+    if not isinstance(chunk_size, int) or chunk_size < 1 or chunk_size & (chunk_size - 1):
+        raise ValueError(f"chunk_size must be a power of two (e.g. 64); got {chunk_size!r}")
     if use_qk_l2norm_in_kernel:
         q, k = l2_normalize(q), l2_normalize(k)
     uni = to_unified(q, k, v, g, beta, beta_v, scale)

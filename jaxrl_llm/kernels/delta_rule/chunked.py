@@ -1,7 +1,7 @@
 """Chunkwise-parallel delta rule in pure JAX (WY representation / UT transform).
 
 The sequence is cut into chunks of `C` tokens. Inside a chunk everything is parallel matmuls and
-one unit-lower-triangular solve; only the `K x V` state is passed from chunk to chunk. With `G` the
+one unit-lower-triangular inverse; only the `K x V` state is passed from chunk to chunk. With `G` the
 in-chunk cumulative log decay and `S` the state entering the chunk (fp32 throughout):
 
     L     = strictly_lower(sum_d r_i[d] e_j[d] exp(G_i[d] - G_j[d]))          [C, C]
@@ -72,11 +72,42 @@ def _segment_index(reset, b, t, chunk_size):
     return jnp.cumsum(reset.reshape(b, nt, chunk_size), axis=-1)
 
 
-def _pairwise_scores(a, e, gamma):
-    """sum_d a_i[d] e_j[d] gamma_ij[d] -> [..., C, C]; gamma is [..., C, C, 1] or [..., C, C, K]."""
-    if gamma.shape[-1] == 1:
-        return jnp.einsum("...ik,...jk->...ij", a, e, precision=_HIGHEST) * gamma[..., 0]
-    return jnp.einsum("...ik,...jk,...ijk->...ij", a, e, gamma, precision=_HIGHEST)
+def _merge_pair(upper, lower, below):
+    """Two neighbouring diagonal blocks [..., n, h, h] and their coupling -> [..., n/2, 2h, 2h]."""
+    top = jnp.concatenate([upper, jnp.zeros_like(upper)], axis=-1)
+    return jnp.concatenate([top, jnp.concatenate([below, lower], axis=-1)], axis=-2)
+
+
+def decayed_scores(a, e, big_g):
+    """M_ij = sum_d a_i[d] e_j[d] exp(G_i[d] - G_j[d]) for i >= j (0 above the diagonal).
+
+    a, e: [..., C, K]; big_g: [..., C, 1] (per head) or [..., C, K] (per channel) cumulative log
+    decay; C a power of two. Per-head decay is a plain masked matmul. Per-channel decay cannot be a
+    mask, so blocks are merged pairwise (sizes 1, 2, 4, ...): the coupling block between rows
+    [m + 1, m + h] and columns [m - h + 1, m] is factored through the reference row m,
+    (a_i exp(G_i - G_m)) . (e_j exp(G_m - G_j)), where both exponents are <= 0 for a decay g <= 0,
+    so nothing overflows and only 2 K log2(C) exponentials per row are needed.
+    """
+    c = a.shape[-2]
+    if big_g.shape[-1] == 1:
+        idx = jnp.arange(c)
+        causal = idx[:, None] >= idx[None, :]
+        diff = big_g[..., :, None, 0] - big_g[..., None, :, 0]
+        # Mask before exp: the upper triangle's exponent is positive and may overflow.
+        gamma = jnp.where(causal, jnp.exp(jnp.where(causal, diff, 0.0)), 0.0)
+        return jnp.einsum("...ik,...jk->...ij", a, e, precision=_HIGHEST) * gamma
+    blocks = jnp.sum(a * e, axis=-1)[..., None, None]  # [..., C, 1, 1]: the diagonal
+    h = 1
+    while h < c:
+        shape = a.shape[:-2] + (c // (2 * h), 2, h, a.shape[-1])
+        a2, e2, g2 = a.reshape(shape), e.reshape(shape), big_g.reshape(shape)
+        g_ref = g2[..., 0, -1:, :]  # last row of the upper half
+        rows = a2[..., 1, :, :] * jnp.exp(g2[..., 1, :, :] - g_ref)
+        cols = e2[..., 0, :, :] * jnp.exp(g_ref - g2[..., 0, :, :])
+        below = jnp.einsum("...ik,...jk->...ij", rows, cols, precision=_HIGHEST)
+        blocks = _merge_pair(blocks[..., 0::2, :, :], blocks[..., 1::2, :, :], below)
+        h *= 2
+    return blocks[..., 0, :, :]
 
 
 def prepare_chunks(q, r, e, u, g, reset, chunk_size) -> ChunkTensors:
@@ -87,8 +118,10 @@ def prepare_chunks(q, r, e, u, g, reset, chunk_size) -> ChunkTensors:
       u: [B, T, H, V] write value.
       g: [B, T, H, 1] (per head) or [B, T, H, K] (per channel) log decay.
       reset: optional [B, T] bool, True at the first token of every sequence after the first.
-      chunk_size: C.
+      chunk_size: C, a power of two.
     """
+    if chunk_size < 1 or chunk_size & (chunk_size - 1):
+        raise ValueError(f"chunk_size must be a power of two; got {chunk_size}")
     b, t, _, k = q.shape
     f32 = jnp.promote_types(q.dtype, jnp.float32)
     q, r, e, u, g = (_to_chunks(x.astype(f32), chunk_size) for x in (q, r, e, u, g))
@@ -96,15 +129,10 @@ def prepare_chunks(q, r, e, u, g, reset, chunk_size) -> ChunkTensors:
 
     big_g = jnp.cumsum(g, axis=-2)  # [B, H, NT, C, Kg]
     idx = jnp.arange(chunk_size)
-    causal = idx[:, None] >= idx[None, :]
     same_seq = seg[..., :, None] == seg[..., None, :]
-    # Mask before exp: the upper triangle's exponent is positive and may overflow (NaN gradients).
-    diff = big_g[..., :, None, :] - big_g[..., None, :, :]
-    gamma = jnp.exp(jnp.where(causal[..., None], diff, 0.0))
-
     strict = jnp.logical_and(same_seq, idx[:, None] > idx[None, :])
-    lower = jnp.where(strict, _pairwise_scores(r, e, gamma), 0.0)
-    p = jnp.where(jnp.logical_and(same_seq, causal), _pairwise_scores(q, e, gamma), 0.0)
+    lower = jnp.where(strict, decayed_scores(r, e, big_g), 0.0)
+    p = jnp.where(same_seq, decayed_scores(q, e, big_g), 0.0)
 
     carries_state = (seg == 0)[..., None]  # token still in the sequence that entered the chunk
     decay_in = jnp.exp(big_g)
@@ -116,11 +144,38 @@ def prepare_chunks(q, r, e, u, g, reset, chunk_size) -> ChunkTensors:
     dlast = jnp.exp(g_last[..., 0, :]) * (seg[..., -1] == 0)[..., None]
     dlast = jnp.broadcast_to(dlast, dlast.shape[:-1] + (k,))
 
-    unit_lower = lower + jnp.eye(chunk_size, dtype=f32)
-    solve = lambda rhs: jax.lax.linalg.triangular_solve(  # noqa: E731
-        unit_lower, rhs, left_side=True, lower=True, unit_diagonal=True
-    )
-    return ChunkTensors(qd=qd, w=solve(rd), ed=ed, ut=solve(u), p=p, dlast=dlast)
+    inverse = unit_lower_inverse(lower)
+    apply = lambda rhs: jnp.einsum("...ij,...jd->...id", inverse, rhs, precision=_HIGHEST)  # noqa: E731
+    return ChunkTensors(qd=qd, w=apply(rd), ed=ed, ut=apply(u), p=p, dlast=dlast)
+
+
+def unit_lower_inverse(lower):
+    """(I + lower)^-1 for strictly lower-triangular `lower` [..., n, n], by block doubling.
+
+    Starting from 1 x 1 diagonal blocks (inverse 1), two neighbouring inverted blocks A^-1, D^-1
+    with the coupling block B below the diagonal merge into [[A^-1, 0], [-D^-1 B A^-1, D^-1]].
+    Only batched matmuls (no triangular solve: XLA's CPU solve is slow on many small systems),
+    ~2/3 n^3 flops, and intermediates stay at the scale of the true inverse (no powers of L).
+    """
+    n = lower.shape[-1]
+    size = 1 << max(n - 1, 0).bit_length()
+    batch = lower.shape[:-2]
+    lower = jnp.pad(lower, [(0, 0)] * len(batch) + [(0, size - n), (0, size - n)])
+    blocks = jnp.ones(batch + (size, 1, 1), lower.dtype)  # inverses of the b x b diagonal blocks
+    b = 1
+    while b < size:
+        nb = size // b
+        grid = lower.reshape(batch + (nb, b, nb, b))
+        # Coupling block of pair p: rows of block 2p + 1, columns of block 2p.
+        below = jnp.diagonal(grid[..., 1::2, :, 0::2, :], axis1=-4, axis2=-2)  # [..., b, b, nb/2]
+        below = jnp.moveaxis(below, -1, -3)
+        a_inv, d_inv = blocks[..., 0::2, :, :], blocks[..., 1::2, :, :]
+        mixed = -jnp.einsum("...ij,...jk,...kl->...il", d_inv, below, a_inv, precision=_HIGHEST)
+        top = jnp.concatenate([a_inv, jnp.zeros_like(a_inv)], axis=-1)
+        bottom = jnp.concatenate([mixed, d_inv], axis=-1)
+        blocks = jnp.concatenate([top, bottom], axis=-2)
+        b *= 2
+    return blocks[..., 0, :n, :n]
 
 
 def scan_chunks(ct: ChunkTensors, initial_state):
