@@ -172,7 +172,7 @@ def _batch_constraint(mesh: Mesh | None):
     return constrain
 
 
-def _batch_shards(mesh: Mesh | None, rows: int) -> int:
+def _batch_shards(mesh: Mesh | None) -> int:
     """How many ways the batch is split on `mesh` (1 without a mesh)."""
     if mesh is None:
         return 1
@@ -180,6 +180,22 @@ def _batch_shards(mesh: Mesh | None, rows: int) -> int:
     axes = spec[0] if spec else None
     axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
     return int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
+
+
+def _bucket_rows(tokens: np.ndarray, lens: np.ndarray, config: SamplingConfig, shards: int
+                 ) -> tuple[np.ndarray, np.ndarray, int]:
+    """Left-pads `tokens [B, P]` to the prompt bucket and repeats each row `n` times.
+
+    Returns `(tokens [R', Pb], lengths [R'], R)`: `R = B * n` real rows, then copies of row 0 up to
+    a multiple of `shards` (so the batch splits evenly; they are dropped after sampling).
+    """
+    width = round_up(tokens.shape[1], config.prompt_bucket)
+    tokens = np.pad(tokens, ((0, 0), (width - tokens.shape[1], 0)), constant_values=config.pad_id)
+    tokens, lens = np.repeat(tokens, config.n, axis=0), np.repeat(lens, config.n)
+    rows = tokens.shape[0]
+    extra = round_up(rows, shards) - rows
+    tokens = np.concatenate([tokens, np.repeat(tokens[:1], extra, axis=0)])
+    return tokens, np.concatenate([lens, np.repeat(lens[:1], extra)]), rows
 
 
 def generate(graphdef: nnx.GraphDef, params, prompts: Sequence[Sequence[int]] | np.ndarray, *, key,
@@ -205,18 +221,10 @@ def generate(graphdef: nnx.GraphDef, params, prompts: Sequence[Sequence[int]] | 
     else:
         tokens, lens = check_prompt_array(prompts, lengths, vocab_size)
         tokens = tokens[:, tokens.shape[1] - int(lens.max()):]  # drop all-padding columns
-    widest = tokens.shape[1]
-    width = round_up(widest, config.prompt_bucket)
-    tokens = np.pad(tokens, ((0, 0), (width - widest, 0)), constant_values=config.pad_id)
-    rows = tokens.shape[0] * config.n
-    tokens, lens = np.repeat(tokens, config.n, axis=0), np.repeat(lens, config.n)
-    padded_rows = round_up(rows, _batch_shards(mesh, rows))
-    # Extra rows (for an even batch split) copy row 0 and are dropped afterwards.
-    tokens = np.concatenate([tokens, np.repeat(tokens[:1], padded_rows - rows, axis=0)])
-    lens = np.concatenate([lens, np.repeat(lens[:1], padded_rows - rows)])
+    tokens, lens, rows = _bucket_rows(tokens, lens, config, _batch_shards(mesh))
     stop = np.full(round_up(len(config.stop_ids), _STOP_ID_BUCKET), -1, np.int32)
     stop[:len(config.stop_ids)] = config.stop_ids
-    inputs = (jnp.asarray(tokens), jnp.asarray(lens), jnp.arange(padded_rows, dtype=jnp.int32))
+    inputs = (jnp.asarray(tokens), jnp.asarray(lens), jnp.arange(tokens.shape[0], dtype=jnp.int32))
     if mesh is not None:
         inputs = tuple(jax.device_put(x, logical_to_sharding(("batch",) + (None,) * (x.ndim - 1), mesh,
                                                              shape=x.shape)) for x in inputs)
@@ -226,7 +234,7 @@ def generate(graphdef: nnx.GraphDef, params, prompts: Sequence[Sequence[int]] | 
         response_slots=next_power_of_two(config.max_new_tokens), mesh=mesh)
     n_new = config.max_new_tokens
     response, mask = response[:rows, :n_new], mask[:rows, :n_new]
-    prompt_tokens = inputs[0][:rows, width - widest:]
+    prompt_tokens = inputs[0][:rows, tokens.shape[1] - int(lens.max()):]
     return Rollout(
         tokens=jnp.concatenate([prompt_tokens, response], axis=1),
         response=response,

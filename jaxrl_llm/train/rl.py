@@ -143,15 +143,21 @@ class RLSetup:
     eval_generate: Any
 
 
-def setup_rl(cfg: Any, *, warm_up: bool = True) -> RLSetup:
+def setup_rl(cfg: Any, *, warm_up: bool = True, initial: tuple | None = None) -> RLSetup:
     """Validate `cfg`, get the initial policy, build the RL `TrainState` and the jitted functions.
 
-    The reference policy (for `rl.kl_coef > 0`) is the initial policy, i.e. the warmed-up model.
+    `initial`: a ready `initial_policy(...)` tuple (its params are copied), e.g. one warm-up
+    shared by several runs; otherwise `initial_policy(cfg, warm_up=warm_up)` is called. The
+    reference policy (for `rl.kl_coef > 0`) is the initial policy, i.e. the warmed-up model.
     """
     check_rl_config(cfg)
     tokenizer = build_tokenizer(cfg.data)
     task = task_from_config(cfg.data)
-    mesh, parts, params, rest, shardings = initial_policy(cfg, warm_up=warm_up)
+    if initial is None:
+        mesh, parts, params, rest, shardings = initial_policy(cfg, warm_up=warm_up)
+    else:
+        mesh, parts, params, rest, shardings = initial
+        params = jax.tree.map(lambda x: x.copy(), params)  # the new state is donated; keep the caller's
     options = update_options(cfg)
     rl = cfg.rl
     total = int(rl.steps) * options.reuse_epochs * options.minibatches
@@ -266,12 +272,14 @@ def _restore_reference(path: str, like: Any) -> Any:
     return ocp.StandardCheckpointer().restore(path, abstract)
 
 
-def run_rl(cfg: Any, *, stop_after: int | None = None) -> dict[str, Any]:
+def run_rl(cfg: Any, *, stop_after: int | None = None, initial: tuple | None = None) -> dict[str, Any]:
     """A full RL run per `cfg` (see the module docstring); returns a summary dict.
 
     `stop_after` ends the run after that many iterations of this call (the schedule still spans
-    `rl.steps`), which is how a run is split into resumable parts. Summary keys: accuracy_before,
-    accuracy_after (held-out greedy), eval_accuracy, steps, wall_time_s, run_dir, plot, checkpoint_dir.
+    `rl.steps`), which is how a run is split into resumable parts. `initial` replaces the warm-up
+    (see `setup_rl`). Summary keys: accuracy_before, accuracy_after (held-out greedy),
+    eval_accuracy, steps, records (per-step dicts), final_state, wall_time_s, run_dir, plot,
+    checkpoint_dir.
     """
     t0 = time.perf_counter()
     run_dir = os.path.abspath(cfg.output_dir)
@@ -280,7 +288,7 @@ def run_rl(cfg: Any, *, stop_after: int | None = None) -> dict[str, Any]:
     if not resume and os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
         raise FileExistsError(f"{ckpt_dir} already holds checkpoints; set checkpoint.resume=true to continue "
                               "that run or choose another output_dir")
-    setup = setup_rl(cfg, warm_up=not resume)
+    setup = setup_rl(cfg, warm_up=not resume, initial=None if resume else initial)
     primary = is_primary_process()
     checkpointer = Checkpointer(ckpt_dir, max_to_keep=int(cfg.checkpoint.max_to_keep))
     ref_path = os.path.join(run_dir, "reference")
