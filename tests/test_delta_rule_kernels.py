@@ -187,7 +187,7 @@ def test_packed_sequences_equal_separate_runs(impl):
 
 def test_chunk_size_does_not_change_results():
     args = _jnp(make_inputs("kda", seed=7))
-    outs = [_jitted("chunked", True, c)(**args) for c in (1, 8, 16, 64)]
+    outs = [_jitted("chunked", True, c)(**args) for c in (2, 64)]
     for o, s in outs[1:]:
         np.testing.assert_allclose(o, outs[0][0], atol=1e-5)
         np.testing.assert_allclose(s, outs[0][1], atol=1e-5)

@@ -7,7 +7,8 @@ import pytest
 from flax import nnx
 
 from jaxrl_llm.models import Decoder, preset
-from jaxrl_llm.quant import QuantArray, dequantize_params, quantize_params
+from jaxrl_llm.models.linear import linear
+from jaxrl_llm.quant import QuantArray, dequantize, dequantize_params, quantize, quantize_params
 from jaxrl_llm.rollout import SamplingConfig, generate, learner_logprobs, logprob_mismatch_metrics, token_batch
 
 CFG = preset("tiny", num_layers=1)  # one layer: the alignment does not depend on depth; compiles are halved
@@ -72,6 +73,17 @@ def test_per_channel_int8_runs_through_the_same_sampler_and_aligns(model):
     rollout = generate(graphdef, quantized, PROMPTS, key=jax.random.key(1), config=CONFIG)
     aligned = _metrics(rollout, score(graphdef, params, rollout, quant_format=fmt))
     assert aligned["mismatch/mean_abs_logp_diff"] < 1e-5
+
+
+@pytest.mark.parametrize("fmt", ["int8", "int4", "fp8"])
+def test_linear_dispatches_quantized_weights_to_the_quantized_matmul(fmt):
+    x = jax.random.normal(jax.random.key(0), (2, 3, 160), jnp.float32)
+    w = jax.random.normal(jax.random.key(1), (160, 24), jnp.float32)
+    q = quantize(w, fmt)
+    expected = np.asarray(x, np.float64) @ np.asarray(dequantize(q), np.float64)
+    np.testing.assert_allclose(linear(x, q), expected, rtol=1e-4, atol=1e-4)
+    assert linear(x.astype(jnp.bfloat16), q).dtype == jnp.bfloat16
+    np.testing.assert_allclose(linear(x, q, out_dtype=jnp.float32), linear(x, dequantize(q)), rtol=1e-5, atol=1e-5)
 
 
 def test_mismatch_metrics_hand_computed():

@@ -7,6 +7,7 @@ import pytest
 from flax import nnx
 
 from jaxrl_llm.models import Decoder, preset
+from jaxrl_llm.quant import QuantArray
 from jaxrl_llm.rollout import DecodeEngine, EngineAPI, Request, SamplingConfig, generate, serve
 from jaxrl_llm.rollout import engine as engine_module
 
@@ -38,6 +39,8 @@ def test_engine_implements_the_engine_interface(sampling_engine):
     state = sampling_engine.init_decode_state()
     assert state.caches.layers[0].k.shape == (2, 1, 32, CFG.num_kv_heads, CFG.head_dim)
     assert state.caches.index.shape == (2,)
+    quantized = DecodeEngine(CFG, quant_format="int8", **ENGINE).load_params(Decoder(CFG, rngs=nnx.Rngs(0)))
+    assert isinstance(quantized["layers"][0]["mlp"]["up_proj"].get_value(), QuantArray)
 
 
 def test_interleaved_requests_give_the_same_tokens_as_each_alone(sampling_engine, params):

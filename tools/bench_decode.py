@@ -38,7 +38,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="tiny", help="model preset: tiny, qwen2.5-0.5b")
     for flag in _SHAPE_FLAGS:
-        parser.add_argument(f"--{flag.replace('_', '-')}", type=int, default=None, help=f"override {_SHAPE_FLAGS[flag]}")
+        parser.add_argument(f"--{flag.replace('_', '-')}", type=int, default=None,
+                            help=f"override {_SHAPE_FLAGS[flag]}")
     parser.add_argument("--batch", type=int, default=8, help="rows decoded together")
     parser.add_argument("--prompt-len", type=int, default=32, help="prompt tokens per row")
     parser.add_argument("--new-tokens", type=int, default=64, help="generated tokens per row")

@@ -1,15 +1,34 @@
-"""Benchmark the jitted SFT train step: tokens/s and model FLOPs utilisation (MFU).
+"""Benchmark the jitted SFT train step against the same step in PyTorch/`transformers`.
 
     python tools/bench_train_step.py --preset tiny --batch-size 16 --seq-len 128 --out bench.json
-    python tools/bench_train_step.py --preset qwen2.5-0.5b --mesh 1,-1,1 --batch-size 8 --seq-len 1024
-    python tools/bench_train_step.py --preset tiny --host-devices 8 --mesh 2,2,2   # CPU mesh
+    python tools/bench_train_step.py --preset tiny --model num_layers=4 --model hidden_size=256 ...
+    python tools/bench_train_step.py --preset tiny --host-devices 8 --mesh 2,2,2   # CPU mesh, JAX only
+    python tools/bench_train_step.py --preset qwen2.5-0.5b --batch-size 8 --seq-len 1024 --peak-tflops 989
+
+Shared machines are noisy, so the speed figures are ratios taken in the same run:
+
+* `speedup_vs_torch`: JAX tokens/s over PyTorch tokens/s for the same work. `--compare-torch`
+  (default `auto`: on when torch and transformers import, the mesh has one device and the model is
+  float32) builds the same model in `transformers` (`ModelConfig.to_hf_config()` ->
+  `AutoConfig.for_model` -> `AutoModelForCausalLM.from_config`, fp32, eager) with our initial
+  weights, and runs the same step: forward, the same masked next-token loss on the same batch,
+  backward, global-norm clipping and AdamW with the same hyperparameters and learning-rate
+  schedule. Torch uses as many intra-op threads as XLA:CPU (one per available core) unless
+  `--torch-threads` says otherwise. After one untimed step each (JAX compiles in it) and
+  `--warmup` untimed rounds, the two steps are timed alternately (A B A B ...) `--steps` times, so
+  a burst of load from elsewhere hits both; medians are reported. The first-step losses of both
+  must agree (same weights, same batch), which shows the two do the same work.
+* MFU: achieved model FLOP/s over the matmul peak. The peak is `--peak-tflops` if given (e.g. an
+  accelerator's datasheet number), else the best FLOP/s of a float32 `M x M x M` matmul measured
+  in this run (JAX sharded over the same devices, and torch at the same thread count; the faster
+  of the two is the machine's peak), which is what "peak" means on a CPU.
 
 Model FLOPs per step = 6 * N * tokens + 12 * L * H * Dh * T * tokens, where N counts the matmul
 parameters (every weight except the input embedding table; the lm_head counts once even when
 tied) and the second term is attention's QK^T and AV (forward + backward, no causal discount).
-MFU = achieved model FLOP/s / peak FLOP/s. The peak is `--peak-tflops` if given (e.g. an
-accelerator's datasheet number), else a large float32 matmul sharded over the same devices is
-timed in this run and its FLOP/s is used, which is what "peak" means on a CPU.
+
+The synthetic batch is `[B, T]` random tokens, one segment per row, with the loss masked off the
+first quarter of each row (a prompt) and on the rest.
 """
 
 from __future__ import annotations
@@ -19,7 +38,15 @@ import json
 import math
 import os
 import sys
-import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_common  # noqa: E402
+
+COMPARE_CHOICES = ("auto", "on", "off")
+OPTIMIZER = {"learning_rate": 1e-4, "warmup_steps": 1, "weight_decay": 0.0, "grad_clip_norm": 1.0,
+             "b1": 0.9, "b2": 0.95, "eps": 1e-8}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -32,12 +59,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--micro-batches", type=int, default=1)
-    p.add_argument("--steps", type=int, default=10, help="timed steps")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
+    p.add_argument("--steps", type=int, default=10, help="timed steps (per framework)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps after the first (compiling) one")
     p.add_argument("--matmul-size", type=int, default=2048, help="M for the M x M x M peak matmul")
     p.add_argument("--peak-tflops", type=float, default=0.0, help="use this peak instead of measuring")
+    p.add_argument("--compare-torch", choices=COMPARE_CHOICES, default="auto",
+                   help="time the same step in PyTorch/transformers (auto: when possible)")
+    p.add_argument("--torch-threads", type=int, default=0, help="torch intra-op threads (0: as many as JAX)")
+    p.add_argument("--markdown", action="store_true", help="print the table as markdown")
     p.add_argument("--out", default="", help="write the results as JSON here")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for name in ("batch_size", "seq_len", "micro_batches", "steps", "matmul_size"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1; got {getattr(args, name)}")
+    if args.seq_len < 2:
+        p.error(f"--seq-len must be >= 2 (next-token targets); got {args.seq_len}")
+    if args.warmup < 0 or args.torch_threads < 0:
+        p.error(f"--warmup and --torch-threads must be >= 0; got {args.warmup}, {args.torch_threads}")
+    return args
 
 
 def _model_overrides(items: list[str]) -> dict:
@@ -67,121 +106,291 @@ def count_matmul_params(params: dict, config) -> int:
     return total - embed + (embed if config.tie_word_embeddings else 0)
 
 
-def measure_matmul_flops(mesh, size: int, repeats: int = 5) -> float:
-    """FLOP/s of a float32 `[M, M] @ [M, M]` with rows sharded over every device of `mesh`."""
-    import jax
-    import jax.numpy as jnp
-    from jax.sharding import NamedSharding, PartitionSpec
-
-    rows = NamedSharding(mesh, PartitionSpec(mesh.axis_names))
-    a = jax.device_put(jnp.ones((size, size), jnp.float32), rows)
-    b = jax.device_put(jnp.ones((size, size), jnp.float32), NamedSharding(mesh, PartitionSpec()))
-    matmul = jax.jit(lambda x, y: x @ y, out_shardings=rows)
-    matmul(a, b).block_until_ready()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        matmul(a, b).block_until_ready()
-        times.append(time.perf_counter() - t0)
-    return 2.0 * size**3 / min(times)
-
-
-def run(args: argparse.Namespace) -> dict:
-    import jax
+def synthetic_batch(vocab_size: int, batch_size: int, seq_len: int, seed: int = 0) -> dict:
+    """`{tokens, positions, segment_ids, loss_mask}` each `[B, T]` int32 numpy; loss off the first T // 4."""
     import numpy as np
+
+    rng = np.random.default_rng(seed)
+    loss_mask = np.ones((batch_size, seq_len), np.int32)
+    loss_mask[:, : seq_len // 4] = 0
+    return {
+        "tokens": rng.integers(0, vocab_size, (batch_size, seq_len)).astype(np.int32),
+        "positions": np.broadcast_to(np.arange(seq_len, dtype=np.int32), (batch_size, seq_len)).copy(),
+        "segment_ids": np.ones((batch_size, seq_len), np.int32),
+        "loss_mask": loss_mask,
+    }
+
+
+def torch_blocker(config, num_devices: int, mode: str) -> str | None:
+    """Why the PyTorch comparison cannot run (None when it can); `mode == "off"` is a reason too."""
+    if mode not in COMPARE_CHOICES:
+        raise ValueError(f"--compare-torch must be one of {COMPARE_CHOICES}; got {mode!r}")
+    if mode == "off":
+        return "--compare-torch off"
+    if num_devices != 1:
+        return f"the mesh has {num_devices} devices; the torch reference runs on one process only (JAX only)"
+    if config.param_dtype != "float32" or config.dtype != "float32":
+        return (f"the torch reference is float32; the model has param_dtype={config.param_dtype!r}, "
+                f"dtype={config.dtype!r}")
+    try:
+        config.to_hf_config()
+    except ValueError as err:
+        return f"the model has no transformers equivalent: {err}"
+    try:
+        import torch  # noqa: F401, PLC0415
+        import transformers  # noqa: F401, PLC0415
+    except ImportError as err:
+        return f"torch/transformers do not import: {err}"
+    return None
+
+
+def hf_state_dict(params: dict, config) -> dict:
+    """HF tensor name -> numpy array of our pure-dict `params` (linears transposed to `[out, in]`)."""
+    import numpy as np
+
+    from jaxrl_llm.models.hf import TRANSPOSED, hf_shape, hf_tensor_names
+
+    out = {}
+    for name, (path, layout) in hf_tensor_names(config).items():
+        value = params
+        for key in path:
+            value = value[key]
+        host = np.array(value, np.float32)  # a writable copy: torch shares its memory
+        out[name] = np.ascontiguousarray(host.T if layout == TRANSPOSED else host.reshape(hf_shape(host.shape, layout)))
+    return out
+
+
+def build_torch_model(config, params: dict):
+    """The `transformers` model of `config` (fp32, train mode) holding the weights of `params`."""
+    import torch
+    import transformers
+
+    hf = config.to_hf_config()
+    model_type = hf.pop("model_type")
+    for key in ("architectures", "torch_dtype", "rope_theta", "rope_scaling"):
+        hf.pop(key, None)
+    hf_config = transformers.AutoConfig.for_model(model_type, **hf)
+    hf_config.architectures = [config.architecture]
+    model = transformers.AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32)
+    tensors = {k: torch.from_numpy(v) for k, v in hf_state_dict(params, config).items()}
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    allowed_missing = {"lm_head.weight"} if config.tie_word_embeddings else set()
+    if unexpected or set(missing) - allowed_missing:
+        raise RuntimeError(f"torch weights do not match: missing {missing}, unexpected {unexpected}")
+    return model.train()
+
+
+def torch_masked_next_token_loss(logits, tokens, loss_mask, segment_ids):
+    """`jaxrl_llm.train.loss.masked_next_token_loss` in torch: `(loss_sum, num_tokens)` of `[B, T, V]` logits."""
+    import torch
+
+    same_segment = (segment_ids[:, 1:] == segment_ids[:, :-1]) & (segment_ids[:, 1:] > 0)
+    weights = ((loss_mask[:, 1:] > 0) & same_segment).to(torch.float32)
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    target_logp = torch.gather(logp, -1, tokens[:, 1:, None].long())[..., 0]
+    return -(target_logp * weights).sum(), weights.sum()
+
+
+def make_torch_step(model, batch: dict, learning_rates: list[float], opt_cfg: dict):
+    """`(step_once, box)`: one AdamW training step per call; `box["loss"]` is the latest loss (float).
+
+    `learning_rates[i]` is the rate of update i (the JAX schedule's values), so both runs take the
+    same updates.
+    """
+    import torch
+
+    t = {k: torch.from_numpy(v.astype("int64")) for k, v in batch.items()}
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=learning_rates[0], betas=(opt_cfg["b1"], opt_cfg["b2"]),
+                                  eps=opt_cfg["eps"], weight_decay=opt_cfg["weight_decay"])
+    box = {"step": 0, "loss": float("nan")}
+
+    def step_once():
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rates[min(box["step"], len(learning_rates) - 1)]
+        optimizer.zero_grad(set_to_none=True)
+        logits = model(input_ids=t["tokens"], position_ids=t["positions"]).logits
+        loss_sum, count = torch_masked_next_token_loss(logits, t["tokens"], t["loss_mask"], t["segment_ids"])
+        loss = loss_sum / count.clamp(min=1.0)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, opt_cfg["grad_clip_norm"])
+        optimizer.step()
+        box["step"] += 1
+        box["loss"] = float(loss.detach())
+
+    return step_once, box
+
+
+def _make_jax_step(args, config, mesh, batch):
+    """`(step_once, box, params, total_steps, schedule)` for the jitted SFT step on `mesh`."""
+    import jax
     from flax import nnx
 
-    from jaxrl_llm.models.config import preset
     from jaxrl_llm.models.decoder import Decoder
     from jaxrl_llm.parallel.init import init_sharded
-    from jaxrl_llm.parallel.mesh import make_mesh
     from jaxrl_llm.train.optim import make_optimizer, make_schedule
     from jaxrl_llm.train.sft import make_sft_step, shard_batch
     from jaxrl_llm.train.state import create_train_state
+
+    parts, params, rest, shardings = init_sharded(lambda: Decoder(config, rngs=nnx.Rngs(0)), mesh)
+    total_steps = 1 + args.warmup + args.steps
+    optimizer = make_optimizer(OPTIMIZER, total_steps)
+    schedule = make_schedule(OPTIMIZER, total_steps)
+    # Host copies first: the state may alias `params`, and the step donates the state.
+    host_params = jax.tree.map(lambda x: jax.device_get(x), params)
+    state = create_train_state(params, optimizer, mesh, shardings, seed=0)
+    state_shardings = jax.tree.map(lambda x: x.sharding, state)
+    step = make_sft_step(parts, optimizer, schedule, state_shardings, mesh, rest=rest,
+                         num_micro_batches=args.micro_batches)
+    device_batch = shard_batch(batch, mesh)
+    box = {"state": state, "metrics": None}
+
+    def step_once():
+        box["state"], box["metrics"] = step(box["state"], device_batch)
+        jax.block_until_ready((box["state"], box["metrics"]))
+
+    return step_once, box, host_params, total_steps, schedule
+
+
+def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
+    import jax
+
+    from jaxrl_llm.models.config import preset
+    from jaxrl_llm.parallel.mesh import make_mesh
 
     sizes = [int(s) for s in args.mesh.split(",")]
     if len(sizes) != 3:
         raise SystemExit(f"--mesh must be data,fsdp,tensor; got {args.mesh!r}")
     mesh = make_mesh(*sizes)
     config = preset(args.preset, **_model_overrides(args.model))
-    parts, params, rest, shardings = init_sharded(lambda: Decoder(config, rngs=nnx.Rngs(0)), mesh)
-    opt_cfg = {"learning_rate": 1e-4, "warmup_steps": 1, "weight_decay": 0.0, "grad_clip_norm": 1.0}
-    total_steps = args.warmup + args.steps + 1
-    optimizer = make_optimizer(opt_cfg, total_steps)
-    state = create_train_state(params, optimizer, mesh, shardings, seed=0)
-    state_shardings = jax.tree.map(lambda x: x.sharding, state)
-    step = make_sft_step(parts, optimizer, make_schedule(opt_cfg, total_steps), state_shardings, mesh,
-                         rest=rest, num_micro_batches=args.micro_batches)
+    blocker = torch_blocker(config, mesh.devices.size, args.compare_torch)
+    if blocker is not None and args.compare_torch == "on":
+        raise SystemExit(f"--compare-torch on, but {blocker}")
+    threads = args.torch_threads or bench_common.available_cores()
 
     b, t = args.batch_size, args.seq_len
-    rng = np.random.default_rng(0)
-    batch = shard_batch({
-        "tokens": rng.integers(0, config.vocab_size, (b, t)),
-        "positions": np.broadcast_to(np.arange(t), (b, t)),
-        "segment_ids": np.ones((b, t)),
-        "loss_mask": np.ones((b, t)),
-    }, mesh)
+    batch = synthetic_batch(config.vocab_size, b, t)
+    jax_step, jax_box, host_params, total_steps, schedule = _make_jax_step(args, config, mesh, batch)
+    n_matmul = count_matmul_params(host_params, config)
+    n_params = int(sum(math.prod(x.shape) for x in jax.tree.leaves(host_params)))
+    compile_s = bench_common.time_call(jax_step)
+    jax_first_loss = float(jax_box["metrics"]["loss"])
 
-    t0 = time.perf_counter()
-    state, metrics = step(state, batch)
-    jax.block_until_ready(metrics)
-    compile_s = time.perf_counter() - t0
-    for _ in range(args.warmup):
-        state, metrics = step(state, batch)
-    jax.block_until_ready(metrics)
-    times = []
-    for _ in range(args.steps):
-        t0 = time.perf_counter()
-        state, metrics = step(state, batch)
-        jax.block_until_ready(metrics)
-        times.append(time.perf_counter() - t0)
-    step_s = float(np.median(times))
+    steps = {"jax": jax_step}
+    torch_result: dict = {}
+    if blocker is None:
+        import torch
 
-    n_matmul = count_matmul_params(params, config)
+        torch.set_num_threads(threads)
+        model = build_torch_model(config, host_params)
+        learning_rates = [float(schedule(i)) for i in range(total_steps)]
+        torch_step, torch_box = make_torch_step(model, batch, learning_rates, OPTIMIZER)
+        torch_result["torch_first_step_s"] = bench_common.time_call(torch_step)
+        torch_result["torch_first_loss"] = torch_box["loss"]
+        steps["torch"] = torch_step
+    times = bench_common.interleaved_times(steps, repeats=args.steps, warmup=args.warmup)
+
     flops_step = model_flops_per_token(config, t, n_matmul) * b * t
-    achieved = flops_step / step_s
-    if args.peak_tflops > 0:
-        peak, peak_source = args.peak_tflops * 1e12, "given"
-    else:
-        peak, peak_source = measure_matmul_flops(mesh, args.matmul_size), f"measured fp32 {args.matmul_size}^3 matmul"
-    return {
+    peak, peak_source, matmul = _peak(args, mesh, blocker is None)
+    jax_s = bench_common.median(times["jax"])
+    result = {
+        **bench_common.run_metadata(argv),
         "preset": args.preset,
         "model_overrides": _model_overrides(args.model),
-        "params": int(sum(math.prod(x.shape) for x in jax.tree.leaves(params))),
+        "params": n_params,
         "matmul_params": n_matmul,
         "mesh": dict(mesh.shape),
         "devices": f"{mesh.devices.size} x {jax.devices()[0].device_kind}",
         "batch_size": b,
         "seq_len": t,
         "micro_batches": args.micro_batches,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "timing": "interleaved jax/torch, median of steps" if blocker is None else "median of steps",
         "compile_s": compile_s,
-        "step_s_median": step_s,
-        "tokens_per_s": b * t / step_s,
         "model_flops_per_step": flops_step,
-        "achieved_tflops": achieved / 1e12,
         "peak_tflops": peak / 1e12,
         "peak_source": peak_source,
-        "mfu": achieved / peak,
-        "final_loss": float(metrics["loss"]),
+        **matmul,
+        "jax_step_s_median": jax_s,
+        "jax_tokens_per_s": b * t / jax_s,
+        "jax_achieved_tflops": flops_step / jax_s / 1e12,
+        "jax_mfu": flops_step / jax_s / peak,
+        "jax_first_loss": jax_first_loss,
+        "jax_final_loss": float(jax_box["metrics"]["loss"]),
+        "torch_compared": blocker is None,
+        "torch_skipped_reason": blocker,
     }
+    if blocker is None:
+        torch_s = bench_common.median(times["torch"])
+        ratios = bench_common.paired_ratios(times["torch"], times["jax"])
+        result.update(torch_result)
+        result.update({
+            "torch_threads": threads,
+            "torch_attn_implementation": getattr(model.config, "_attn_implementation", None),
+            "torch_step_s_median": torch_s,
+            "torch_tokens_per_s": b * t / torch_s,
+            "torch_achieved_tflops": flops_step / torch_s / 1e12,
+            "torch_mfu": flops_step / torch_s / peak,
+            "torch_final_loss": torch_box["loss"],
+            "speedup_vs_torch": torch_s / jax_s,
+            "speedup_vs_torch_paired_min": min(ratios),
+            "speedup_vs_torch_paired_max": max(ratios),
+        })
+    return result
 
 
-def format_table(result: dict) -> str:
+def _peak(args, mesh, with_torch: bool) -> tuple[float, str, dict]:
+    """(peak FLOP/s, where it came from, the measured matmul TFLOP/s fields)."""
+    if args.peak_tflops > 0:
+        return args.peak_tflops * 1e12, "given", {}
+    fns = {"jax": bench_common.jax_matmul_fn(mesh, args.matmul_size)}
+    if with_torch:
+        fns["torch"] = bench_common.torch_matmul_fn(args.matmul_size)
+    times = bench_common.interleaved_times(fns, repeats=5, warmup=1)
+    flops = {k: bench_common.best_flops(v, bench_common.matmul_flops(args.matmul_size)) for k, v in times.items()}
+    best = max(flops, key=flops.get)
+    source = f"measured fp32 {args.matmul_size}^3 matmul, best of {' and '.join(flops)} ({best})"
+    return flops[best], source, {f"{k}_matmul_tflops": v / 1e12 for k, v in flops.items()}
+
+
+def result_rows(result: dict) -> tuple[list[str], list[list[str]]]:
+    """`(header, rows)` of the summary table: one column for JAX and, when compared, one for torch."""
+    torch = result["torch_compared"]
+    header = ["", "jax"] + (["torch"] if torch else [])
+
+    def row(label, key, fmt):
+        cells = [label, fmt(result[f"jax_{key}"])]
+        return cells + ([fmt(result[f"torch_{key}"])] if torch else [])
+
     rows = [
-        ("model", f"{result['preset']} {result['model_overrides'] or ''}".strip()),
-        ("params (matmul)", f"{result['params']:,} ({result['matmul_params']:,})"),
-        ("mesh", ", ".join(f"{k}={v}" for k, v in result["mesh"].items())),
-        ("devices", result["devices"]),
-        ("batch x seq (micro)", f"{result['batch_size']} x {result['seq_len']} ({result['micro_batches']})"),
-        ("compile (s)", f"{result['compile_s']:.2f}"),
-        ("step time (s, median)", f"{result['step_s_median']:.4f}"),
-        ("tokens/s", f"{result['tokens_per_s']:,.0f}"),
-        ("achieved TFLOP/s", f"{result['achieved_tflops']:.4f}"),
-        ("peak TFLOP/s", f"{result['peak_tflops']:.4f} ({result['peak_source']})"),
-        ("MFU", f"{100 * result['mfu']:.1f}%"),
+        row("step time (s, median)", "step_s_median", lambda v: f"{v:.4f}"),
+        row("tokens/s", "tokens_per_s", lambda v: f"{v:,.0f}"),
+        row("achieved TFLOP/s", "achieved_tflops", lambda v: f"{v:.4f}"),
+        row("MFU", "mfu", lambda v: f"{100 * v:.1f}%"),
+        row("first-step loss", "first_loss", lambda v: f"{v:.5f}"),
+        row("final loss", "final_loss", lambda v: f"{v:.5f}"),
     ]
-    width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+    if "jax_matmul_tflops" in result:
+        rows.append(row("matmul TFLOP/s (peak run)", "matmul_tflops", lambda v: f"{v:.4f}"))
+    pad = [""] if torch else []
+    if torch:
+        rows.append(["speedup vs torch (tokens/s ratio)", f"{result['speedup_vs_torch']:.2f}x",
+                     f"(pairs {result['speedup_vs_torch_paired_min']:.2f}-{result['speedup_vs_torch_paired_max']:.2f})"])
+    model = f"{result['preset']} {json.dumps(result['model_overrides']) if result['model_overrides'] else ''}"
+    rows += [
+        ["model", model.strip()] + pad,
+        ["params (matmul)", f"{result['params']:,} ({result['matmul_params']:,})"] + pad,
+        ["mesh", ", ".join(f"{k}={v}" for k, v in result["mesh"].items())] + pad,
+        ["batch x seq (micro)", f"{result['batch_size']} x {result['seq_len']} ({result['micro_batches']})"] + pad,
+        ["compile (s)", f"{result['compile_s']:.2f}"] + pad,
+        ["peak TFLOP/s", f"{result['peak_tflops']:.4f}"] + pad,
+    ]
+    if torch:
+        rows.append(["threads", f"XLA:CPU pool ({result['cpu_cores']} cores)", f"{result['torch_threads']}"])
+    else:
+        rows.append(["torch", f"not run: {result['torch_skipped_reason']}"])
+    return header, rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,11 +399,14 @@ def main(argv: list[str] | None = None) -> int:
         # Must be set before JAX initialises its backends.
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                    f" --xla_force_host_platform_device_count={args.host_devices}").strip()
-    result = run(args)
-    print(format_table(result))
+    script = os.path.relpath(__file__) if argv is None else "tools/bench_train_step.py"
+    result = run(args, ["python", script] + list(sys.argv[1:] if argv is None else argv))
+    header, rows = result_rows(result)
+    table = bench_common.markdown_table if args.markdown else bench_common.format_table
+    print(table(header, rows))
+    print(f"peak: {result['peak_source']}; {result['cpu']}, {result['cpu_cores']} cores, {result['date_utc']}")
     if args.out:
-        with open(args.out, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=2)
+        bench_common.write_json(args.out, result)
     return 0
 
 

@@ -348,8 +348,8 @@ def hybrid_tiny(**overrides: Any) -> ModelConfig:
     """A 4-layer Qwen3-Next-shaped hybrid (3 Gated DeltaNet : 1 attention, D=64, V=128) for tests.
 
     Gated, half-rotary attention with q/k norm and zero-centred norms, so it saves as a
-    `Qwen3NextForCausalLM` checkpoint; pass `layer_types=hybrid_layer_types(4, mixer="kda")` (with
-    `architecture` unchanged it then only runs here) for other delta-rule mixers.
+    `Qwen3NextForCausalLM` checkpoint. Other mixers: `layer_types=hybrid_layer_types(4, mixer="kda")`
+    (such a model runs and trains here but has no Hugging Face counterpart to save to).
     """
     num_layers = overrides.pop("num_layers", 4)
     fields = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_layers=num_layers, num_heads=4,

@@ -33,7 +33,7 @@ from jaxrl_llm.models.delta_layers import (
     gated_rms_norm,
 )
 from jaxrl_llm.models.layers import register_mixer
-from jaxrl_llm.models.linear import linear
+from jaxrl_llm.models.linear import linear, weight_as
 
 __all__ = ["DELTA_LAYER_TYPES", "DeltaCache", "DeltaMixer", "hybrid_layer_types", "init_delta_cache"]
 
@@ -144,26 +144,61 @@ def _last_conv_inputs(conv_state, inputs, segments, n_real, last_segment) -> jax
     return _take_rows(stream, index) * keep[..., None].astype(stream.dtype)
 
 
-def _cached_call(m, x: jax.Array, segment_ids: jax.Array, cache: DeltaCache):
-    """The wrapped layer's pipeline on a carried `DeltaCache`, skipping padding tokens."""
-    b, t, _ = x.shape
+class _Layout(NamedTuple):
+    """Where each row's real tokens go once gathered to the front (stable order).
+
+    order: `[B, T]` source column of each gathered column. live: `[B, T]` gathered column is real.
+    segments: `[B, T]` gathered ids, padding filled with the row's last real id (so the kernel sees
+    no boundary there). n_real: `[B]`. last: `[B]` last real id (the cached one if none).
+    carry: `[B]` the cached state continues (same segment, or no real token at all).
+    """
+
+    order: jax.Array
+    live: jax.Array
+    segments: jax.Array
+    n_real: jax.Array
+    last: jax.Array
+    carry: jax.Array
+
+
+def _real_first(segment_ids: jax.Array, last_segment: jax.Array) -> _Layout:
+    t = segment_ids.shape[1]
     real = segment_ids != 0
     n_real = jnp.sum(real, axis=1, dtype=jnp.int32)
-    order = jnp.argsort(jnp.logical_not(real).astype(jnp.int32), axis=1, stable=True)  # real tokens first
-    x = _take_rows(x, order).astype(m.dtype)
+    order = jnp.argsort(jnp.logical_not(real).astype(jnp.int32), axis=1, stable=True)
     segments = _take_rows(segment_ids, order)
     live = jnp.arange(t, dtype=jnp.int32)[None, :] < n_real[:, None]
     has_real = n_real > 0
-    last = jnp.where(has_real, _take_rows(segments, jnp.maximum(n_real - 1, 0)[:, None])[:, 0], cache.last_segment)
-    # Padding takes the last real id so the kernel sees no boundary there; a new segment restarts.
+    last = jnp.where(has_real, _take_rows(segments, jnp.maximum(n_real - 1, 0)[:, None])[:, 0], last_segment)
     segments = jnp.where(live, segments, last[:, None])
-    carry = (segments[:, 0] == cache.last_segment) | ~has_real
-    conv_state = cache.conv * carry[:, None, None].astype(cache.conv.dtype)
-    rec_state = cache.recurrent * carry[:, None, None, None].astype(cache.recurrent.dtype)
+    carry = (segments[:, 0] == last_segment) | ~has_real
+    return _Layout(order, live, segments, n_real, last, carry)
+
+
+def _recurrence(m, q, k, v, g, beta, beta_v, state, segments):
+    """Delta rule from `state`: the one-token step for T = 1, else the configured kernel."""
+    if q.shape[1] == 1:
+        o, state = delta_rule_step(q[:, 0], k[:, 0], v[:, 0], g[:, 0], beta[:, 0], state=state,
+                                   beta_v=None if beta_v is None else beta_v[:, 0], use_qk_l2norm_in_kernel=True)
+        return o[:, None], state
+    return delta_rule(q, k, v, g, beta, beta_v=beta_v, initial_state=state, output_final_state=True,
+                      segment_ids=segments, use_qk_l2norm_in_kernel=True, impl=m.impl, chunk_size=m.chunk_size)
+
+
+def _cached_call(m, x: jax.Array, segment_ids: jax.Array, cache: DeltaCache):
+    """The wrapped layer's pipeline (as in `delta_layers._DeltaMixer.__call__`) on a carried
+    `DeltaCache`, skipping padding tokens. x `[B, T, D]` -> (`[B, T, D]`, new `DeltaCache`)."""
+    b, t, _ = x.shape
+    layout = _real_first(segment_ids, cache.last_segment)
+    x = _take_rows(x, layout.order).astype(m.dtype)
+    conv_state = cache.conv * layout.carry[:, None, None].astype(cache.conv.dtype)
+    rec_state = cache.recurrent * layout.carry[:, None, None, None].astype(cache.recurrent.dtype)
 
     mixed, extras = m._project(x)
-    conv_out, _ = causal_depthwise_conv(mixed, m.conv1d.get_value(), conv_state, segments)
-    new_conv = _last_conv_inputs(conv_state, mixed, segments, n_real, last)
+    # weight_as: a quantized rollout may hold the 2-D conv taps as a quantized leaf.
+    conv_weight = weight_as(m.conv1d.get_value(), jnp.float32)
+    conv_out, _ = causal_depthwise_conv(mixed, conv_weight, conv_state, layout.segments)
+    new_conv = _last_conv_inputs(conv_state, mixed, layout.segments, layout.n_real, layout.last)
     conv_out = jax.nn.silu(conv_out.astype(jnp.float32)).astype(m.dtype)
     q, k, v = jnp.split(conv_out, [m.key_dim, 2 * m.key_dim], axis=-1)
     q = q.reshape(b, t, m.num_k_heads, m.head_k_dim)
@@ -171,19 +206,12 @@ def _cached_call(m, x: jax.Array, segment_ids: jax.Array, cache: DeltaCache):
     v = v.reshape(b, t, m.num_v_heads, m.head_v_dim)
     g, beta, beta_v, gate = m._gates(x, extras)
     # Decay 0 and strength 0 leave the state exactly as it was: padding is a no-op.
-    g, beta, beta_v = (_mask_padding(a, live) for a in (g, beta, beta_v))
-    if t == 1:
-        o, new_rec = delta_rule_step(q[:, 0], k[:, 0], v[:, 0], g[:, 0], beta[:, 0], state=rec_state,
-                                     beta_v=None if beta_v is None else beta_v[:, 0], use_qk_l2norm_in_kernel=True)
-        o = o[:, None]
-    else:
-        o, new_rec = delta_rule(q, k, v, g, beta, beta_v=beta_v, initial_state=rec_state, output_final_state=True,
-                                segment_ids=segments, use_qk_l2norm_in_kernel=True, impl=m.impl,
-                                chunk_size=m.chunk_size)
+    g, beta, beta_v = (_mask_padding(a, layout.live) for a in (g, beta, beta_v))
+    o, new_rec = _recurrence(m, q, k, v, g, beta, beta_v, rec_state, layout.segments)
     o = gated_rms_norm(o, gate, m.norm.get_value(), m.norm_eps, m.gate_activation)
     y = linear(o.reshape(b, t, m.value_dim), m.out_proj.get_value())
-    y = _take_rows(y, jnp.argsort(order, axis=1))
-    return y, DeltaCache(conv=new_conv, recurrent=new_rec.astype(jnp.float32), last_segment=last)
+    y = _take_rows(y, jnp.argsort(layout.order, axis=1))
+    return y, DeltaCache(conv=new_conv, recurrent=new_rec.astype(jnp.float32), last_segment=layout.last)
 
 
 def _register() -> None:

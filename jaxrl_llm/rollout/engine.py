@@ -62,7 +62,8 @@ class Prefix:
     """One prefilled request: a batch-1 cache of `max_target_length` slots and its first token.
 
     cache: `DecoderCache` with batch 1. position: `[]` int32, RoPE position of `token`.
-    token: `[]` int32, the first generated token (to be fed next). key: the request's PRNG key.
+    token: `[]` int32, the first generated token (to be fed next); logprob: `[]` float32, its
+    temperature-1 log-prob. key: the request's PRNG key.
     """
 
     cache: Any

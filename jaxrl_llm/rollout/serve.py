@@ -61,7 +61,8 @@ def serve(engine: EngineAPI, params, requests: Sequence[Request], *, key=None,
     """Runs `requests` to completion with continuous batching; returns completions in request order.
 
     Request `i` samples with `jax.random.fold_in(key, seed)` (seed: `requests[i].seed`, else `i`;
-    default key 0), so its tokens do not depend on which other requests share the engine. `stop_ids` default to the engine's.
+    default key 0), so its tokens do not depend on which other requests share the engine.
+    `stop_ids` default to the engine's.
     """
     key = jax.random.key(0) if key is None else key
     stops = {int(s) for s in (getattr(engine, "stop_ids", ()) if stop_ids is None else stop_ids)}

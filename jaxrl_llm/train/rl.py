@@ -213,6 +213,7 @@ def collect_rollout_batch(setup: RLSetup, state: TrainState) -> tuple[Any, dict[
         "response_length": float(lengths.mean()),
         "rollout/mismatch_abs_logp": float(np.sum(np.abs(batch.old_logprobs - batch.rollout_logprobs) * mask)
                                            / max(mask.sum(), 1.0)),
+        "rollout/tokens": float(lengths.sum()),
         "rollout/tokens_per_s": float(lengths.sum() / max(rollout_s, 1e-9)),
         "rollout/time_s": rollout_s,
         **{f"advantage/{k}": v for k, v in adv_metrics.items()},
@@ -250,7 +251,7 @@ def rl_train_loop(setup: RLSetup, state: TrainState, num_steps: int, *, writer: 
                 raise FloatingPointError(f"non-finite RL loss {record['loss']} at step {step}")
             if setup.eval_problems and ((eval_every and step % eval_every == 0) or step == last):
                 record["eval/accuracy"] = evaluate_policy(setup, state.params)
-            bar.update(int(record["rollout/tokens_per_s"] * record["rollout/time_s"]), record["loss"])
+            bar.update(int(record["rollout/tokens"]), record["loss"])
             records.append({"step": step, **record})
             if writer is not None and (step % int(cfg.rl.log_every) == 0 or "eval/accuracy" in record):
                 writer.write(step, record)

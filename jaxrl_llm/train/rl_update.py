@@ -179,7 +179,7 @@ def build_update_fn(parts: ModelParts, optimizer: optax.GradientTransformation,
             new_params = _select(skip, params, optax.apply_updates(params, updates))
             metrics = {"loss": loss, "entropy": entropy, "grad_norm": grad_norm, "lmhead_energy": energy,
                        "z": z, "gated": gated.astype(jnp.float32), "nonfinite": (~finite).astype(jnp.float32),
-                       "applied": (~skip).astype(jnp.float32), "obj": obj_metrics}
+                       "applied": (~skip).astype(jnp.float32), "executed": jnp.float32(1.0), "obj": obj_metrics}
             return (new_params, new_opt, gate, prev, gated), metrics
 
         def epoch(carry, k):
@@ -204,8 +204,10 @@ def build_update_fn(parts: ModelParts, optimizer: optax.GradientTransformation,
 def summarize_steps(per_step: Mapping[str, Any], stopped: jax.Array) -> dict[str, jax.Array]:
     """Reduce `[K, M]` per-step metrics to scalars: means over applied steps, gate and reuse counts."""
     applied = per_step["applied"]
-    executed = applied + per_step["gated"] * (1 - per_step["nonfinite"])
     n_applied = jnp.maximum(jnp.sum(applied), 1.0)
+    # Executed steps form a prefix of the (epoch, minibatch) order: after a gate all are no-ops.
+    executed = per_step["executed"]
+    last = jnp.maximum(jnp.sum(executed).astype(jnp.int32) - 1, 0)
 
     def mean_applied(x):
         return jnp.sum(x * applied) / n_applied
@@ -215,8 +217,7 @@ def summarize_steps(per_step: Mapping[str, Any], stopped: jax.Array) -> dict[str
            "grad_norm": mean_applied(per_step["grad_norm"]),
            "gate/lmhead_energy": mean_applied(per_step["lmhead_energy"]),
            "gate/events": jnp.sum(per_step["gated"]), "gate/stopped": stopped.astype(jnp.float32),
-           "gate/z": jnp.where(jnp.sum(executed) > 0, per_step["z"].reshape(-1)[
-               jnp.argmax(jnp.cumsum(executed.reshape(-1)))], 0.0),
+           "gate/z": per_step["z"].reshape(-1)[last],
            "gate/z_max": jnp.max(jnp.where(executed > 0, per_step["z"], -jnp.inf)),
            "reuse/epochs_used": jnp.sum(jnp.max(applied, axis=1)),
            "reuse/steps_applied": jnp.sum(applied), "nonfinite_steps": jnp.sum(per_step["nonfinite"])}
