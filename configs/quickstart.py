@@ -76,7 +76,9 @@ def get_config() -> ConfigDict:
     c.rl.top_k = 0
     c.rl.top_p = 1.0
     c.rl.objective = "grpo"  # any registered objective: grpo, dapo, gspo, tbpo, drgrpo, ...
-    c.rl.objective_kwargs = ConfigDict({"clip_low": 0.2})  # passed to the objective as is
+    # Passed to the objective as is (its own defaults otherwise, e.g. clip_low=0.2 for grpo); add
+    # fields here to set others (clip_low, clip_high, ...): the command line overrides existing ones.
+    c.rl.objective_kwargs = ConfigDict({"entropy_coef": 0.0})
     c.rl.advantage = "grpo"  # any registered estimator: grpo, drgrpo, rloo
     c.rl.advantage_kwargs = ConfigDict()
     c.rl.reuse_epochs = 4  # K: optimizer passes over each rollout batch

@@ -62,6 +62,7 @@ def test_run_metadata_names_the_machine(tmp_path):
     assert meta["command"] == "python tools/x.py --flag 'a b'"
     assert meta["cpu_cores"] == len(os.sched_getaffinity(0))
     assert meta["cpu"] and meta["date_utc"].endswith("UTC")
+    assert len(meta["load_average_1m_5m_15m"]) == 3 and min(meta["load_average_1m_5m_15m"]) >= 0
     path = bench_common.write_json(tmp_path / "sub" / "r.json", meta)
     assert json.loads(path.read_text()) == meta
 
@@ -71,6 +72,8 @@ def test_model_flops_and_matmul_params_by_hand():
     assert bench_train_step.model_flops_per_token(config, 32, 1000) == 6 * 1000 + 12 * 2 * 4 * 16 * 32
     params = {"embed": np.zeros((128, 64)), "w": np.zeros((64, 10)), "lm_head": np.zeros((64, 128))}
     assert bench_train_step.count_matmul_params(params, config) == 64 * 10 + 64 * 128
+    shapes = {k: v.shape for k, v in params.items()}  # the script passes shape tuples
+    assert bench_train_step.count_matmul_params(shapes, config) == 64 * 10 + 64 * 128
     tied = tiny(tie_word_embeddings=True)
     assert bench_train_step.count_matmul_params({"embed": np.zeros((128, 64)), "w": np.zeros((64, 10))},
                                                 tied) == 64 * 10 + 128 * 64

@@ -30,6 +30,14 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def load_average() -> tuple[float, float, float]:
+    """The system's 1, 5 and 15 minute load averages (zeros where the OS has none)."""
+    try:
+        return os.getloadavg()
+    except OSError:
+        return (0.0, 0.0, 0.0)
+
+
 def cpu_model_name() -> str:
     """`lscpu`'s "Model name" (e.g. "AMD EPYC"), else /proc/cpuinfo's, else `platform.processor()`."""
     try:
@@ -49,7 +57,11 @@ def cpu_model_name() -> str:
 
 
 def run_metadata(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Where and when a benchmark ran: UTC date, the command, CPU model and core count, versions."""
+    """Where and when a benchmark ran: UTC date, the command, CPU model, cores, load, versions.
+
+    `load_average_1m_5m_15m` is taken when this is called (at the end of a run): other processes
+    on a shared machine are what make absolute timings meaningless and ratios necessary.
+    """
     argv = list(sys.argv if argv is None else argv)
     versions = {}
     for name in ("jax", "flax", "torch", "transformers"):
@@ -61,6 +73,7 @@ def run_metadata(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "command": shlex.join(argv),
         "cpu": cpu_model_name(),
         "cpu_cores": available_cores(),
+        "load_average_1m_5m_15m": [round(x, 2) for x in load_average()],
         "python": platform.python_version(),
         "versions": versions,
     }

@@ -98,10 +98,14 @@ def model_flops_per_token(config, seq_len: int, num_matmul_params: int) -> float
 
 
 def count_matmul_params(params: dict, config) -> int:
-    """All parameters except the input embedding table, plus the lm_head once if tied."""
+    """All parameters except the input embedding table, plus the lm_head once if tied.
+
+    `params`: a tree of arrays or of shape tuples.
+    """
     import jax
 
-    total = sum(int(math.prod(x.shape)) for x in jax.tree.leaves(params))
+    leaves = jax.tree.leaves(params, is_leaf=lambda x: isinstance(x, tuple))
+    total = sum(int(math.prod(x if isinstance(x, tuple) else x.shape)) for x in leaves)
     embed = config.vocab_size * config.hidden_size
     return total - embed + (embed if config.tie_word_embeddings else 0)
 
@@ -221,8 +225,12 @@ def make_torch_step(model, batch: dict, learning_rates: list[float], opt_cfg: di
     return step_once, box
 
 
-def _make_jax_step(args, config, mesh, batch):
-    """`(step_once, box, params, total_steps, schedule)` for the jitted SFT step on `mesh`."""
+def _make_jax_step(args, config, mesh, batch, *, host_copy: bool):
+    """`(step_once, box, param_shapes, host_params, total_steps, schedule)` for the SFT step on `mesh`.
+
+    `host_params` is a host copy of the initial parameters (for the torch model) when `host_copy`,
+    else None; `param_shapes` is the tree of parameter shapes.
+    """
     import jax
     from flax import nnx
 
@@ -236,8 +244,9 @@ def _make_jax_step(args, config, mesh, batch):
     total_steps = 1 + args.warmup + args.steps
     optimizer = make_optimizer(OPTIMIZER, total_steps)
     schedule = make_schedule(OPTIMIZER, total_steps)
-    # Host copies first: the state may alias `params`, and the step donates the state.
-    host_params = jax.tree.map(lambda x: jax.device_get(x), params)
+    param_shapes = jax.tree.map(lambda x: tuple(x.shape), params)
+    # Copy before the first step: the state may alias `params`, and the step donates the state.
+    host_params = jax.device_get(params) if host_copy else None
     state = create_train_state(params, optimizer, mesh, shardings, seed=0)
     state_shardings = jax.tree.map(lambda x: x.sharding, state)
     step = make_sft_step(parts, optimizer, schedule, state_shardings, mesh, rest=rest,
@@ -249,10 +258,14 @@ def _make_jax_step(args, config, mesh, batch):
         box["state"], box["metrics"] = step(box["state"], device_batch)
         jax.block_until_ready((box["state"], box["metrics"]))
 
-    return step_once, box, host_params, total_steps, schedule
+    return step_once, box, param_shapes, host_params, total_steps, schedule
 
 
 def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
+    """Time the JAX step (and, when possible, the torch step, interleaved); the result dict for JSON.
+
+    `argv` is the command recorded in the result (default: `sys.argv`).
+    """
     import jax
 
     from jaxrl_llm.models.config import preset
@@ -268,11 +281,13 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
         raise SystemExit(f"--compare-torch on, but {blocker}")
     threads = args.torch_threads or bench_common.available_cores()
 
+    load_at_start = bench_common.load_average()[0]
     b, t = args.batch_size, args.seq_len
     batch = synthetic_batch(config.vocab_size, b, t)
-    jax_step, jax_box, host_params, total_steps, schedule = _make_jax_step(args, config, mesh, batch)
-    n_matmul = count_matmul_params(host_params, config)
-    n_params = int(sum(math.prod(x.shape) for x in jax.tree.leaves(host_params)))
+    jax_step, jax_box, shapes, host_params, total_steps, schedule = _make_jax_step(
+        args, config, mesh, batch, host_copy=blocker is None)
+    n_matmul = count_matmul_params(shapes, config)
+    n_params = int(sum(math.prod(s) for s in jax.tree.leaves(shapes, is_leaf=lambda x: isinstance(x, tuple))))
     compile_s = bench_common.time_call(jax_step)
     jax_first_loss = float(jax_box["metrics"]["loss"])
 
@@ -295,6 +310,7 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
     jax_s = bench_common.median(times["jax"])
     result = {
         **bench_common.run_metadata(argv),
+        "load_average_1m_at_start": round(load_at_start, 2),
         "preset": args.preset,
         "model_overrides": _model_overrides(args.model),
         "params": n_params,
@@ -404,7 +420,8 @@ def main(argv: list[str] | None = None) -> int:
     header, rows = result_rows(result)
     table = bench_common.markdown_table if args.markdown else bench_common.format_table
     print(table(header, rows))
-    print(f"peak: {result['peak_source']}; {result['cpu']}, {result['cpu_cores']} cores, {result['date_utc']}")
+    print(f"peak: {result['peak_source']}; {result['cpu']}, {result['cpu_cores']} cores, "
+          f"load {result['load_average_1m_at_start']} -> {result['load_average_1m_5m_15m'][0]}, {result['date_utc']}")
     if args.out:
         bench_common.write_json(args.out, result)
     return 0

@@ -243,7 +243,8 @@ class ModelConfig:
             if getattr(self, name):
                 raise ValueError(f"{name}=True does not exist in {self.architecture}")
         if self.partial_rotary_factor != 1.0:
-            raise ValueError(f"partial_rotary_factor={self.partial_rotary_factor} does not exist in {self.architecture}")
+            raise ValueError(
+                f"partial_rotary_factor={self.partial_rotary_factor} does not exist in {self.architecture}")
         hf = self._hf_common()
         if self.architecture != "Qwen2ForCausalLM":
             hf["attention_bias"] = False

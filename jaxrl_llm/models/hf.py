@@ -1,9 +1,9 @@
 """Hugging Face checkpoints in and out: `config.json` + safetensors <-> `Decoder`.
 
 HF linears store `[out, in]`; ours store `[in, out]`, so those tensors are transposed on the way in
-and out; depthwise conv weights `[C, 1, W]` are stored `[C, W]`. Loading reads one tensor at a time; with a mesh, every device's shard is read straight from
-the memory-mapped file into its slot of a sharded array (`jax.make_array_from_callback`), so no
-host ever holds a full copy per device.
+and out; depthwise conv weights `[C, 1, W]` are stored `[C, W]`. Loading reads one tensor at a
+time; with a mesh, every device's shard is read straight from the memory-mapped file into its slot
+of a sharded array (`jax.make_array_from_callback`), so no host ever holds a full copy per device.
 """
 
 from __future__ import annotations
@@ -181,7 +181,8 @@ def save_pretrained(model: Decoder, config: ModelConfig, path: str | Path, *, dt
         if isinstance(value, jax.Array) and not value.is_fully_addressable:
             value = multihost_utils.process_allgather(value, tiled=True)
         host = np.asarray(jax.device_get(value)).astype(out_dtype)
-        tensors[name] = np.ascontiguousarray(host.T if layout == TRANSPOSED else host.reshape(hf_shape(host.shape, layout)))
+        host = host.T if layout == TRANSPOSED else host.reshape(hf_shape(host.shape, layout))
+        tensors[name] = np.ascontiguousarray(host)
     if jax.process_index() == 0:
         path.mkdir(parents=True, exist_ok=True)
         save_file(tensors, str(path / SINGLE_FILE), metadata={"format": "pt"})

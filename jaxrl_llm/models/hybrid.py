@@ -90,7 +90,9 @@ def init_delta_cache(config: ModelConfig, batch_size: int, max_len: int, dtype) 
     """Zero state for `batch_size` rows; `max_len` is unused (the state does not grow)."""
     del max_len
     c = config
-    conv_channels = 2 * c.linear_num_key_heads * c.linear_key_head_dim + c.linear_num_value_heads * c.linear_value_head_dim
+    key_dim = c.linear_num_key_heads * c.linear_key_head_dim
+    value_dim = c.linear_num_value_heads * c.linear_value_head_dim
+    conv_channels = 2 * key_dim + value_dim  # the q | k | v channels
     return DeltaCache(
         conv=jnp.zeros((batch_size, c.linear_conv_kernel_dim - 1, conv_channels), dtype),
         recurrent=jnp.zeros((batch_size, c.linear_num_value_heads, c.linear_key_head_dim, c.linear_value_head_dim),

@@ -56,7 +56,8 @@ def update_options(cfg: Any) -> RLUpdateOptions:
     return RLUpdateOptions(objective=rl.objective, objective_kwargs=tuple(sorted(kwargs.items())),
                            reuse_epochs=int(rl.reuse_epochs), minibatches=int(rl.minibatches),
                            dgg=bool(rl.dgg.enabled), dgg_tau=float(rl.dgg.tau), dgg_statistic=rl.dgg.statistic,
-                           logprob_chunk=int(rl.logprob_chunk), qarl_format=rl.rollout_quant if rl.qarl else "")
+                           logprob_chunk=int(rl.logprob_chunk), qarl_format=rl.rollout_quant if rl.qarl else "",
+                           temperature=float(rl.temperature))
 
 
 def sampling_config(cfg: Any, tokenizer: Any) -> SamplingConfig:
@@ -167,7 +168,8 @@ def setup_rl(cfg: Any, *, warm_up: bool = True, initial: tuple | None = None) ->
     state = create_train_state(params, optimizer, mesh, shardings, seed=int(cfg.seed), extras=extras)
     state_shardings = jax.tree.map(lambda x: x.sharding, state)
     update_fn = make_rl_update(parts, optimizer, options, rest=rest, mesh=mesh, state_shardings=state_shardings)
-    logprob_fn = make_logprob_fn(parts, chunk_size=options.logprob_chunk, qarl_format=options.qarl_format)
+    logprob_fn = make_logprob_fn(parts, chunk_size=options.logprob_chunk, qarl_format=options.qarl_format,
+                                 temperature=options.temperature)
     eval_problems = task.eval_set(int(cfg.eval.num_problems), seed=int(cfg.seed)) if int(cfg.eval.num_problems) else []
     eval_generate = make_greedy_generate(parts, int(cfg.eval.max_new_tokens), valid_vocab_size=tokenizer.vocab_size)
     return RLSetup(cfg, mesh, tokenizer, task, parts, rest, state, update_fn, logprob_fn,
@@ -247,8 +249,9 @@ def rl_train_loop(setup: RLSetup, state: TrainState, num_steps: int, *, writer: 
         for _ in range(num_steps):
             state, record = rl_step(setup, state)
             step = int(state.step)
-            if not np.isfinite(record["loss"]):
-                raise FloatingPointError(f"non-finite RL loss {record['loss']} at step {step}")
+            if record["nonfinite_steps"] or not np.isfinite(record["loss"]):
+                # Those optimizer steps were skipped on device; stop rather than train on garbage.
+                raise FloatingPointError(f"non-finite RL loss or gradient at step {step}")
             if setup.eval_problems and ((eval_every and step % eval_every == 0) or step == last):
                 record["eval/accuracy"] = evaluate_policy(setup, state.params)
             bar.update(int(record["rollout/tokens"]), record["loss"])
@@ -312,6 +315,8 @@ def run_rl(cfg: Any, *, stop_after: int | None = None, initial: tuple | None = N
         n = remaining if stop_after is None else min(remaining, int(stop_after))
         state, records = rl_train_loop(setup, state, n, writer=writer, checkpointer=checkpointer,
                                        progress=primary and bool(cfg.rl.progress_bar))
+        if int(state.step) not in checkpointer.all_steps():
+            checkpointer.save(int(state.step), state, force=True)
     finally:
         if writer is not None:
             writer.close()

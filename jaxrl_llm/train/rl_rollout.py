@@ -88,14 +88,16 @@ def build_rollout_batch(rollout: Rollout, rewards: np.ndarray, group_ids: np.nda
                         *, pad_id: int) -> RolloutBatch:
     """A `RolloutBatch` whose `old_logprobs` start as the sampler's log-probs.
 
-    The trainer usually replaces `old_logprobs` by the learner's own recomputation (and fills
-    `ref_logprobs`) before the update; `rollout_logprobs` keep what the sampler reported.
+    The log-probs are those of the distribution actually sampled from (`processed_logprobs`:
+    after temperature, top-k and top-p), i.e. of the policy softmax(logits / T) that the learner
+    optimises. The trainer usually replaces `old_logprobs` by the learner's own recomputation
+    (and fills `ref_logprobs`) before the update; `rollout_logprobs` keep what the sampler reported.
     """
     response = np.asarray(rollout.response)
     width = rollout.prompt_width
     arrays = assemble_token_arrays(np.asarray(rollout.tokens)[:, :width], np.asarray(rollout.prompt_lengths),
                                    response, np.asarray(rollout.lengths), pad_id)
-    logprobs = response_to_token_axis(np.asarray(rollout.logprobs), width, arrays["loss_mask"])
+    logprobs = response_to_token_axis(np.asarray(rollout.processed_logprobs), width, arrays["loss_mask"])
     return RolloutBatch(**arrays, old_logprobs=logprobs, rollout_logprobs=logprobs,
                         rewards=np.asarray(rewards, np.float32), group_ids=np.asarray(group_ids, np.int32),
                         advantages=np.asarray(advantages, np.float32))

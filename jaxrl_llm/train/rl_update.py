@@ -51,6 +51,7 @@ class RLUpdateOptions:
     dgg: gate on; dgg_tau: z-score threshold; dgg_statistic: "delta" or "energy".
     logprob_chunk: vocabulary chunk of the log-prob helper; qarl_format: "" (off) or the rollout's
     weight format ("int8", "int4", "fp8") for a rollout-aligned learner forward.
+    temperature: the policy is softmax(logits / temperature), the distribution rollouts sample from.
     """
 
     objective: str = "grpo"
@@ -62,8 +63,11 @@ class RLUpdateOptions:
     dgg_statistic: str = "delta"
     logprob_chunk: int = 8192
     qarl_format: str = ""
+    temperature: float = 1.0
 
     def __post_init__(self):
+        if not self.temperature > 0:
+            raise ValueError(f"rl.temperature must be > 0 (the policy is softmax(logits / T)); got {self.temperature}")
         if self.reuse_epochs < 1:
             raise ValueError(f"rl.reuse_epochs must be >= 1; got {self.reuse_epochs}")
         if self.minibatches < 1:
@@ -96,30 +100,33 @@ def gate_to_extras(extras: Mapping[str, Any], gate: DGGState) -> dict[str, Any]:
 
 
 def policy_token_stats(parts: ModelParts, params: Any, rest: Any, tokens: jax.Array, positions: jax.Array,
-                       segment_ids: jax.Array, *, chunk_size: int = 8192,
-                       qarl_format: str = "") -> tuple[jax.Array, jax.Array]:
+                       segment_ids: jax.Array, *, chunk_size: int = 8192, qarl_format: str = "",
+                       temperature: float = 1.0) -> tuple[jax.Array, jax.Array]:
     """`(logp [B, T], entropy [B, T])` fp32, aligned with `tokens` (entry 0 is 0: nothing predicts it).
 
-    logp[:, t] = log pi(tokens[:, t] | tokens[:, :t]); entropy[:, t] is that distribution's entropy.
-    With `qarl_format` the forward uses fake-quantized weights (gradients reach the master weights).
+    logp[:, t] = log pi(tokens[:, t] | tokens[:, :t]) with pi = softmax(logits / temperature);
+    entropy[:, t] is that distribution's entropy. With `qarl_format` the forward uses
+    fake-quantized weights (gradients reach the master weights).
     """
     if qarl_format:
         params = fake_quant_params(params, qarl_format)
     model = parts.merge(params, rest)
     _, _, hidden = model(tokens, positions, segment_ids=segment_ids, return_hidden=True, return_logits=False)
-    logp, entropy = hidden_token_stats(hidden[:, :-1], model.lm_head_weight(), tokens[:, 1:], chunk_size=chunk_size)
+    logp, entropy = hidden_token_stats(hidden[:, :-1], model.lm_head_weight(), tokens[:, 1:], chunk_size=chunk_size,
+                                       temperature=temperature)
     zero = jnp.zeros((tokens.shape[0], 1), jnp.float32)
     return jnp.concatenate([zero, logp], axis=1), jnp.concatenate([zero, entropy], axis=1)
 
 
-def make_logprob_fn(parts: ModelParts, *, chunk_size: int = 8192, qarl_format: str = "") -> Callable:
+def make_logprob_fn(parts: ModelParts, *, chunk_size: int = 8192, qarl_format: str = "",
+                    temperature: float = 1.0) -> Callable:
     """Jitted `(params, rest, tokens, positions, segment_ids) -> (logp [B, T], entropy [B, T])`.
 
     Used before an update for the proximal (`old_logprobs`) and reference (`ref_logprobs`) passes.
     """
     def fn(params, rest, tokens, positions, segment_ids):
         return policy_token_stats(parts, params, rest, tokens, positions, segment_ids, chunk_size=chunk_size,
-                                  qarl_format=qarl_format)
+                                  qarl_format=qarl_format, temperature=temperature)
 
     return jax.jit(fn)
 
@@ -131,7 +138,8 @@ def make_rl_loss(parts: ModelParts, options: RLUpdateOptions) -> Callable:
 
     def loss_fn(params, rest, mb: RolloutBatch):
         logp, entropy = policy_token_stats(parts, params, rest, mb.tokens, mb.positions, mb.segment_ids,
-                                           chunk_size=options.logprob_chunk, qarl_format=options.qarl_format)
+                                           chunk_size=options.logprob_chunk, qarl_format=options.qarl_format,
+                                           temperature=options.temperature)
         inputs = {"logp": logp, "old_logp": mb.old_logprobs, "rollout_logp": mb.rollout_logprobs,
                   "ref_logp": mb.ref_logprobs, "mask": mb.loss_mask, "advantages": mb.advantages,
                   "entropy": entropy, "rewards": mb.rewards, "group_ids": mb.group_ids}

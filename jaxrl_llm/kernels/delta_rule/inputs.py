@@ -65,18 +65,16 @@ def check_qkv(q, k, v, *, time_axis: bool = True):
     return q.shape[:-2], h, hv, q.shape[-1], v.shape[-1]
 
 
-def _check_gate(name, x, lead, hv, k, allow_channel_size):
+def _is_per_channel(name, x, lead, hv, channels, channel_letter):
+    """False for [B, (T,) HV], True for [B, (T,) HV, channels]; raises naming `name` otherwise."""
     _require_float(name, x)
-    per_head = lead + (hv,)
-    per_channel = lead + (hv, allow_channel_size)
+    per_head, per_channel = lead + (hv,), lead + (hv, channels)
+    if _shape(x) in (per_head, per_channel):
+        return _shape(x) == per_channel
     dims = ", ".join(["B", "T"][: len(lead)])
-    if _shape(x) == per_head:
-        return False
-    if _shape(x) == per_channel:
-        return True
     raise ValueError(
-        f"{name} must be [{dims}, H] or [{dims}, H, {'K' if allow_channel_size == k else 'V'}]"
-        f" = {per_head} or {per_channel}; got {_shape(x)}"
+        f"{name} must be [{dims}, H] or [{dims}, H, {channel_letter}] = {per_head} or "
+        f"{per_channel}; got {_shape(x)}"
     )
 
 
@@ -89,16 +87,14 @@ def to_unified(q, k, v, g, beta, beta_v, scale, *, time_axis: bool = True) -> Un
     """
     lead, h, hv, kd, vd = check_qkv(q, k, v, time_axis=time_axis)
     compute = jnp.promote_types(jnp.result_type(q, k, v), jnp.float32)
-    channel_beta = False
-    if beta is not None:
-        channel_beta = _check_gate("beta", beta, lead, hv, kd, kd)
+    channel_beta = beta is not None and _is_per_channel("beta", beta, lead, hv, kd, "K")
     if beta_v is not None:
-        _check_gate("beta_v", beta_v, lead, hv, kd, vd)
-        if beta_v.shape[-1] != vd or beta_v.ndim != len(lead) + 2:
-            raise ValueError(f"beta_v must be {lead + (hv, vd)}; got {_shape(beta_v)}")
+        _require_float("beta_v", beta_v)
+        if _shape(beta_v) != lead + (hv, vd):
+            raise ValueError(f"beta_v must be [.., H, V] = {lead + (hv, vd)}; got {_shape(beta_v)}")
         if not channel_beta:
             raise ValueError("beta_v (FG2-GDN+ value strength) needs a per-channel beta [.., H, K]")
-    if g is not None and not _check_gate("g", g, lead, hv, kd, kd):
+    if g is not None and not _is_per_channel("g", g, lead, hv, kd, "K"):
         g = g[..., None]
     if channel_beta and beta_v is None and kd != vd:
         raise ValueError(

@@ -1,0 +1,34 @@
+"""The RL quickstart, reduced: `python -m jaxrl_llm.cli rl --config configs/quickstart.py` learns on CPU."""
+
+import json
+
+from jaxrl_llm.cli import main
+
+REDUCED = {
+    "sft.steps": 300,
+    "rl.steps": 20,
+    "eval.num_problems": 200,
+    "eval.every": 10,
+    "checkpoint.every": 10,
+    "rl.progress_bar": "false",
+}
+
+
+def test_reduced_quickstart_improves_held_out_accuracy(tmp_path, capsys):
+    args = ["rl", "--config", "configs/quickstart.py", f"--config.output_dir={tmp_path}"]
+    args += [f"--config.{k}={v}" for k, v in REDUCED.items()]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "held-out greedy accuracy before RL" in out
+    with open(tmp_path / "metrics.jsonl") as f:
+        lines = [json.loads(line) for line in f]
+    evals = [(r["step"], r["eval/accuracy"]) for r in lines if "eval/accuracy" in r]
+    assert [s for s, _ in evals] == [0, 10, 20]
+    before, after = evals[0][1], evals[-1][1]
+    assert after > before, evals
+    steps = [r for r in lines if "reward/mean" in r]
+    assert [r["step"] for r in steps] == list(range(1, 21))
+    assert all(r["reuse/epochs_used"] >= 1 for r in steps)
+    assert (tmp_path / "rl.png").stat().st_size > 0
+    assert (tmp_path / "sft" / "metrics.jsonl").exists()
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == ["10", "20"]
