@@ -131,6 +131,9 @@ def test_cli_times_jax_and_torch_and_writes_json(tmp_path, capsys):
     assert result["command"].startswith("python tools/bench_train_step.py --preset tiny")
     assert result["model_overrides"] == {"num_layers": 1} and result["torch_compared"] is True
     assert result["torch_threads"] == 1 and result["steps"] == 2
+    # One tiny layer: q, o 64x64; k, v 64x32; q/k/v biases; 3 MLP 64x128; 2 norms. Plus embed, lm_head, norm.
+    layer = 2 * 64 * 64 + 2 * 64 * 32 + (64 + 32 + 32) + 3 * 64 * 128 + 2 * 64
+    assert result["params"] == layer + 2 * 128 * 64 + 64 and result["matmul_params"] == layer + 128 * 64 + 64
     for key in ("jax_tokens_per_s", "torch_tokens_per_s", "jax_mfu", "torch_mfu", "speedup_vs_torch",
                 "peak_tflops", "jax_matmul_tflops", "torch_matmul_tflops", "cpu", "date_utc"):
         assert result[key] > 0 if isinstance(result[key], float) else result[key]
