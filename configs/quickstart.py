@@ -21,12 +21,12 @@ def get_config() -> ConfigDict:
     c.model = ConfigDict()
     c.model.preset = "tiny"
     c.model.vocab_size = 128  # >= the char tokenizer's 99
-    c.model.hidden_size = 64
-    c.model.intermediate_size = 192
+    c.model.hidden_size = 128
+    c.model.intermediate_size = 256
     c.model.num_layers = 2
     c.model.num_heads = 4
     c.model.num_kv_heads = 2
-    c.model.head_dim = 16
+    c.model.head_dim = 32
 
     c.mesh = ConfigDict()
     c.mesh.data = 1
@@ -52,7 +52,7 @@ def get_config() -> ConfigDict:
 
     # SFT warm-up (0 steps: start RL from the random init). Deliberately short: RL has room to help.
     c.sft = ConfigDict()
-    c.sft.steps = 600
+    c.sft.steps = 500
     c.sft.batch_size = 64
     c.sft.micro_batches = 1
     c.sft.log_every = 20
@@ -68,8 +68,8 @@ def get_config() -> ConfigDict:
     c.sft.optimizer.grad_clip_norm = 1.0
 
     c.rl = ConfigDict()
-    c.rl.steps = 60
-    c.rl.prompts_per_step = 32
+    c.rl.steps = 40
+    c.rl.prompts_per_step = 128  # many prompts per step: a low-noise gradient generalises to new prompts
     c.rl.samples_per_prompt = 8  # group size n
     c.rl.max_new_tokens = 5  # 3 answer digits + eos, with one spare
     c.rl.temperature = 1.0
@@ -89,11 +89,11 @@ def get_config() -> ConfigDict:
     c.rl.qarl = False  # learner forward through the rollout's quantized weights (QaRL)
     c.rl.dgg = ConfigDict()
     c.rl.dgg.enabled = True
-    c.rl.dgg.tau = 0.5
+    c.rl.dgg.tau = 1.0
     c.rl.dgg.window = 20
     c.rl.dgg.statistic = "delta"
     c.rl.optimizer = ConfigDict()
-    c.rl.optimizer.learning_rate = 5e-4
+    c.rl.optimizer.learning_rate = 2e-4
     c.rl.optimizer.warmup_steps = 0
     c.rl.optimizer.decay_steps = 0  # 0: rl.steps * reuse_epochs * minibatches optimizer steps
     c.rl.optimizer.end_learning_rate_ratio = 1.0  # constant
@@ -110,10 +110,10 @@ def get_config() -> ConfigDict:
     c.eval.num_problems = 200
     c.eval.batch_size = 200
     c.eval.max_new_tokens = 5
-    c.eval.every = 20  # RL steps; also at step 0 and at the end
+    c.eval.every = 10  # RL steps; also at step 0 and at the end
 
     c.checkpoint = ConfigDict()
-    c.checkpoint.every = 20  # RL steps; 0: only at the end
+    c.checkpoint.every = 10  # RL steps; 0: only at the end
     c.checkpoint.max_to_keep = 2
     c.checkpoint.resume = False
     return c
