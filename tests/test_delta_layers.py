@@ -130,8 +130,8 @@ def _model_and_fn(kind):
     graphdef, params = nnx.split(model)
 
     @jax.jit
-    def forward(params, x, segment_ids=None, state=None):
-        return nnx.merge(graphdef, params)(x, segment_ids=segment_ids, state=state)
+    def forward(params, x, segment_ids=None, state=None, padding_mask=None):
+        return nnx.merge(graphdef, params)(x, segment_ids=segment_ids, state=state, padding_mask=padding_mask)
 
     return model, params, forward
 
@@ -176,7 +176,7 @@ def test_decode_one_token_at_a_time_equals_full_sequence(kind):
 
 def test_packed_sequences_equal_separate_runs():
     _, params, forward = _model_and_fn("fg2plus")
-    lengths = (2, 2, 11)  # the last conv state must not hold the previous sequence's inputs
+    lengths = (2, 2, 2)  # shorter than the conv window: the last conv state must not hold earlier inputs
     x = _inputs(5, b=1, t=sum(lengths))
     seg = jnp.asarray(np.repeat(np.arange(3), lengths)[None], jnp.int32)
     y, (conv, rec) = forward(params, x, segment_ids=seg)
@@ -186,6 +186,27 @@ def test_packed_sequences_equal_separate_runs():
         np.testing.assert_allclose(y[:, a:z], alone, atol=1e-5, err_msg=f"sequence {i}")
     np.testing.assert_allclose(rec, alone_rec, atol=1e-5)
     np.testing.assert_allclose(conv, alone_conv, atol=1e-6)
+
+
+def test_padding_tokens_anywhere_leave_outputs_and_state_untouched():
+    """Rows holding the same 5 real tokens behind left, split and right padding (garbage inputs)
+    give the compact run's outputs at the real tokens and its exact conv and recurrent state."""
+    _, params, forward = _model_and_fn("kda")
+    real = _inputs(7, b=1, t=5)
+    state = tuple(0.5 * jax.random.normal(jax.random.key(i), a.shape) for i, a in
+                  enumerate(_model_and_fn("kda")[0].init_state(1)))
+    want, (want_conv, want_rec) = forward(params, real, state=state)
+    masks = np.zeros((3, 8), bool)
+    for row, cols in enumerate(([3, 4, 5, 6, 7], [0, 2, 3, 5, 6], [0, 1, 2, 3, 4])):
+        masks[row, cols] = True
+    x = np.asarray(_inputs(8, b=3, t=8))
+    x[masks] = np.tile(np.asarray(real)[0], (3, 1))
+    batch_state = tuple(jnp.repeat(a, 3, axis=0) for a in state)
+    y, (conv, rec) = forward(params, jnp.asarray(x), state=batch_state, padding_mask=jnp.asarray(masks))
+    for row in range(3):
+        np.testing.assert_allclose(np.asarray(y)[row][masks[row]], want[0], atol=1e-5, err_msg=f"row {row}")
+        np.testing.assert_allclose(conv[row], want_conv[0], atol=1e-6, err_msg=f"row {row}")
+        np.testing.assert_allclose(rec[row], want_rec[0], atol=1e-5, err_msg=f"row {row}")
 
 
 def test_pallas_layer_equals_chunked_layer():

@@ -83,8 +83,10 @@ def _jitted(impl, output_final_state=True, chunk_size=C):
         delta_rule, impl=impl, chunk_size=chunk_size, output_final_state=output_final_state))
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize("impl", IMPLS)
+# Pallas shares every chunk tensor with "chunked"; its own state pass sees decay only through
+# per-key factors, so per-head (gdn) and per-channel decay with V != K (fg2plus) cover it.
+@pytest.mark.parametrize("variant, impl", [(v, i) for i in IMPLS for v in VARIANTS
+                                           if i != "pallas" or v in ("gdn", "fg2plus")])
 def test_matches_float64_recurrence_with_initial_state(variant, impl):
     args = make_inputs(variant, seed=1)
     ref_o, ref_s = numpy_delta_rule(**args)
@@ -110,8 +112,7 @@ def test_final_state_is_none_unless_requested():
     assert s is None and o.shape == (B, T, H, V)
 
 
-@pytest.mark.parametrize("impl", ("chunked", "pallas"))
-@pytest.mark.parametrize("variant", ("gdn", "kda"))
+@pytest.mark.parametrize("variant, impl", [("gdn", "chunked"), ("kda", "pallas")])
 def test_bfloat16_inputs_within_one_percent(variant, impl):
     args = make_inputs(variant, seed=3)
     bf16 = {n: None if a is None else jnp.asarray(a, jnp.bfloat16) for n, a in args.items()}
@@ -129,7 +130,8 @@ def _grad_fn(impl):
 
 
 def _loss(impl, args):
-    o, s = delta_rule(**args, impl=impl, chunk_size=C, output_final_state=True)
+    # chunk 4 over T = 11: three chunks (one padded) with a small compiled graph.
+    o, s = delta_rule(**args, impl=impl, chunk_size=4, output_final_state=True)
     w = jnp.cos(jnp.arange(o.size, dtype=jnp.float32)).reshape(o.shape)
     return jnp.sum(w * o) + jnp.sum(jnp.sin(s))
 
@@ -137,7 +139,7 @@ def _loss(impl, args):
 @pytest.mark.parametrize("variant", ("gdn", "fg2plus"))  # per-head and per-channel g and beta
 @pytest.mark.parametrize("impl", ("chunked", "pallas"))
 def test_gradients_of_every_input_match_recurrent_autodiff(variant, impl):
-    args = {n: a for n, a in _jnp(make_inputs(variant, seed=4, t=21)).items() if a is not None}
+    args = {n: a for n, a in _jnp(make_inputs(variant, seed=4, t=11)).items() if a is not None}
     want, got = _grad_fn("recurrent")(args), _grad_fn(impl)(args)
     assert set(got) == set(args) and {"g", "beta", "initial_state"} <= set(got)
     for name in args:

@@ -1,9 +1,10 @@
-"""Shared pieces of the benchmark scripts: same-run timing, matmul peak, tables, JSON.
+"""Shared pieces of the benchmark scripts: same-run timing, matmul peak, bandwidth, tables, JSON.
 
 The machines benchmarks run on are shared and noisy, so a CPU speed figure is only reported as a
 ratio taken in the same run: against the same work done by a reference implementation, and as a
-fraction of the matmul FLOP/s measured on the same devices in the same run. `interleaved_times`
-alternates the contenders (A B A B ...) so that a burst of load from elsewhere hits all of them.
+fraction of the matmul FLOP/s (or, for memory-bound decoding, the streaming memory bandwidth)
+measured on the same devices in the same run. `interleaved_times` alternates the contenders
+(A B A B ...) so that a burst of load from elsewhere hits all of them.
 """
 
 from __future__ import annotations
@@ -151,6 +152,45 @@ def torch_matmul_fn(size: int) -> Callable[[], Any]:
 def best_flops(times: Sequence[float], flops: float) -> float:
     """FLOP/s of the fastest of `times` (the least disturbed run estimates the machine's peak)."""
     return flops / min(times)
+
+
+def stream_bytes(nbytes: int) -> float:
+    """Bytes moved by one `y = x + 1` pass over an `nbytes` array: each byte read once and written once."""
+    return 2.0 * float(nbytes)
+
+
+def _stream_elements(nbytes: int) -> int:
+    if nbytes < 4:
+        raise ValueError(f"nbytes must be >= 4 (one float32); got {nbytes}")
+    return nbytes // 4
+
+
+def jax_stream_fn(nbytes: int) -> Callable[[], Any]:
+    """A blocking jitted `y = x + 1` over an `nbytes` float32 array on the default device (compiled here).
+
+    `x + 1` rather than a copy: XLA may alias or elide a plain copy, never an arithmetic pass.
+    """
+    import jax  # noqa: PLC0415
+    import jax.numpy as jnp  # noqa: PLC0415
+
+    x = jnp.zeros((_stream_elements(nbytes),), jnp.float32)
+    add_one = jax.jit(lambda v: v + 1.0)
+    add_one(x).block_until_ready()
+    return lambda: add_one(x).block_until_ready()
+
+
+def torch_stream_fn(nbytes: int) -> Callable[[], Any]:
+    """`y = x + 1` over an `nbytes` float32 tensor in PyTorch, into a preallocated output."""
+    import torch  # noqa: PLC0415
+
+    x = torch.zeros((_stream_elements(nbytes),), dtype=torch.float32)
+    out = torch.empty_like(x)
+    return lambda: torch.add(x, 1.0, out=out)
+
+
+def best_bandwidth(times: Sequence[float], nbytes: int) -> float:
+    """Bytes/s of the fastest `y = x + 1` pass over `nbytes` (the machine's streaming bandwidth)."""
+    return stream_bytes(nbytes) / min(times)
 
 
 def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -1,41 +1,64 @@
-"""Decode throughput of the rollout sampler for fp32 / bf16 / int8 / int4 / fp8 weights.
+"""Decode throughput of the rollout sampler (fp32 / bf16 / int8 / int4 / fp8) against `transformers`.
 
-Random weights of a preset (or flag-given) model shape; greedy decoding with no stop ids, so every
-row generates exactly `--new-tokens` tokens. For each format the sampler is compiled once
-(untimed), then timed over `--repeats` runs. Prefill is timed separately (`max_new_tokens=1`) and
-subtracted, so `decode tok/s` counts only the one-token steps.
+    python tools/bench_decode.py --preset tiny --batch 8 --prompt-len 32 --new-tokens 64 --out bench.json
+    python tools/bench_decode.py --preset tiny --layers 4 --hidden 256 --intermediate 1024 --heads 4 \\
+        --kv-heads 2 --head-dim 64 --vocab 4096 --batch 1 --prompt-len 32 --new-tokens 64
+    python tools/bench_decode.py --preset qwen2.5-0.5b --batch 64 --prompt-len 256 --new-tokens 256
 
-  python tools/bench_decode.py --preset tiny --batch 8 --prompt-len 32 --new-tokens 64 --out bench.json
+Random weights of a preset (or flag-given) shape; greedy decoding of `[B, P]` random prompts with
+no stop ids, so every row generates exactly `--new-tokens` (N) tokens. fp32 computes in fp32;
+every other format computes in bf16 (bf16 weights, or quantized weights dequantized / scaled
+inside the matmul: W8A16, W4A16, FP8 weights).
 
-fp32 runs in fp32; every other format computes in bf16 (bf16 weights, or quantized weights
-dequantized / scaled inside the matmul: W8A16, W4A16, FP8 weights).
+Shared machines are noisy, so the speed figures are ratios taken in the same run:
+
+* `speedup_vs_torch`: our decode tokens/s over PyTorch's for the same work. `--compare-torch`
+  (default `auto`: on when torch and transformers import, fp32 is among `--formats` and the model
+  has a `transformers` equivalent) builds the same model in `transformers` from our fp32 weights
+  (`tools/torch_reference.py`) and decodes the same prompts with
+  `model.generate(do_sample=False, max_new_tokens=N, min_new_tokens=N)` (its default dynamic KV
+  cache, `sdpa` attention, fp32) at as many intra-op threads as XLA:CPU uses (one per available
+  core) unless `--torch-threads` says otherwise. The greedy tokens of our fp32 sampler and of
+  torch must be identical (the script stops with an error naming the first difference
+  otherwise): both do the same work. Every format's speed is also given relative to that one
+  torch fp32 baseline.
+* `bandwidth_fraction`: weight bytes streamed per decode step (every parameter except the input
+  embedding table, which is only gathered; with tied embeddings it is the lm_head and counts) over
+  the time of one decode step, as a fraction of the memory bandwidth measured in this run: the
+  best of `--repeats` `y = x + 1` passes over a `--stream-mb` MiB float32 array (JAX, and torch
+  when compared), counting each byte read and written. The KV cache reads are not counted, and a
+  model small enough to stay in the CPU caches can exceed the DRAM figure.
+
+Timing. Each contender is called once untimed (JAX compiles then), then `--warmup` untimed
+rounds, then `--repeats` rounds in which every contender runs once, alternately (A B A B ...), so
+that a burst of load from elsewhere hits all of them. Each format runs twice per round: the full
+decode (N tokens) and a prefill-only run (`max_new_tokens=1`); decode time = median(full) -
+median(prefill), over the N - 1 one-token steps. (Our sampler's response buffer is a power of two
+>= 16 slots, so the prefill-only run's KV cache is shorter than the full run's: a slight
+overestimate of our decode time when N > 16.)
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import statistics
-import time
+import os
+import sys
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-from flax import nnx
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from jaxrl_llm.models import Decoder, preset
-from jaxrl_llm.quant import QuantArray, quantize_params
-from jaxrl_llm.rollout import SamplingConfig, generate
+import bench_common  # noqa: E402
+from torch_reference import COMPARE_CHOICES, build_torch_model, torch_blocker  # noqa: E402
 
 FORMATS = ("fp32", "bf16", "int8", "int4", "fp8")
+TORCH_DECODER = ("transformers generate(do_sample=False, max_new_tokens=N, min_new_tokens=N), "
+                 "default dynamic KV cache, fp32")
 _SHAPE_FLAGS = {"layers": "num_layers", "hidden": "hidden_size", "intermediate": "intermediate_size",
                 "heads": "num_heads", "kv_heads": "num_kv_heads", "head_dim": "head_dim", "vocab": "vocab_size"}
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="tiny", help="model preset: tiny, qwen2.5-0.5b")
     for flag in _SHAPE_FLAGS:
         parser.add_argument(f"--{flag.replace('_', '-')}", type=int, default=None,
@@ -44,25 +67,48 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--prompt-len", type=int, default=32, help="prompt tokens per row")
     parser.add_argument("--new-tokens", type=int, default=64, help="generated tokens per row")
     parser.add_argument("--formats", default=",".join(FORMATS), help=f"comma list from {FORMATS}")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per format (median reported)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds (medians reported)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds after the first (compiling) calls")
+    parser.add_argument("--compare-torch", choices=COMPARE_CHOICES, default="auto",
+                        help="time the same decoding in PyTorch/transformers (auto: when possible)")
+    parser.add_argument("--torch-threads", type=int, default=0, help="torch intra-op threads (0: as many as JAX)")
+    parser.add_argument("--stream-mb", type=int, default=256, help="MiB of the bandwidth-measuring array")
+    parser.add_argument("--markdown", action="store_true", help="print the table as markdown")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     unknown = [f for f in formats if f not in FORMATS]
-    if unknown:
-        parser.error(f"--formats must be among {FORMATS}; got unknown {unknown}")
-    if min(args.batch, args.prompt_len, args.new_tokens, args.repeats) < 1:
-        parser.error("--batch, --prompt-len, --new-tokens and --repeats must be >= 1")
+    if unknown or not formats:
+        parser.error(f"--formats must be a non-empty comma list from {FORMATS}; got {args.formats!r}")
+    if min(args.batch, args.prompt_len, args.repeats, args.stream_mb) < 1:
+        parser.error("--batch, --prompt-len, --repeats and --stream-mb must be >= 1")
     if args.new_tokens < 2:
-        parser.error("--new-tokens must be >= 2 (decode steps follow the first token)")
+        parser.error(f"--new-tokens must be >= 2 (decode steps follow the first token); got {args.new_tokens}")
+    if args.warmup < 0 or args.torch_threads < 0:
+        parser.error(f"--warmup and --torch-threads must be >= 0; got {args.warmup}, {args.torch_threads}")
     args.formats = formats
     return args
 
 
-def model_for(fmt: str, master: nnx.State, config) -> tuple[nnx.GraphDef, nnx.State]:
-    """(graphdef, params) of the `fmt` variant, built from the fp32 master weights."""
+def model_config(args: argparse.Namespace):
+    """The fp32 `ModelConfig` of `--preset` with the shape flags applied."""
+    from jaxrl_llm.models import preset  # noqa: PLC0415
+
+    overrides = {field: getattr(args, flag) for flag, field in _SHAPE_FLAGS.items() if getattr(args, flag) is not None}
+    return preset(args.preset, **overrides).replace(dtype="float32", param_dtype="float32")
+
+
+def model_for(fmt: str, master, config):
+    """(graphdef, params) of the `fmt` variant, built from the fp32 master weights (an `nnx.State`)."""
+    import jax  # noqa: PLC0415
+    import jax.numpy as jnp  # noqa: PLC0415
+    from flax import nnx  # noqa: PLC0415
+
+    from jaxrl_llm.models import Decoder  # noqa: PLC0415
+    from jaxrl_llm.quant import QuantArray, quantize_params  # noqa: PLC0415
+
     compute = "float32" if fmt == "fp32" else "bfloat16"
-    cfg = config.replace(dtype=compute, param_dtype="float32" if fmt == "fp32" else "bfloat16")
+    cfg = config.replace(dtype=compute, param_dtype=compute)
     graphdef, _ = nnx.split(nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0))))
     if fmt in ("fp32", "bf16"):
         return graphdef, jax.tree.map(lambda x: x.astype(cfg.param_dtype), master)
@@ -73,68 +119,235 @@ def model_for(fmt: str, master: nnx.State, config) -> tuple[nnx.GraphDef, nnx.St
 
 
 def weight_bytes(params) -> int:
+    """Bytes of every array in `params` (quantized codes and their scales included)."""
+    import jax  # noqa: PLC0415
+
     return sum(int(x.nbytes) for x in jax.tree.leaves(params))
 
 
-def timed(fn, repeats: int) -> float:
-    """Median seconds of `fn()` (results blocked on) after one untimed compile-and-run."""
-    jax.block_until_ready(fn())
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def streamed_weight_bytes(params, tie_word_embeddings: bool) -> int:
+    """Weight bytes one decode step reads: all but the input embedding table, which is only gathered.
+
+    With tied embeddings the table is the lm_head, read whole every step, so it counts.
+    """
+    embed = 0 if tie_word_embeddings else weight_bytes(params["embed"])
+    return weight_bytes(params) - embed
 
 
-def bench_format(fmt, master, config, prompts, args) -> dict:
-    graphdef, params = model_for(fmt, master, config)
-    key = jax.random.key(0)
+def jax_greedy_fn(graphdef, params, prompts, n_new: int):
+    """A call running our sampler greedily on `prompts [B, P]` for `n_new` tokens; returns `[B, n_new]` numpy."""
+    import jax  # noqa: PLC0415
+    import numpy as np  # noqa: PLC0415
 
-    def run(n_new):
-        rollout = generate(graphdef, params, prompts, lengths=np.full(len(prompts), prompts.shape[1]), key=key,
-                           config=SamplingConfig(n_new, temperature=0.0))
-        return rollout.response
+    from jaxrl_llm.rollout import SamplingConfig, generate  # noqa: PLC0415
 
-    total = timed(lambda: run(args.new_tokens), args.repeats)
-    prefill = timed(lambda: run(1), args.repeats)
-    decode = max(total - prefill, 1e-9)
+    lengths = np.full(len(prompts), prompts.shape[1])
+    config = SamplingConfig(n_new, temperature=0.0)
+    return lambda: np.asarray(generate(graphdef, params, prompts, lengths=lengths, key=jax.random.key(0),
+                                       config=config).response)
+
+
+def torch_greedy_fn(model, prompts, n_new: int):
+    """A call running `model.generate` greedily for exactly `n_new` tokens; returns `[B, n_new]` numpy."""
+    import torch  # noqa: PLC0415
+
+    ids = torch.from_numpy(prompts.astype("int64"))
+    mask = torch.ones_like(ids)
+
+    def run():
+        with torch.inference_mode():
+            out = model.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=n_new,
+                                 min_new_tokens=n_new, eos_token_id=None, pad_token_id=0)
+        return out[:, ids.shape[1]:].numpy()
+
+    return run
+
+
+def check_greedy_agreement(ours, theirs) -> int:
+    """Raise naming the first differing token unless `ours` and `theirs` (`[B, N]`) are equal; returns B * N."""
+    import numpy as np  # noqa: PLC0415
+
+    ours, theirs = np.asarray(ours), np.asarray(theirs)
+    if ours.shape != theirs.shape:
+        raise RuntimeError(f"greedy tokens of JAX fp32 and torch fp32 differ in shape: {ours.shape} vs {theirs.shape}")
+    rows, steps = np.nonzero(ours != theirs)
+    if rows.size:
+        r, s = int(rows[0]), int(steps[0])
+        raise RuntimeError(f"greedy tokens of JAX fp32 and torch fp32 differ at {rows.size} of {ours.size} positions; "
+                           f"first at row {r}, step {s}: jax {int(ours[r, s])} vs torch {int(theirs[r, s])}")
+    return int(ours.size)
+
+
+def decode_rates(full_times, prefill_times, batch: int, n_new: int, streamed_bytes: int) -> dict:
+    """Medians of the full and prefill-only runs -> decode time, tokens/s and weight-streaming rate."""
+    full, prefill = bench_common.median(full_times), bench_common.median(prefill_times)
+    decode = max(full - prefill, 1e-9)  # a negative difference is noise on a loaded machine
+    step = decode / (n_new - 1)
     return {
-        "format": fmt,
-        "weight_mb": weight_bytes(params) / 2**20,
         "prefill_s": prefill,
-        "total_s": total,
-        "decode_tok_s": args.batch * (args.new_tokens - 1) / decode,
-        "end_to_end_tok_s": args.batch * args.new_tokens / total,
+        "total_s": full,
+        "decode_s": decode,
+        "decode_step_ms": 1e3 * step,
+        "decode_tok_s": batch * (n_new - 1) / decode,
+        "end_to_end_tok_s": batch * n_new / full,
+        "weight_stream_gb_s": streamed_bytes / step / 1e9,
     }
 
 
-def main(argv=None) -> list[dict]:
-    args = parse_args(argv)
-    overrides = {field: getattr(args, flag) for flag, field in _SHAPE_FLAGS.items() if getattr(args, flag) is not None}
-    config = preset(args.preset, **overrides).replace(dtype="float32", param_dtype="float32")
+def measure_bandwidth(nbytes: int, repeats: int, with_torch: bool) -> tuple[float, str, dict]:
+    """(bytes/s, where it came from, the measured GB/s per framework) of `y = x + 1` over `nbytes`."""
+    fns = {"jax": bench_common.jax_stream_fn(nbytes)}
+    if with_torch:
+        fns["torch"] = bench_common.torch_stream_fn(nbytes)
+    times = bench_common.interleaved_times(fns, repeats=repeats, warmup=1)
+    rates = {k: bench_common.best_bandwidth(v, nbytes) for k, v in times.items()}
+    best = max(rates, key=rates.get)
+    source = f"best y = x + 1 pass over {nbytes / 2**20:.0f} MiB fp32 of {' and '.join(rates)} ({best})"
+    return rates[best], source, {f"{k}_stream_gb_s": v / 1e9 for k, v in rates.items()}
+
+
+def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
+    """Time every format (and torch fp32, interleaved); the result dict for JSON."""
+    import jax  # noqa: PLC0415
+    import numpy as np  # noqa: PLC0415
+    from flax import nnx  # noqa: PLC0415
+
+    from jaxrl_llm.models import Decoder  # noqa: PLC0415
+
+    config = model_config(args)
+    blocker = torch_blocker(config, 1, args.compare_torch)
+    if blocker is None and "fp32" not in args.formats:
+        blocker = "fp32 is not among --formats (the torch reference is compared with our fp32 tokens)"
+    if blocker is not None and args.compare_torch == "on":
+        raise SystemExit(f"--compare-torch on, but {blocker}")
+    threads = args.torch_threads or bench_common.available_cores()
+    load_at_start = bench_common.load_average()[0]
+    b, p, n = args.batch, args.prompt_len, args.new_tokens
     master = nnx.split(Decoder(config, rngs=nnx.Rngs(0)))[1]
-    prompts = np.asarray(jax.random.randint(jax.random.key(1), (args.batch, args.prompt_len), 0, config.vocab_size),
-                         np.int32)
-    rows = [bench_format(fmt, master, config, prompts, args) for fmt in args.formats]
-    device = jax.devices()[0]
-    print(f"device: {device.platform} {device.device_kind} x{jax.device_count()}  model: {args.preset} "
-          f"L={config.num_layers} D={config.hidden_size} V={config.vocab_size}  batch={args.batch} "
-          f"prompt={args.prompt_len} new={args.new_tokens}")
-    print(f"{'format':<7}{'weights MB':>12}{'prefill s':>11}{'total s':>10}{'decode tok/s':>14}{'e2e tok/s':>11}")
-    for r in rows:
-        print(f"{r['format']:<7}{r['weight_mb']:>12.2f}{r['prefill_s']:>11.4f}{r['total_s']:>10.4f}"
-              f"{r['decode_tok_s']:>14.1f}{r['end_to_end_tok_s']:>11.1f}")
+    prompts = np.asarray(jax.random.randint(jax.random.key(1), (b, p), 0, config.vocab_size), np.int32)
+
+    fns, streamed, sizes, compile_s, first_tokens = {}, {}, {}, {}, {}
+    for fmt in args.formats:
+        graphdef, params = model_for(fmt, master, config)
+        sizes[fmt], streamed[fmt] = weight_bytes(params), streamed_weight_bytes(params, config.tie_word_embeddings)
+        fns[fmt] = jax_greedy_fn(graphdef, params, prompts, n)
+        fns[f"{fmt}/prefill"] = jax_greedy_fn(graphdef, params, prompts, 1)
+        compile_s[fmt] = bench_common.time_call(lambda f=fmt: first_tokens.__setitem__(f, fns[f]()))
+        fns[f"{fmt}/prefill"]()
+    torch_info: dict = {}
+    if blocker is None:
+        import torch  # noqa: PLC0415
+
+        torch.set_num_threads(threads)
+        model = build_torch_model(config, nnx.to_pure_dict(master)).eval()
+        fns["torch"] = torch_greedy_fn(model, prompts, n)
+        fns["torch/prefill"] = torch_greedy_fn(model, prompts, 1)
+        torch_info["torch_first_call_s"] = bench_common.time_call(
+            lambda: first_tokens.__setitem__("torch", fns["torch"]()))
+        torch_info["greedy_tokens_compared"] = check_greedy_agreement(first_tokens["fp32"], first_tokens["torch"])
+        torch_info["torch_attn_implementation"] = getattr(model.config, "_attn_implementation", None)
+        streamed["torch"], sizes["torch"] = streamed["fp32"], sizes["fp32"]
+    times = bench_common.interleaved_times(fns, repeats=args.repeats, warmup=args.warmup)
+    bandwidth, bandwidth_source, stream_rates = measure_bandwidth(args.stream_mb * 2**20, args.repeats,
+                                                                  blocker is None)
+
+    rows = []
+    for name in args.formats + (["torch"] if blocker is None else []):
+        row = {"format": name if name != "torch" else "torch fp32", "weight_mb": sizes[name] / 2**20,
+               "streamed_weight_mb": streamed[name] / 2**20,
+               **({"compile_s": compile_s[name]} if name in compile_s else {}),
+               **decode_rates(times[name], times[f"{name}/prefill"], b, n, streamed[name])}
+        row["bandwidth_fraction"] = row["weight_stream_gb_s"] * 1e9 / bandwidth
+        rows.append(row)
+    result = {
+        **bench_common.run_metadata(argv),
+        "load_average_1m_at_start": round(load_at_start, 2),
+        "device": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+        "preset": args.preset,
+        "config": {k: getattr(config, k) for k in ("num_layers", "hidden_size", "intermediate_size", "num_heads",
+                                                   "num_kv_heads", "head_dim", "vocab_size", "tie_word_embeddings")},
+        "params": int(sum(x.size for x in jax.tree.leaves(master))),
+        "batch": b, "prompt_len": p, "new_tokens": n, "repeats": args.repeats, "warmup": args.warmup,
+        "timing": ("interleaved " + ("jax/torch" if blocker is None else "jax formats")
+                   + ", full and prefill-only runs; decode = median(full) - median(prefill)"),
+        "memory_bandwidth_gb_s": bandwidth / 1e9,
+        "bandwidth_source": bandwidth_source,
+        **stream_rates,
+        "torch_compared": blocker is None,
+        "torch_skipped_reason": blocker,
+        "results": rows,
+    }
+    if blocker is not None:
+        return result
+    torch_row = rows[-1]
+    for row in rows[:-1]:
+        row["speedup_vs_torch"] = torch_row["decode_s"] / row["decode_s"]
+        row["end_to_end_speedup_vs_torch"] = torch_row["total_s"] / row["total_s"]
+    ratios = bench_common.paired_ratios(times["torch"], times["fp32"])
+    fp32 = rows[args.formats.index("fp32")]
+    result.update(torch_info)
+    result.update({
+        "torch_threads": threads,
+        "torch_decoder": TORCH_DECODER,
+        "greedy_tokens_agree": True,
+        "jax_fp32_decode_tok_s": fp32["decode_tok_s"],
+        "torch_decode_tok_s": torch_row["decode_tok_s"],
+        "speedup_vs_torch": fp32["speedup_vs_torch"],
+        "end_to_end_speedup_vs_torch": fp32["end_to_end_speedup_vs_torch"],
+        "end_to_end_speedup_paired_min": min(ratios),
+        "end_to_end_speedup_paired_max": max(ratios),
+    })
+    return result
+
+
+def result_rows(result: dict) -> tuple[list[str], list[list[str]]]:
+    """`(header, rows)` of the summary table: one row per format, then torch fp32 when compared."""
+    torch = result["torch_compared"]
+    header = ["format", "weights MB", "streamed MB", "prefill s", "decode ms/step", "decode tok/s", "e2e tok/s",
+              "weight GB/s", "of mem BW"] + (["vs torch fp32"] if torch else [])
+    rows = []
+    for r in result["results"]:
+        cells = [r["format"], f"{r['weight_mb']:.2f}", f"{r['streamed_weight_mb']:.2f}", f"{r['prefill_s']:.4f}",
+                 f"{r['decode_step_ms']:.3f}", f"{r['decode_tok_s']:,.1f}", f"{r['end_to_end_tok_s']:,.1f}",
+                 f"{r['weight_stream_gb_s']:.2f}", f"{100 * r['bandwidth_fraction']:.1f}%"]
+        if torch:
+            cells.append(f"{r['speedup_vs_torch']:.2f}x" if "speedup_vs_torch" in r else "1.00x")
+        rows.append(cells)
+    return header, rows
+
+
+def summary_lines(result: dict) -> list[str]:
+    """The lines printed under the table: setup, bandwidth, the torch comparison (or why not)."""
+    c = result["config"]
+    lines = [f"model: {result['preset']} L={c['num_layers']} D={c['hidden_size']} F={c['intermediate_size']} "
+             f"H={c['num_heads']} KVH={c['num_kv_heads']} Dh={c['head_dim']} V={c['vocab_size']} "
+             f"({result['params']:,} params); batch={result['batch']} prompt={result['prompt_len']} "
+             f"new={result['new_tokens']}; {result['device']}",
+             f"memory bandwidth {result['memory_bandwidth_gb_s']:.2f} GB/s: {result['bandwidth_source']}"]
+    if result["torch_compared"]:
+        lines.append(f"torch: {result['torch_decoder']}, {result['torch_threads']} threads, "
+                     f"attn={result['torch_attn_implementation']}; greedy tokens agree "
+                     f"({result['greedy_tokens_compared']} compared)")
+        lines.append(f"speedup vs torch (fp32 decode tok/s): {result['speedup_vs_torch']:.2f}x; end to end "
+                     f"{result['end_to_end_speedup_vs_torch']:.2f}x (pairs {result['end_to_end_speedup_paired_min']:.2f}"
+                     f"-{result['end_to_end_speedup_paired_max']:.2f})")
+    else:
+        lines.append(f"torch: not run: {result['torch_skipped_reason']}")
+    lines.append(f"{result['cpu']}, {result['cpu_cores']} cores, load {result['load_average_1m_at_start']} -> "
+                 f"{result['load_average_1m_5m_15m'][0]}, {result['date_utc']}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    script = os.path.relpath(__file__) if argv is None else "tools/bench_decode.py"
+    result = run(args, ["python", script] + list(sys.argv[1:] if argv is None else argv))
+    table = bench_common.markdown_table if args.markdown else bench_common.format_table
+    print(table(*result_rows(result)))
+    print("\n".join(summary_lines(result)))
     if args.out is not None:
-        report = {"device": f"{device.platform} {device.device_kind}", "device_count": jax.device_count(),
-                  "host": platform.node(), "jax": jax.__version__, "preset": args.preset,
-                  "config": {k: getattr(config, k) for k in ("num_layers", "hidden_size", "intermediate_size",
-                                                             "num_heads", "num_kv_heads", "head_dim", "vocab_size")},
-                  "batch": args.batch, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
-                  "repeats": args.repeats, "results": rows}
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2))
-    return rows
+        bench_common.write_json(args.out, result)
+    return result
 
 
 if __name__ == "__main__":

@@ -43,8 +43,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_common  # noqa: E402
+from torch_reference import COMPARE_CHOICES, build_torch_model, hf_state_dict, torch_blocker  # noqa: E402, F401
 
-COMPARE_CHOICES = ("auto", "on", "off")
 OPTIMIZER = {"learning_rate": 1e-4, "warmup_steps": 1, "weight_decay": 0.0, "grad_clip_norm": 1.0,
              "b1": 0.9, "b2": 0.95, "eps": 1e-8}
 
@@ -123,65 +123,6 @@ def synthetic_batch(vocab_size: int, batch_size: int, seq_len: int, seed: int = 
         "segment_ids": np.ones((batch_size, seq_len), np.int32),
         "loss_mask": loss_mask,
     }
-
-
-def torch_blocker(config, num_devices: int, mode: str) -> str | None:
-    """Why the PyTorch comparison cannot run (None when it can); `mode == "off"` is a reason too."""
-    if mode not in COMPARE_CHOICES:
-        raise ValueError(f"--compare-torch must be one of {COMPARE_CHOICES}; got {mode!r}")
-    if mode == "off":
-        return "--compare-torch off"
-    if num_devices != 1:
-        return f"the mesh has {num_devices} devices; the torch reference runs on one process only (JAX only)"
-    if config.param_dtype != "float32" or config.dtype != "float32":
-        return (f"the torch reference is float32; the model has param_dtype={config.param_dtype!r}, "
-                f"dtype={config.dtype!r}")
-    try:
-        config.to_hf_config()
-    except ValueError as err:
-        return f"the model has no transformers equivalent: {err}"
-    try:
-        import torch  # noqa: F401, PLC0415
-        import transformers  # noqa: F401, PLC0415
-    except ImportError as err:
-        return f"torch/transformers do not import: {err}"
-    return None
-
-
-def hf_state_dict(params: dict, config) -> dict:
-    """HF tensor name -> numpy array of our pure-dict `params` (linears transposed to `[out, in]`)."""
-    import numpy as np
-
-    from jaxrl_llm.models.hf import TRANSPOSED, hf_shape, hf_tensor_names
-
-    out = {}
-    for name, (path, layout) in hf_tensor_names(config).items():
-        value = params
-        for key in path:
-            value = value[key]
-        host = np.array(value, np.float32)  # a writable copy: torch shares its memory
-        out[name] = np.ascontiguousarray(host.T if layout == TRANSPOSED else host.reshape(hf_shape(host.shape, layout)))
-    return out
-
-
-def build_torch_model(config, params: dict):
-    """The `transformers` model of `config` (fp32, train mode) holding the weights of `params`."""
-    import torch
-    import transformers
-
-    hf = config.to_hf_config()
-    model_type = hf.pop("model_type")
-    for key in ("architectures", "torch_dtype", "rope_theta", "rope_scaling"):
-        hf.pop(key, None)
-    hf_config = transformers.AutoConfig.for_model(model_type, **hf)
-    hf_config.architectures = [config.architecture]
-    model = transformers.AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32)
-    tensors = {k: torch.from_numpy(v) for k, v in hf_state_dict(params, config).items()}
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
-    allowed_missing = {"lm_head.weight"} if config.tie_word_embeddings else set()
-    if unexpected or set(missing) - allowed_missing:
-        raise RuntimeError(f"torch weights do not match: missing {missing}, unexpected {unexpected}")
-    return model.train()
 
 
 def torch_masked_next_token_loss(logits, tokens, loss_mask, segment_ids):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -12,10 +13,49 @@ from jaxrl_llm.models.attention import MixerContext, attention_mask
 from jaxrl_llm.models.cache import DecoderCache, write_slots
 from jaxrl_llm.models.config import ModelConfig
 from jaxrl_llm.models.layers import DecoderLayer, mixer_spec
-from jaxrl_llm.models.linear import embedding_lookup, linear
+from jaxrl_llm.models.linear import embedding_lookup, linear, weight_as
 from jaxrl_llm.models.norm import RMSNorm
 from jaxrl_llm.models.params import normal_param
 from jaxrl_llm.models.rope import inverse_frequencies, rope_tables
+from jaxrl_llm.quant import QuantArray
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class TransposedWeight:
+    """A quantized `[V, D]` table used as a `[D, V]` weight (the tied lm_head).
+
+    A `QuantArray` keeps its scales along its own `[in, out]` layout, so it cannot be transposed
+    in place; `dequantize` transposes after dequantizing, which is what `linear` / `weight_as` call.
+    """
+
+    table: Any
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        rows, cols = self.table.shape
+        return (cols, rows)
+
+    @property
+    def ndim(self) -> int:
+        return 2
+
+    def dequantize(self, dtype=None) -> jax.Array:
+        """`[D, V]` array in `dtype` (default: the table's original dtype)."""
+        return weight_as(self.table, dtype or self.table.dtype).T
+
+
+def embedding_rows(table: Any, tokens: jax.Array, dtype) -> jax.Array:
+    """Rows of `table [V, D]` (plain or `QuantArray`) at `tokens [B, T]` -> `[B, T, D]` in `dtype`.
+
+    A quantized table is gathered code row by code row, each times its group's scale, so only the
+    B * T looked-up rows are ever dequantized.
+    """
+    if not isinstance(table, QuantArray):
+        return embedding_lookup(table, tokens, dtype)
+    codes = jnp.take(table.values, tokens, axis=0).astype(jnp.float32)
+    scales = jnp.take(table.scale, tokens // table.group_size, axis=0)
+    return (codes * scales).astype(dtype)
 
 
 def init_cache(config: ModelConfig, batch_size: int, max_len: int, dtype=None) -> DecoderCache:
@@ -47,9 +87,13 @@ class Decoder(nnx.Module):
             self.lm_head = normal_param(rngs, (config.hidden_size, config.vocab_size), ("embed", "vocab"), pd)
 
     def lm_head_weight(self) -> Any:
-        """`[D, V]`: the lm_head, or the embedding transposed when embeddings are tied."""
+        """`[D, V]`: the lm_head, or the embedding transposed when embeddings are tied (a quantized
+        embedding comes back as a `TransposedWeight`, which `linear` dequantizes)."""
         if self.config.tie_word_embeddings:
-            return self.embed.get_value().T
+            embed = self.embed.get_value()
+            if isinstance(embed, QuantArray) or hasattr(embed, "dequantize"):
+                return TransposedWeight(embed)
+            return embed.T
         return self.lm_head.get_value()
 
     def logits(self, hidden: jax.Array) -> jax.Array:
@@ -74,7 +118,7 @@ class Decoder(nnx.Module):
         cos, sin = rope_tables(positions, inverse_frequencies(c.rotary_dim, c.rope_theta, c.rope_scaling))
         ctx = MixerContext(positions=positions, segment_ids=segment_ids, mask=mask, cos=cos, sin=sin,
                            cache_index=index)
-        x = embedding_lookup(self.embed.get_value(), tokens, self.config.jnp_dtype)
+        x = embedding_rows(self.embed.get_value(), tokens, self.config.jnp_dtype)
         new_layers = []
         for i, layer in enumerate(self.layers):
             x, layer_cache = layer(x, ctx, None if cache is None else cache.layers[i])

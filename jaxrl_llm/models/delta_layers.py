@@ -18,6 +18,7 @@ its parameterisation is RECONSTRUCTED from the paper's abstract (arXiv 2604.1902
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -66,7 +67,7 @@ def causal_depthwise_conv(x, weight, conv_state, segment_ids=None):
     width = weight.shape[1]
     t = x.shape[1]
     padded = jnp.concatenate([conv_state.astype(x.dtype), x], axis=1)  # [B, W - 1 + T, C]
-    w = weight.astype(jnp.float32)
+    w = weight_as(weight, jnp.float32)  # the taps may be a quantized leaf
     taps = [padded[:, i : i + t].astype(jnp.float32) for i in range(width)]
     if segment_ids is not None:
         seg = jnp.concatenate([jnp.repeat(segment_ids[:, :1], width - 1, axis=1), segment_ids], 1)
@@ -94,7 +95,11 @@ def gated_rms_norm(x, gate, weight, eps, activation):
 
 
 class _DeltaMixer(nnx.Module):
-    """Shared conv / state / kernel plumbing. Subclasses define `_project` and `_gates`."""
+    """Shared conv / state / kernel plumbing.
+
+    Subclasses define `project(x [B, T, D]) -> (mixed [B, T, C_conv] = [q | k | v] before the conv,
+    extras)` and `gates(x, extras) -> (g, beta, beta_v or None, output gate [B, T, HV, V])`.
+    """
 
     gate_activation = "silu"
 
@@ -128,46 +133,127 @@ class _DeltaMixer(nnx.Module):
             jnp.zeros((batch_size, self.num_v_heads, self.head_k_dim, self.head_v_dim), jnp.float32),
         )
 
-    def _check_input(self, x, segment_ids, state):
+    def _check_input(self, x, segment_ids, state, padding_mask):
         if x.ndim != 3 or x.shape[-1] != self.hidden_size:
             raise ValueError(f"x must be [B, T, {self.hidden_size}]; got {tuple(x.shape)}")
-        if segment_ids is not None and tuple(segment_ids.shape) != tuple(x.shape[:2]):
-            raise ValueError(f"segment_ids must be [B, T] = {tuple(x.shape[:2])}; got {tuple(segment_ids.shape)}")
+        for name, a in (("segment_ids", segment_ids), ("padding_mask", padding_mask)):
+            if a is not None and tuple(a.shape) != tuple(x.shape[:2]):
+                raise ValueError(f"{name} must be [B, T] = {tuple(x.shape[:2])}; got {tuple(a.shape)}")
         if state is not None:
             want = jax.tree.map(jnp.shape, self.init_state(x.shape[0]))
             got = jax.tree.map(jnp.shape, tuple(state))
             if want != got:
                 raise ValueError(f"state must be (conv_state, recurrent_state) of shapes {want}; got {got}")
 
-    def __call__(self, x, *, segment_ids=None, state: DeltaState | None = None):
-        """x: [B, T, D] -> (y [B, T, D], (conv_state, recurrent_state))."""
-        self._check_input(x, segment_ids, state)
+    def __call__(self, x, *, segment_ids=None, state: DeltaState | None = None, padding_mask=None):
+        """x: [B, T, D] -> (y [B, T, D], (conv_state, recurrent_state)).
+
+        segment_ids: optional [B, T] int; conv taps and the recurrent state reset where the id
+          changes (the carried `state` counts as part of each row's first sequence).
+        state: optional (conv_state [B, W - 1, C_conv], recurrent_state [B, HV, K, V]); zeros if None.
+        padding_mask: optional [B, T] bool, True at real tokens. Padding tokens, wherever they sit,
+          touch neither the conv window nor the recurrent state and never split a segment; their
+          outputs are finite but meaningless.
+        """
+        self._check_input(x, segment_ids, state, padding_mask)
+        state = self.init_state(x.shape[0]) if state is None else tuple(state)
+        if padding_mask is None:
+            return self._mix(x, segment_ids, state, None)
+        layout = real_tokens_first(padding_mask, segment_ids)
+        y, new_state = self._mix(take_rows(x, layout.order), layout.segments, state, layout)
+        return take_rows(y, jnp.argsort(layout.order, axis=1)), new_state
+
+    def _mix(self, x, segment_ids, state, layout):
+        """The mixer pipeline; with a `RealFirst` layout, trailing padding leaves the state as is."""
         b, t, _ = x.shape
         x = x.astype(self.dtype)
-        conv_state, rec_state = self.init_state(b) if state is None else state
-        mixed, extras = self._project(x)  # mixed: [B, T, C_conv] = [q | k | v] before the conv
-        mixed, conv_state = causal_depthwise_conv(mixed, self.conv1d.get_value(), conv_state, segment_ids)
-        mixed = jax.nn.silu(mixed.astype(jnp.float32)).astype(self.dtype)
-        q, k, v = jnp.split(mixed, [self.key_dim, 2 * self.key_dim], axis=-1)
+        conv_state, rec_state = state
+        mixed, extras = self.project(x)
+        # weight_as: quantized parameters may hold the 2-D conv taps as a quantized leaf.
+        conv_weight = weight_as(self.conv1d.get_value(), jnp.float32)
+        conv_out, new_conv = causal_depthwise_conv(mixed, conv_weight, conv_state, segment_ids)
+        if layout is not None:
+            new_conv = last_conv_inputs(conv_state, mixed, segment_ids, layout.n_real)
+        conv_out = jax.nn.silu(conv_out.astype(jnp.float32)).astype(self.dtype)
+        q, k, v = jnp.split(conv_out, [self.key_dim, 2 * self.key_dim], axis=-1)
         q = q.reshape(b, t, self.num_k_heads, self.head_k_dim)
         k = k.reshape(b, t, self.num_k_heads, self.head_k_dim)
         v = v.reshape(b, t, self.num_v_heads, self.head_v_dim)
-        g, beta, beta_v, gate = self._gates(x, extras)
-        kwargs = dict(beta_v=beta_v, use_qk_l2norm_in_kernel=True)
-        if t == 1 and segment_ids is None:
-            o, rec_state = delta_rule_step(
-                q[:, 0], k[:, 0], v[:, 0], g[:, 0], beta[:, 0], state=rec_state,
-                **{**kwargs, "beta_v": None if beta_v is None else beta_v[:, 0]},
-            )
-            o = o[:, None]
-        else:
-            o, rec_state = delta_rule(
-                q, k, v, g, beta, initial_state=rec_state, output_final_state=True,
-                segment_ids=segment_ids, impl=self.impl, chunk_size=self.chunk_size, **kwargs,
-            )
+        g, beta, beta_v, gate = self.gates(x, extras)
+        if layout is not None:
+            # Decay 0 and strength 0 leave the recurrent state exactly as it was.
+            g, beta, beta_v = (_zero_padding(a, layout.live) for a in (g, beta, beta_v))
+        o, rec_state = self._recurrence(q, k, v, g, beta, beta_v, rec_state, segment_ids)
         o = gated_rms_norm(o, gate, self.norm.get_value(), self.norm_eps, self.gate_activation)
         y = linear(o.reshape(b, t, self.value_dim), self.out_proj.get_value())
-        return y, (conv_state, rec_state)
+        return y, (new_conv, rec_state)
+
+    def _recurrence(self, q, k, v, g, beta, beta_v, state, segment_ids):
+        """Delta rule from `state`: the one-token step for T = 1 (no boundary possible), else the kernel."""
+        kwargs = dict(use_qk_l2norm_in_kernel=True)
+        if q.shape[1] == 1:
+            o, state = delta_rule_step(q[:, 0], k[:, 0], v[:, 0], g[:, 0], beta[:, 0], state=state,
+                                       beta_v=None if beta_v is None else beta_v[:, 0], **kwargs)
+            return o[:, None], state
+        return delta_rule(q, k, v, g, beta, beta_v=beta_v, initial_state=state, output_final_state=True,
+                          segment_ids=segment_ids, impl=self.impl, chunk_size=self.chunk_size, **kwargs)
+
+
+class RealFirst(NamedTuple):
+    """A row permutation that brings each row's real tokens to the front (stable order).
+
+    order: [B, T] source column of each gathered column. live: [B, T] gathered column is real.
+    segments: [B, T] gathered segment ids, padding filled with the row's last real id (so the
+    kernel sees no boundary there). n_real: [B] number of real tokens.
+    """
+
+    order: jax.Array
+    live: jax.Array
+    segments: jax.Array
+    n_real: jax.Array
+
+
+def take_rows(x, index):
+    """x [B, T, ...] gathered along T by index [B, T']."""
+    return jnp.take_along_axis(x, index.reshape(index.shape + (1,) * (x.ndim - 2)), axis=1)
+
+
+def real_tokens_first(padding_mask, segment_ids=None) -> RealFirst:
+    """Layout of `padding_mask [B, T]` (True = real); `segment_ids [B, T]` default all zero."""
+    t = padding_mask.shape[1]
+    real = padding_mask.astype(bool)
+    if segment_ids is None:
+        segment_ids = jnp.zeros(real.shape, jnp.int32)
+    n_real = jnp.sum(real, axis=1, dtype=jnp.int32)
+    order = jnp.argsort(jnp.logical_not(real).astype(jnp.int32), axis=1, stable=True)
+    segments = take_rows(segment_ids, order)
+    live = jnp.arange(t, dtype=jnp.int32)[None, :] < n_real[:, None]
+    last = take_rows(segments, jnp.maximum(n_real - 1, 0)[:, None])
+    return RealFirst(order, live, jnp.where(live, segments, last), n_real)
+
+
+def _zero_padding(x, live):
+    """Zeros the [B, T, ...] entries where `live [B, T]` is False (None passes through)."""
+    if x is None:
+        return None
+    return jnp.where(live.reshape(live.shape + (1,) * (x.ndim - 2)), x, 0)
+
+
+def last_conv_inputs(conv_state, inputs, segments, n_real):
+    """The last W - 1 real conv inputs of each row, zeroed where they precede its last segment.
+
+    conv_state [B, W - 1, C] (carried, counted as part of the first segment); inputs [B, T, C] with
+    the n_real [B] real tokens first; segments [B, T] with padding filled with the last real id.
+    A row without real tokens keeps its conv_state.
+    """
+    width = conv_state.shape[1]
+    stream = jnp.concatenate([conv_state, inputs.astype(conv_state.dtype)], axis=1)
+    if segments is None:
+        segments = jnp.zeros(inputs.shape[:2], jnp.int32)
+    stream_segments = jnp.concatenate([jnp.repeat(segments[:, :1], width, axis=1), segments], axis=1)
+    index = n_real[:, None] + jnp.arange(width, dtype=n_real.dtype)[None, :]
+    keep = take_rows(stream_segments, index) == segments[:, -1:]
+    return take_rows(stream, index) * keep[..., None].astype(stream.dtype)
 
 
 class GatedDeltaNet(_DeltaMixer):
@@ -190,7 +276,7 @@ class GatedDeltaNet(_DeltaMixer):
         self.in_proj_ba = normal_param(rngs, (hidden_size, 2 * num_v_heads), ("embed", "heads"), param_dtype)
         self.A_log, self.dt_bias = _decay_params(rngs, num_v_heads, num_v_heads, param_dtype, (0.01, 16.0))
 
-    def _project(self, x):
+    def project(self, x):
         b, t, _ = x.shape
         r = self.num_v_heads // self.num_k_heads
         hk, dk, dv = self.num_k_heads, self.head_k_dim, self.head_v_dim
@@ -202,7 +288,7 @@ class GatedDeltaNet(_DeltaMixer):
                   ba[..., r:].reshape(b, t, -1))
         return mixed, extras
 
-    def _gates(self, x, extras):
+    def gates(self, x, extras):
         z, b_logit, a = extras
         g = log_decay(a, self.A_log.get_value(), self.dt_bias.get_value())
         return g, jax.nn.sigmoid(b_logit.astype(jnp.float32)), None, z
@@ -244,11 +330,11 @@ class KimiDeltaAttention(_DeltaMixer):
         """(beta, beta_v) fed to the delta rule."""
         return jax.nn.sigmoid(linear(x, self.b_proj.get_value(), out_dtype=jnp.float32)), None
 
-    def _project(self, x):
+    def project(self, x):
         parts = [linear(x, w.get_value()) for w in (self.q_proj, self.k_proj, self.v_proj)]
         return jnp.concatenate(parts, axis=-1), None
 
-    def _gates(self, x, extras):
+    def gates(self, x, extras):
         b, t, _ = x.shape
         hv, dk, dv = self.num_v_heads, self.head_k_dim, self.head_v_dim
         f = linear(linear(x, self.f_a_proj.get_value()), self.f_b_proj.get_value()).reshape(b, t, hv, dk)

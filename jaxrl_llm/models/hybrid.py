@@ -22,18 +22,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxrl_llm.kernels.delta_rule import delta_rule, delta_rule_step
 from jaxrl_llm.models.attention import MixerContext
 from jaxrl_llm.models.config import ModelConfig, hybrid_layer_types
-from jaxrl_llm.models.delta_layers import (
-    FG2GatedDeltaNet,
-    GatedDeltaNet,
-    KimiDeltaAttention,
-    causal_depthwise_conv,
-    gated_rms_norm,
-)
+from jaxrl_llm.models.delta_layers import FG2GatedDeltaNet, GatedDeltaNet, KimiDeltaAttention
 from jaxrl_llm.models.layers import register_mixer
-from jaxrl_llm.models.linear import linear, weight_as
 
 __all__ = ["DELTA_LAYER_TYPES", "DeltaCache", "DeltaMixer", "hybrid_layer_types", "init_delta_cache"]
 
@@ -104,8 +96,8 @@ class DeltaMixer(nnx.Module):
     """A delta-rule layer as a decoder mixer: `mixer(x [B, T, D], ctx, DeltaCache | None)`.
 
     Without a cache the wrapped layer runs on `ctx.segment_ids` (state and conv taps reset where
-    the id changes). With a cache, real tokens are first gathered to the front of each row (stable
-    order), padding is made a no-op (decay 0, strength 0) and the outputs are scattered back.
+    the id changes). With a cache, the layer gets the cached state (zeroed where the row's first
+    real token starts a new segment) and a padding mask (segment id 0), so padding never touches it.
     """
 
     def __init__(self, config: ModelConfig, layer_type: str, *, rngs: nnx.Rngs):
@@ -117,103 +109,28 @@ class DeltaMixer(nnx.Module):
         if cache is None:
             y, _ = self.delta(x, segment_ids=ctx.segment_ids)
             return y, None
-        return _cached_call(self.delta, x, ctx.segment_ids, cache)
+        real = ctx.segment_ids != 0
+        first, last = _first_and_last_real(ctx.segment_ids, cache.last_segment)
+        # The carried state continues only into the same segment (or through an all-padding call).
+        carry = (first == cache.last_segment) | ~jnp.any(real, axis=1)
+        conv = cache.conv * carry[:, None, None].astype(cache.conv.dtype)
+        recurrent = cache.recurrent * carry[:, None, None, None].astype(cache.recurrent.dtype)
+        y, (new_conv, new_rec) = self.delta(x, segment_ids=ctx.segment_ids, state=(conv, recurrent),
+                                            padding_mask=real)
+        return y, DeltaCache(conv=new_conv.astype(cache.conv.dtype), recurrent=new_rec.astype(jnp.float32),
+                             last_segment=last)
 
 
-def _take_rows(x: jax.Array, index: jax.Array) -> jax.Array:
-    """`x [B, T, ...]` gathered along T by `index [B, T']`."""
-    return jnp.take_along_axis(x, index.reshape(index.shape + (1,) * (x.ndim - 2)), axis=1)
-
-
-def _mask_padding(x: jax.Array | None, live: jax.Array) -> jax.Array | None:
-    """Zeros the `[B, T, ...]` entries of padding tokens (`live [B, T]` False)."""
-    if x is None:
-        return None
-    return jnp.where(live.reshape(live.shape + (1,) * (x.ndim - 2)), x, 0)
-
-
-def _last_conv_inputs(conv_state, inputs, segments, n_real, last_segment) -> jax.Array:
-    """The last W - 1 real conv inputs of each row, zeroed where they precede its last segment.
-
-    conv_state `[B, W - 1, C]` (carried, counted as part of the first segment); inputs `[B, T, C]`
-    with real tokens first; segments `[B, T]` (padding filled with the last real id); n_real `[B]`.
-    """
-    width = conv_state.shape[1]
-    stream = jnp.concatenate([conv_state, inputs.astype(conv_state.dtype)], axis=1)
-    stream_segments = jnp.concatenate([jnp.repeat(segments[:, :1], width, axis=1), segments], axis=1)
-    index = n_real[:, None] + jnp.arange(width, dtype=n_real.dtype)[None, :]
-    keep = _take_rows(stream_segments, index) == last_segment[:, None]
-    return _take_rows(stream, index) * keep[..., None].astype(stream.dtype)
-
-
-class _Layout(NamedTuple):
-    """Where each row's real tokens go once gathered to the front (stable order).
-
-    order: `[B, T]` source column of each gathered column. live: `[B, T]` gathered column is real.
-    segments: `[B, T]` gathered ids, padding filled with the row's last real id (so the kernel sees
-    no boundary there). n_real: `[B]`. last: `[B]` last real id (the cached one if none).
-    carry: `[B]` the cached state continues (same segment, or no real token at all).
-    """
-
-    order: jax.Array
-    live: jax.Array
-    segments: jax.Array
-    n_real: jax.Array
-    last: jax.Array
-    carry: jax.Array
-
-
-def _real_first(segment_ids: jax.Array, last_segment: jax.Array) -> _Layout:
-    t = segment_ids.shape[1]
+def _first_and_last_real(segment_ids: jax.Array, last_segment: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """`[B]` ids of each row's first and last real token (segment id != 0); `last_segment [B]` where none."""
     real = segment_ids != 0
-    n_real = jnp.sum(real, axis=1, dtype=jnp.int32)
-    order = jnp.argsort(jnp.logical_not(real).astype(jnp.int32), axis=1, stable=True)
-    segments = _take_rows(segment_ids, order)
-    live = jnp.arange(t, dtype=jnp.int32)[None, :] < n_real[:, None]
-    has_real = n_real > 0
-    last = jnp.where(has_real, _take_rows(segments, jnp.maximum(n_real - 1, 0)[:, None])[:, 0], last_segment)
-    segments = jnp.where(live, segments, last[:, None])
-    carry = (segments[:, 0] == last_segment) | ~has_real
-    return _Layout(order, live, segments, n_real, last, carry)
-
-
-def _recurrence(m, q, k, v, g, beta, beta_v, state, segments):
-    """Delta rule from `state`: the one-token step for T = 1, else the configured kernel."""
-    if q.shape[1] == 1:
-        o, state = delta_rule_step(q[:, 0], k[:, 0], v[:, 0], g[:, 0], beta[:, 0], state=state,
-                                   beta_v=None if beta_v is None else beta_v[:, 0], use_qk_l2norm_in_kernel=True)
-        return o[:, None], state
-    return delta_rule(q, k, v, g, beta, beta_v=beta_v, initial_state=state, output_final_state=True,
-                      segment_ids=segments, use_qk_l2norm_in_kernel=True, impl=m.impl, chunk_size=m.chunk_size)
-
-
-def _cached_call(m, x: jax.Array, segment_ids: jax.Array, cache: DeltaCache):
-    """The wrapped layer's pipeline (as in `delta_layers._DeltaMixer.__call__`) on a carried
-    `DeltaCache`, skipping padding tokens. x `[B, T, D]` -> (`[B, T, D]`, new `DeltaCache`)."""
-    b, t, _ = x.shape
-    layout = _real_first(segment_ids, cache.last_segment)
-    x = _take_rows(x, layout.order).astype(m.dtype)
-    conv_state = cache.conv * layout.carry[:, None, None].astype(cache.conv.dtype)
-    rec_state = cache.recurrent * layout.carry[:, None, None, None].astype(cache.recurrent.dtype)
-
-    mixed, extras = m._project(x)
-    # weight_as: a quantized rollout may hold the 2-D conv taps as a quantized leaf.
-    conv_weight = weight_as(m.conv1d.get_value(), jnp.float32)
-    conv_out, _ = causal_depthwise_conv(mixed, conv_weight, conv_state, layout.segments)
-    new_conv = _last_conv_inputs(conv_state, mixed, layout.segments, layout.n_real, layout.last)
-    conv_out = jax.nn.silu(conv_out.astype(jnp.float32)).astype(m.dtype)
-    q, k, v = jnp.split(conv_out, [m.key_dim, 2 * m.key_dim], axis=-1)
-    q = q.reshape(b, t, m.num_k_heads, m.head_k_dim)
-    k = k.reshape(b, t, m.num_k_heads, m.head_k_dim)
-    v = v.reshape(b, t, m.num_v_heads, m.head_v_dim)
-    g, beta, beta_v, gate = m._gates(x, extras)
-    # Decay 0 and strength 0 leave the state exactly as it was: padding is a no-op.
-    g, beta, beta_v = (_mask_padding(a, layout.live) for a in (g, beta, beta_v))
-    o, new_rec = _recurrence(m, q, k, v, g, beta, beta_v, rec_state, layout.segments)
-    o = gated_rms_norm(o, gate, m.norm.get_value(), m.norm_eps, m.gate_activation)
-    y = linear(o.reshape(b, t, m.value_dim), m.out_proj.get_value())
-    y = _take_rows(y, jnp.argsort(layout.order, axis=1))
-    return y, DeltaCache(conv=new_conv, recurrent=new_rec.astype(jnp.float32), last_segment=layout.last)
+    t = segment_ids.shape[1]
+    first_col = jnp.argmax(real, axis=1)
+    last_col = t - 1 - jnp.argmax(real[:, ::-1], axis=1)
+    pick = lambda col: jnp.take_along_axis(segment_ids, col[:, None], axis=1)[:, 0]  # noqa: E731
+    has_real = jnp.any(real, axis=1)
+    return (jnp.where(has_real, pick(first_col), last_segment),
+            jnp.where(has_real, pick(last_col), last_segment))
 
 
 def _register() -> None:
