@@ -105,9 +105,11 @@ def get_config() -> ConfigDict:
     c.rl.log_every = 1
     c.rl.progress_bar = True
 
-    # Held-out greedy exact-match evaluation.
+    # Held-out evaluation: eval/accuracy = mean reward of samples_per_prompt samples per problem at
+    # rl.temperature (0: greedy only); eval/greedy_accuracy = greedy exact match.
     c.eval = ConfigDict()
     c.eval.num_problems = 200
+    c.eval.samples_per_prompt = 8
     c.eval.batch_size = 200
     c.eval.max_new_tokens = 5
     c.eval.every = 10  # RL steps; also at step 0 and at the end

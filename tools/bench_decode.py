@@ -13,8 +13,8 @@ inside the matmul: W8A16, W4A16, FP8 weights).
 Shared machines are noisy, so the speed figures are ratios taken in the same run:
 
 * `speedup_vs_torch`: our decode tokens/s over PyTorch's for the same work. `--compare-torch`
-  (default `auto`: on when torch and transformers import, fp32 is among `--formats` and the model
-  has a `transformers` equivalent) builds the same model in `transformers` from our fp32 weights
+  (default `auto`: on when JAX runs on the CPU, torch and transformers import, fp32 is among
+  `--formats` and the model has a `transformers` equivalent) builds the same model in `transformers` from our fp32 weights
   (`tools/torch_reference.py`) and decodes the same prompts with
   `model.generate(do_sample=False, max_new_tokens=N, min_new_tokens=N)` (its default dynamic KV
   cache, `sdpa` attention, fp32) at as many intra-op threads as XLA:CPU uses (one per available
@@ -216,6 +216,8 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
 
     config = model_config(args)
     blocker = torch_blocker(config, 1, args.compare_torch)
+    if blocker is None and jax.default_backend() != "cpu":
+        blocker = f"JAX runs on {jax.default_backend()}; the torch reference runs on the CPU"
     if blocker is None and "fp32" not in args.formats:
         blocker = "fp32 is not among --formats (the torch reference is compared with our fp32 tokens)"
     if blocker is not None and args.compare_torch == "on":
@@ -328,9 +330,9 @@ def summary_lines(result: dict) -> list[str]:
         lines.append(f"torch: {result['torch_decoder']}, {result['torch_threads']} threads, "
                      f"attn={result['torch_attn_implementation']}; greedy tokens agree "
                      f"({result['greedy_tokens_compared']} compared)")
+        pairs = f"{result['end_to_end_speedup_paired_min']:.2f}-{result['end_to_end_speedup_paired_max']:.2f}"
         lines.append(f"speedup vs torch (fp32 decode tok/s): {result['speedup_vs_torch']:.2f}x; end to end "
-                     f"{result['end_to_end_speedup_vs_torch']:.2f}x (pairs {result['end_to_end_speedup_paired_min']:.2f}"
-                     f"-{result['end_to_end_speedup_paired_max']:.2f})")
+                     f"{result['end_to_end_speedup_vs_torch']:.2f}x (pairs {pairs})")
     else:
         lines.append(f"torch: not run: {result['torch_skipped_reason']}")
     lines.append(f"{result['cpu']}, {result['cpu_cores']} cores, load {result['load_average_1m_at_start']} -> "

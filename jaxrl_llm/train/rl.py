@@ -11,9 +11,12 @@
    and, with `rl.kl_coef > 0`, the frozen reference's (`ref_logprobs`);
 5. one jitted `rl_update` (K reuse epochs, DGG gate inside).
 
-Every step is logged to `metrics.jsonl` / TensorBoard; held-out greedy accuracy is logged as
-`eval/accuracy` at step 0, every `eval.every` steps and at the end. Since prompts and sampling keys
-depend only on (seed, step) and the state, resuming from a checkpoint replays the run exactly.
+Every step is logged to `metrics.jsonl` / TensorBoard. Held-out evaluation runs at step 0, every
+`eval.every` steps and at the end: `eval/accuracy` is the policy's accuracy, the mean reward of
+`eval.samples_per_prompt` samples per held-out prompt at the rollout temperature (the quantity RL
+maximises; the same key at every evaluation, so successive evaluations share their randomness),
+and `eval/greedy_accuracy` is greedy exact match. Since prompts and sampling keys depend only on
+(seed, step) and the state, resuming from a checkpoint replays the run exactly.
 """
 
 from __future__ import annotations
@@ -176,11 +179,25 @@ def setup_rl(cfg: Any, *, warm_up: bool = True, initial: tuple | None = None) ->
                    sampling_config(cfg, tokenizer), ref_params, eval_problems, eval_generate)
 
 
-def evaluate_policy(setup: RLSetup, params: Any) -> float:
-    """Greedy exact-match accuracy on the held-out problems."""
+_EVAL_KEY_SALT = 2**31 - 1  # eval sampling keys never coincide with a training step's key
+
+
+def evaluate_policy(setup: RLSetup, params: Any) -> dict[str, float]:
+    """Held-out `eval/accuracy` (sampled, see the module docstring) and `eval/greedy_accuracy`."""
+    cfg = setup.cfg
+    problems = setup.eval_problems
     completions = greedy_completions(setup.eval_generate, params, setup.rest, setup.tokenizer,
-                                     [p.prompt for p in setup.eval_problems], batch_size=int(setup.cfg.eval.batch_size))
-    return exact_match_accuracy(setup.task, setup.eval_problems, completions)
+                                     [p.prompt for p in problems], batch_size=int(cfg.eval.batch_size))
+    greedy = exact_match_accuracy(setup.task, problems, completions)
+    n = int(cfg.eval.samples_per_prompt)
+    if n == 0:
+        return {"eval/accuracy": greedy, "eval/greedy_accuracy": greedy}
+    config = dataclasses.replace(setup.sampling, n=n, max_new_tokens=int(cfg.eval.max_new_tokens))
+    key = jax.random.fold_in(jax.random.key(int(cfg.seed)), _EVAL_KEY_SALT)
+    rollout = sample_responses(setup.parts, params, setup.rest, encode_prompts(setup.tokenizer, problems), key=key,
+                               config=config, quant_format=cfg.rl.rollout_quant, mesh=setup.mesh)
+    rewards = score_responses(setup.task, problems, decode_responses(setup.tokenizer, rollout), n)
+    return {"eval/accuracy": float(np.mean(rewards >= 1.0)), "eval/greedy_accuracy": greedy}
 
 
 def collect_rollout_batch(setup: RLSetup, state: TrainState) -> tuple[Any, dict[str, float]]:
@@ -253,7 +270,7 @@ def rl_train_loop(setup: RLSetup, state: TrainState, num_steps: int, *, writer: 
                 # Those optimizer steps were skipped on device; stop rather than train on garbage.
                 raise FloatingPointError(f"non-finite RL loss or gradient at step {step}")
             if setup.eval_problems and ((eval_every and step % eval_every == 0) or step == last):
-                record["eval/accuracy"] = evaluate_policy(setup, state.params)
+                record.update(evaluate_policy(setup, state.params))
             bar.update(int(record["rollout/tokens"]), record["loss"])
             records.append({"step": step, **record})
             if writer is not None and (step % int(cfg.rl.log_every) == 0 or "eval/accuracy" in record):
@@ -281,9 +298,9 @@ def run_rl(cfg: Any, *, stop_after: int | None = None, initial: tuple | None = N
 
     `stop_after` ends the run after that many iterations of this call (the schedule still spans
     `rl.steps`), which is how a run is split into resumable parts. `initial` replaces the warm-up
-    (see `setup_rl`). Summary keys: accuracy_before, accuracy_after (held-out greedy),
-    eval_accuracy, steps, records (per-step dicts), final_state, wall_time_s, run_dir, plot,
-    checkpoint_dir.
+    (see `setup_rl`). Summary keys: accuracy_before, accuracy_after (held-out `eval/accuracy`),
+    greedy_accuracy_before, greedy_accuracy_after, eval_accuracy, steps, records (per-step
+    dicts), final_state, wall_time_s, run_dir, plot, checkpoint_dir.
     """
     t0 = time.perf_counter()
     run_dir = os.path.abspath(cfg.output_dir)
@@ -308,9 +325,9 @@ def run_rl(cfg: Any, *, stop_after: int | None = None, initial: tuple | None = N
     summary: dict[str, Any] = {"run_dir": run_dir}
     try:
         if int(state.step) == 0 and setup.eval_problems:
-            summary["accuracy_before"] = evaluate_policy(setup, state.params)
+            first = evaluate_policy(setup, state.params)
             if writer is not None:
-                writer.write(0, {"eval/accuracy": summary["accuracy_before"]})
+                writer.write(0, first)
         remaining = max(int(cfg.rl.steps) - int(state.step), 0)
         n = remaining if stop_after is None else min(remaining, int(stop_after))
         state, records = rl_train_loop(setup, state, n, writer=writer, checkpointer=checkpointer,
@@ -324,15 +341,20 @@ def run_rl(cfg: Any, *, stop_after: int | None = None, initial: tuple | None = N
     summary.update(steps=int(state.step), records=records, final_state=state)
     evals = [r for r in read_jsonl(jsonl) if "eval/accuracy" in r] if os.path.exists(jsonl) else []
     if evals:
-        summary.setdefault("accuracy_before", evals[0]["eval/accuracy"] if evals[0]["step"] == 0 else None)
+        at_start = evals[0]["step"] == 0
+        summary["accuracy_before"] = evals[0]["eval/accuracy"] if at_start else None
+        summary["greedy_accuracy_before"] = evals[0]["eval/greedy_accuracy"] if at_start else None
         summary["accuracy_after"] = summary["eval_accuracy"] = evals[-1]["eval/accuracy"]
+        summary["greedy_accuracy_after"] = evals[-1]["eval/greedy_accuracy"]
         summary["eval_num_problems"] = len(setup.eval_problems)
     if primary and os.path.exists(jsonl):
         summary["plot"] = plot_rl_curves(jsonl, os.path.join(run_dir, "rl.png"))
     summary["checkpoint_dir"] = ckpt_dir
     summary["wall_time_s"] = time.perf_counter() - t0
     if summary.get("accuracy_before") is not None and "accuracy_after" in summary:
-        gain = 100 * (summary["accuracy_after"] - summary["accuracy_before"])
-        print(f"held-out greedy accuracy before RL: {summary['accuracy_before']:.3f}, after RL: "
-              f"{summary['accuracy_after']:.3f} ({gain:+.1f} points, {len(setup.eval_problems)} problems)")
+        n = len(setup.eval_problems)
+        for label, key in (("accuracy", "accuracy"), ("greedy accuracy", "greedy_accuracy")):
+            before, after = summary[f"{key}_before"], summary[f"{key}_after"]
+            print(f"held-out {label} before RL: {before:.3f}, after RL: {after:.3f} "
+                  f"({100 * (after - before):+.1f} points, {n} problems)")
     return summary

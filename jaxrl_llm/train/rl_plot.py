@@ -26,8 +26,11 @@ def plot_rl_curves(jsonl_path: str, png_path: str) -> str:
     axes[0].plot(*_series(records, "accuracy"), lw=1.0, ls="--", label="rollout accuracy")
     axes[0].set_ylabel("reward")
     axes[0].legend(loc="lower right")
-    axes[1].plot(*_series(records, "eval/accuracy"), marker="o", lw=1.2, color="tab:green")
+    axes[1].plot(*_series(records, "eval/accuracy"), marker="o", lw=1.2, color="tab:green", label="sampled")
+    axes[1].plot(*_series(records, "eval/greedy_accuracy"), marker="s", lw=1.0, ls="--", color="tab:olive",
+                 label="greedy")
     axes[1].set_ylabel("held-out accuracy")
+    axes[1].legend(loc="lower right")
     steps, events = _series(records, "gate/events")
     axes[2].bar(steps, events, color="tab:red", label="gate events", width=0.8)
     axes[2].plot(*_series(records, "reuse/epochs_used"), lw=1.0, color="tab:blue", label="reuse epochs used")
