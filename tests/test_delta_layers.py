@@ -159,14 +159,15 @@ def test_layer_matches_float64_numpy_with_carried_state(kind):
 @pytest.mark.parametrize("kind", KINDS)
 def test_decode_one_token_at_a_time_equals_full_sequence(kind):
     model, params, forward = _model_and_fn(kind)
-    x = _inputs(4, t=11)
-    full_y, (full_conv, full_rec) = forward(params, x)
+    x = _inputs(4)
+    zero = model.init_state(2)  # an explicit state: the full call reuses the carried-state compile
+    full_y, (full_conv, full_rec) = forward(params, x, state=zero)
     prompt = 4 if kind == "gdn" else 0  # prefill then decode; the others decode from scratch
-    ys, state = [], None
+    ys, state = [], zero
     if prompt:
-        prompt_y, state = forward(params, x[:, :prompt])
+        prompt_y, state = forward(params, x[:, :prompt], state=state)
         ys.append(prompt_y)
-    for t in range(prompt, 11):
+    for t in range(prompt, T):
         y_t, state = forward(params, x[:, t : t + 1], state=state)
         ys.append(y_t)
     np.testing.assert_allclose(jnp.concatenate(ys, 1), full_y, atol=1e-5)
@@ -189,24 +190,24 @@ def test_packed_sequences_equal_separate_runs():
 
 
 def test_padding_tokens_anywhere_leave_outputs_and_state_untouched():
-    """Rows holding the same 5 real tokens behind left, split and right padding (garbage inputs)
-    give the compact run's outputs at the real tokens and its exact conv and recurrent state."""
+    """Garbage padding before, between and after the real tokens of each row: outputs at the real
+    tokens and the final conv and recurrent state equal the run without padding."""
     _, params, forward = _model_and_fn("kda")
-    real = _inputs(7, b=1, t=5)
+    real = _inputs(2)  # [2, T, D]
     state = tuple(0.5 * jax.random.normal(jax.random.key(i), a.shape) for i, a in
-                  enumerate(_model_and_fn("kda")[0].init_state(1)))
+                  enumerate(_model_and_fn("kda")[0].init_state(2)))
     want, (want_conv, want_rec) = forward(params, real, state=state)
-    masks = np.zeros((3, 8), bool)
-    for row, cols in enumerate(([3, 4, 5, 6, 7], [0, 2, 3, 5, 6], [0, 1, 2, 3, 4])):
-        masks[row, cols] = True
-    x = np.asarray(_inputs(8, b=3, t=8))
-    x[masks] = np.tile(np.asarray(real)[0], (3, 1))
-    batch_state = tuple(jnp.repeat(a, 3, axis=0) for a in state)
-    y, (conv, rec) = forward(params, jnp.asarray(x), state=batch_state, padding_mask=jnp.asarray(masks))
-    for row in range(3):
-        np.testing.assert_allclose(np.asarray(y)[row][masks[row]], want[0], atol=1e-5, err_msg=f"row {row}")
-        np.testing.assert_allclose(conv[row], want_conv[0], atol=1e-6, err_msg=f"row {row}")
-        np.testing.assert_allclose(rec[row], want_rec[0], atol=1e-5, err_msg=f"row {row}")
+    width = T + 4
+    masks = np.ones((2, width), bool)
+    masks[0, [0, 1, 9, 10]] = False  # left and split padding
+    masks[1, [5, 6, width - 2, width - 1]] = False  # split and right padding
+    x = np.array(_inputs(8, t=width))
+    x[masks] = np.asarray(real).reshape(-1, D)
+    y, (conv, rec) = forward(params, jnp.asarray(x), state=state, padding_mask=jnp.asarray(masks))
+    for row in range(2):
+        np.testing.assert_allclose(np.asarray(y)[row][masks[row]], want[row], atol=1e-5, err_msg=f"row {row}")
+    np.testing.assert_allclose(conv, want_conv, atol=1e-6)
+    np.testing.assert_allclose(rec, want_rec, atol=1e-5)
 
 
 def test_pallas_layer_equals_chunked_layer():
@@ -246,6 +247,8 @@ def test_bad_layer_inputs_fail_naming_the_argument():
         model(jnp.zeros((2, 3, D)), state=model.init_state(3))
     with pytest.raises(ValueError, match=r"segment_ids must be \[B, T\]"):
         model(jnp.zeros((2, 3, D)), segment_ids=jnp.zeros((2, 4), jnp.int32))
+    with pytest.raises(ValueError, match=r"padding_mask must be \[B, T\] = \(2, 3\); got \(3, 2\)"):
+        model(jnp.zeros((2, 3, D)), padding_mask=jnp.ones((3, 2), bool))
     with pytest.raises(ValueError, match="needs head_v_dim == head_dim"):
         FG2GatedDeltaNet(D, 2, 16, head_v_dim=8, rngs=nnx.Rngs(0))
 

@@ -136,8 +136,9 @@ def _loss(impl, args):
     return jnp.sum(w * o) + jnp.sum(jnp.sin(s))
 
 
-@pytest.mark.parametrize("variant", ("gdn", "fg2plus"))  # per-head and per-channel g and beta
-@pytest.mark.parametrize("impl", ("chunked", "pallas"))
+# Per-head and per-channel g and beta; Pallas's backward is the chunked VJP behind a custom_vjp,
+# so one variant that has every input (fg2plus) checks its wiring.
+@pytest.mark.parametrize("variant, impl", [("gdn", "chunked"), ("fg2plus", "chunked"), ("fg2plus", "pallas")])
 def test_gradients_of_every_input_match_recurrent_autodiff(variant, impl):
     args = {n: a for n, a in _jnp(make_inputs(variant, seed=4, t=11)).items() if a is not None}
     want, got = _grad_fn("recurrent")(args), _grad_fn(impl)(args)
@@ -181,7 +182,9 @@ def test_packed_sequences_equal_separate_runs(impl):
     ref_o, ref_s = _separate_runs(args, lengths)
     cu = jnp.asarray(np.cumsum((0,) + lengths), jnp.int32)
     seg = jnp.asarray(np.repeat(np.arange(len(lengths)), lengths)[None] + 3, jnp.int32)
-    for packing in (dict(cu_seqlens=cu), dict(segment_ids=seg)):
+    # cu_seqlens becomes the same reset mask as segment_ids before any impl runs: check it once.
+    packings = (dict(cu_seqlens=cu), dict(segment_ids=seg)) if impl == "chunked" else (dict(segment_ids=seg),)
+    for packing in packings:
         o, s = _jitted(impl)(**_jnp(args), **packing)
         np.testing.assert_allclose(np.asarray(o), ref_o, atol=2e-5, err_msg=str(packing.keys()))
         np.testing.assert_allclose(np.asarray(s), ref_s, atol=2e-5)
@@ -189,7 +192,8 @@ def test_packed_sequences_equal_separate_runs(impl):
 
 def test_chunk_size_does_not_change_results():
     args = _jnp(make_inputs("kda", seed=7))
-    outs = [_jitted("chunked", True, c)(**args) for c in (2, 64)]
+    # chunk 2 (19 chunks) against the default C = 16 (compiled by the float64 tests, 3 chunks).
+    outs = [_jitted("chunked", True, c)(**args) for c in (C, 2)]
     for o, s in outs[1:]:
         np.testing.assert_allclose(o, outs[0][0], atol=1e-5)
         np.testing.assert_allclose(s, outs[0][1], atol=1e-5)

@@ -56,7 +56,8 @@ def causal_depthwise_conv(x, weight, conv_state, segment_ids=None):
     """Depthwise causal conv (cross-correlation, no bias) continuing from `conv_state`.
 
     Args:
-      x: [B, T, C] inputs; weight: [C, W] (tap W - 1 multiplies the current token, as in torch).
+      x: [B, T, C] inputs; weight: [C, W] (tap W - 1 multiplies the current token, as in torch),
+        a plain array or a quantized leaf.
       conv_state: [B, W - 1, C] the previous W - 1 inputs (zeros at a sequence start).
       segment_ids: optional [B, T] int; taps never reach across a change of id (the carried state
         counts as part of each row's first sequence).
@@ -169,9 +170,7 @@ class _DeltaMixer(nnx.Module):
         x = x.astype(self.dtype)
         conv_state, rec_state = state
         mixed, extras = self.project(x)
-        # weight_as: quantized parameters may hold the 2-D conv taps as a quantized leaf.
-        conv_weight = weight_as(self.conv1d.get_value(), jnp.float32)
-        conv_out, new_conv = causal_depthwise_conv(mixed, conv_weight, conv_state, segment_ids)
+        conv_out, new_conv = causal_depthwise_conv(mixed, self.conv1d.get_value(), conv_state, segment_ids)
         if layout is not None:
             new_conv = last_conv_inputs(conv_state, mixed, segment_ids, layout.n_real)
         conv_out = jax.nn.silu(conv_out.astype(jnp.float32)).astype(self.dtype)

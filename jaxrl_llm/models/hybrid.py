@@ -111,8 +111,8 @@ class DeltaMixer(nnx.Module):
             return y, None
         real = ctx.segment_ids != 0
         first, last = _first_and_last_real(ctx.segment_ids, cache.last_segment)
-        # The carried state continues only into the same segment (or through an all-padding call).
-        carry = (first == cache.last_segment) | ~jnp.any(real, axis=1)
+        # The carried state continues only into the same segment (an all-padding row keeps it).
+        carry = first == cache.last_segment
         conv = cache.conv * carry[:, None, None].astype(cache.conv.dtype)
         recurrent = cache.recurrent * carry[:, None, None, None].astype(cache.recurrent.dtype)
         y, (new_conv, new_rec) = self.delta(x, segment_ids=ctx.segment_ids, state=(conv, recurrent),

@@ -83,6 +83,8 @@ def check_rl_config(cfg: Any) -> None:
         raise ValueError(f"rl.minibatches={rl.minibatches} must divide prompts_per_step x samples_per_prompt = {rows}")
     if rl.qarl and not rl.rollout_quant:
         raise ValueError("rl.qarl needs rl.rollout_quant ('int8', 'int4' or 'fp8'): the format to align with")
+    if int(cfg.eval.samples_per_prompt) < 0:
+        raise ValueError(f"eval.samples_per_prompt must be >= 0 (0: greedy only); got {cfg.eval.samples_per_prompt}")
     if int(rl.dgg.window) < 2:
         raise ValueError(f"rl.dgg.window must be >= 2; got {rl.dgg.window}")
     update_options(cfg)  # validates the objective name, reuse and gate fields
