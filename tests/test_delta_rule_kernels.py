@@ -95,7 +95,9 @@ def test_matches_float64_recurrence_with_initial_state(variant, impl):
     np.testing.assert_allclose(np.asarray(s), ref_s, atol=2e-5, rtol=2e-5)
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+# Head grouping and the zero default state are set up before any impl runs; the kernels see
+# only the new head count.
+@pytest.mark.parametrize("impl", ("chunked", "pallas"))
 def test_matches_float64_recurrence_without_initial_state_grouped_heads(impl):
     args = make_inputs("kda", seed=2, hv=2 * H)
     args["initial_state"] = None
@@ -112,9 +114,10 @@ def test_final_state_is_none_unless_requested():
     assert s is None and o.shape == (B, T, H, V)
 
 
-@pytest.mark.parametrize("variant, impl", [("gdn", "chunked"), ("kda", "pallas")])
-def test_bfloat16_inputs_within_one_percent(variant, impl):
-    args = make_inputs(variant, seed=3)
+def test_bfloat16_inputs_within_one_percent():
+    # Pallas runs the chunked preparation too; per-channel decay is the harder case for bf16.
+    impl = "pallas"
+    args = make_inputs("kda", seed=3)
     bf16 = {n: None if a is None else jnp.asarray(a, jnp.bfloat16) for n, a in args.items()}
     rounded = {n: None if a is None else np.asarray(a.astype(jnp.float32)) for n, a in bf16.items()}
     ref_o, _ = numpy_delta_rule(**rounded)

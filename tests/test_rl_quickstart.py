@@ -6,6 +6,7 @@ from jaxrl_llm.cli import main
 
 # The full quickstart minus most RL steps: same warm-up, 10 GRPO steps with DGG-gated reuse.
 REDUCED = {
+    "mesh.fsdp": 1,  # one device, as `python -m jaxrl_llm.cli` sees on a plain CPU host
     "rl.steps": 10,
     "eval.num_problems": 200,
     "eval.samples_per_prompt": 4,

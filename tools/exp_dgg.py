@@ -1,7 +1,8 @@
 """Experiment: does DGG-gated sample reuse save rollouts? Single-use vs naive reuse vs DGG reuse.
 
     python tools/exp_dgg.py --out runs/exp_dgg
-    python tools/exp_dgg.py --seeds 0 1 2 --steps 30 --eval-every 5 --target 0.25 --set rl.dgg.tau=1.0
+    python tools/exp_dgg.py --seeds 0 1 2 --steps 30 --eval-every 5 --target-gain 0.05 --set rl.dgg.tau=0.5
+    python tools/exp_dgg.py --out runs/exp_dgg --summarize-only --target-gain 0.02  # re-read results.json
 
 For each seed, one SFT warm-up (from `--config`, default `configs/quickstart.py`) is shared by
 three RL runs on the built-in arithmetic task:
@@ -11,9 +12,9 @@ three RL runs on the built-in arithmetic task:
 - `dgg`: K = `--reuse` passes with the DGG gate (stops reuse on an lm_head gradient spike).
 
 Reported per variant (mean over seeds, and per seed): rollouts (sampled responses) needed for the
-held-out accuracy (`eval/accuracy`: mean reward of sampled answers) to first reach `--target`
-(None when never reached), final accuracy (and greedy accuracy), optimizer steps applied and gate
-events. Writes `results.json`, `table.md` and
+held-out accuracy (`eval/accuracy`: mean reward of sampled answers) to first reach the target
+(that seed's accuracy before RL + `--target-gain`, or the absolute `--target`; None when never
+reached), final accuracy (and greedy accuracy), optimizer steps applied and gate events. Writes `results.json`, `table.md` and
 `accuracy_vs_rollouts.png` under `--out` and prints the table.
 """
 
@@ -57,7 +58,7 @@ def rollouts_to_target(curve: list[tuple[int, float]], target: float) -> int | N
     return next((n for n, acc in curve if acc >= target), None)
 
 
-def summarize(results: dict[str, list[dict]], target: float) -> list[dict[str, Any]]:
+def summarize(results: dict[str, list[dict]]) -> list[dict[str, Any]]:
     rows = []
     for variant, runs in results.items():
         hits = [r["rollouts_to_target"] for r in runs]
@@ -73,7 +74,6 @@ def summarize(results: dict[str, list[dict]], target: float) -> list[dict[str, A
             "accuracy_before_mean": float(np.mean([r["accuracy_before"] for r in runs])),
             "optimizer_steps_mean": float(np.mean([r["optimizer_steps"] for r in runs])),
             "gate_events_mean": float(np.mean([r["gate_events"] for r in runs])),
-            "target": target,
         })
     return rows
 
@@ -91,7 +91,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def plot(results: dict[str, list[dict]], target: float, path: str) -> str:
+def plot(results: dict[str, list[dict]], path: str) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -105,7 +105,6 @@ def plot(results: dict[str, list[dict]], target: float, path: str) -> str:
         xs = [n for n, _ in runs[0]["curve"]]
         mean = np.mean([[a for _, a in run["curve"]] for run in runs], axis=0)
         ax.plot(xs, mean, color=color, lw=2.2, label=f"{variant} (mean of {len(runs)})")
-    ax.axhline(target, ls=":", color="k", lw=1, label=f"target {target:.2f}")
     ax.set_xlabel("rollouts (sampled responses)")
     ax.set_ylabel("held-out accuracy (sampled)")
     ax.grid(alpha=0.3)
@@ -125,17 +124,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-every", type=int, default=5)
     p.add_argument("--eval-problems", type=int, default=200)
     p.add_argument("--reuse", type=int, default=4, help="K for the naive and DGG variants")
-    p.add_argument("--target", type=float, default=None,
-                   help="accuracy to reach (default: accuracy before RL + 0.05, averaged over seeds)")
+    p.add_argument("--target", type=float, default=None, help="absolute accuracy to reach (overrides --target-gain)")
+    p.add_argument("--target-gain", type=float, default=0.03,
+                   help="target = each seed's accuracy before RL + this gain")
+    p.add_argument("--summarize-only", action="store_true", help="re-summarize <out>/results.json, no training")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="extra config override for every run, e.g. rl.dgg.tau=1.0")
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def run_all(args: argparse.Namespace) -> dict[str, list[dict]]:
+    """Warm up once per seed and run every variant from it; returns per-variant run records."""
     extra = dict(item.split("=", 1) for item in args.set)
-    os.makedirs(args.out, exist_ok=True)
     results: dict[str, list[dict]] = {v: [] for v in VARIANTS}
     for seed in args.seeds:
         base = {"seed": seed, "rl.steps": args.steps, "rl.reuse_epochs": args.reuse, "eval.every": args.eval_every,
@@ -162,20 +162,32 @@ def main(argv: list[str] | None = None) -> int:
             })
             print(f"seed {seed} {variant}: accuracy {summary['accuracy_before']:.3f} -> "
                   f"{summary['accuracy_after']:.3f}", flush=True)
-    target = args.target
-    if target is None:
-        target = float(np.mean([r["accuracy_before"] for r in results["single"]])) + 0.05
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, "results.json")
+    if args.summarize_only:
+        with open(path) as f:
+            saved = json.load(f)
+        results, run_args = saved["runs"], saved["run_args"]
+    else:
+        results, run_args = run_all(args), vars(args)
     for runs in results.values():
         for run in runs:
-            run["rollouts_to_target"] = rollouts_to_target(run["curve"], target)
-    rows = summarize(results, target)
+            run["target"] = args.target if args.target is not None else run["accuracy_before"] + args.target_gain
+            run["rollouts_to_target"] = rollouts_to_target(run["curve"], run["target"])
+    rows = summarize(results)
     table = markdown_table(rows)
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump({"args": vars(args), "target": target, "summary": rows, "runs": results}, f, indent=2)
+    rule = f"absolute {args.target}" if args.target is not None else f"accuracy before RL + {args.target_gain}"
+    with open(path, "w") as f:
+        json.dump({"run_args": run_args, "target_rule": rule, "summary": rows, "runs": results}, f, indent=2)
     with open(os.path.join(args.out, "table.md"), "w") as f:
-        f.write(table + "\n")
-    png = plot(results, target, os.path.join(args.out, "accuracy_vs_rollouts.png"))
-    print(f"target accuracy {target:.3f}\n{table}\nwrote {args.out}/results.json, table.md, {os.path.basename(png)}")
+        f.write(f"target: {rule}\n\n{table}\n")
+    png = plot(results, os.path.join(args.out, "accuracy_vs_rollouts.png"))
+    print(f"target: {rule}\n{table}\nwrote {args.out}/results.json, table.md, {os.path.basename(png)}")
     return 0
 
 
