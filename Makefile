@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 quickstart: install
-	$(PY) -m jaxrl_llm.cli sft --config configs/sft_tiny.py
+	$(PY) -m jaxrl_llm.cli rl --config configs/quickstart.py
 
 test: install
 	$(PY) -m pytest -q -n $(WORKERS) --durations=15 tests

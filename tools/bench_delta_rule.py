@@ -2,8 +2,13 @@
 
 Prints a table and writes JSON. Example (CPU, small):
 
-    .venv/bin/python tools/bench_delta_rule.py --batch 1 --heads 2 --seq-lens 512 2048 \
+    .venv/bin/python tools/bench_delta_rule.py --batch 1 4 --heads 2 --seq-lens 512 2048 \
         --head-dim 64 --impls recurrent chunked --out /tmp/bench_delta_rule.json
+
+The implementations of one (batch, T, variant, mode) cell are timed interleaved (A B A B ...,
+`bench_common.interleaved_times`) so that load from other processes hits all of them alike; each
+row reports the median and the minimum over the repeats, and the chunked/recurrent speedup is
+given as the median of the per-round ratios with their range.
 
 Throughput uses the chunked-algorithm FLOP model per token and head (2 flops per MAC):
 forward = 6 K V + C (6 K + 4 V) + C^2 / 3, forward+backward = 3.5 x forward, for every impl, so
@@ -14,15 +19,17 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
-import statistics
 import sys
-import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 
 from jaxrl_llm.kernels.delta_rule import delta_rule
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_common  # noqa: E402
 
 VARIANTS = ("deltanet", "gdn", "kda", "fg2", "fg2plus")
 IMPLS = ("recurrent", "chunked", "pallas")
@@ -63,61 +70,71 @@ def build_fns(impl, chunk_size):
     return jax.jit(forward), jax.jit(jax.grad(loss))
 
 
-def time_call(fn, args, repeats):
-    jax.block_until_ready(fn(args))  # compile + warm up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def _blocking(fn, args):
+    return lambda: jax.block_until_ready(fn(args))
 
 
 def run_benchmark(opts):
+    """Times every (batch, T, variant, mode) cell; returns (records, speedups)."""
     dtype = jnp.dtype(opts.dtype)
-    records = []
-    for t in opts.seq_lens:
-        for variant in opts.variants:
-            v_dim = opts.value_dim or opts.head_dim
-            if variant == "fg2" and v_dim != opts.head_dim:
-                continue
-            args = make_inputs(variant, opts.batch, t, opts.heads, opts.head_dim, v_dim, dtype)
-            flops = opts.batch * t * opts.heads * forward_flops_per_token_head(
-                opts.head_dim, v_dim, opts.chunk_size)
-            for impl in opts.impls:
-                fwd, fwd_bwd = build_fns(impl, opts.chunk_size)
-                for mode, fn, mode_flops in (("fwd", fwd, flops), ("fwd+bwd", fwd_bwd, 3.5 * flops)):
-                    if mode == "fwd+bwd" and opts.forward_only:
-                        continue
-                    sec = time_call(fn, args, opts.repeats)
-                    rec = dict(variant=variant, impl=impl, mode=mode, B=opts.batch, T=t, H=opts.heads,
-                               K=opts.head_dim, V=v_dim, chunk_size=opts.chunk_size, dtype=opts.dtype,
-                               ms=sec * 1e3, gflops_per_s=mode_flops / sec / 1e9,
-                               tokens_per_s=opts.batch * t / sec)
-                    records.append(rec)
-                    print(format_row(rec), flush=True)
-    return records
+    v_dim = opts.value_dim or opts.head_dim
+    modes = ("fwd",) if opts.forward_only else ("fwd", "fwd+bwd")
+    fns = {impl: build_fns(impl, opts.chunk_size) for impl in opts.impls}  # jitted once, reused
+    records, ratios = [], []
+    for b in opts.batch:
+        for t in opts.seq_lens:
+            for variant in opts.variants:
+                if variant == "fg2" and v_dim != opts.head_dim:
+                    continue
+                args = make_inputs(variant, b, t, opts.heads, opts.head_dim, v_dim, dtype)
+                flops = b * t * opts.heads * forward_flops_per_token_head(
+                    opts.head_dim, v_dim, opts.chunk_size)
+                for mode in modes:
+                    calls = {impl: _blocking(fns[impl][mode == "fwd+bwd"], args) for impl in opts.impls}
+                    times = bench_common.interleaved_times(calls, repeats=opts.repeats, warmup=1)
+                    mode_flops = flops * (3.5 if mode == "fwd+bwd" else 1.0)
+                    for impl, secs in times.items():
+                        med = bench_common.median(secs)
+                        rec = dict(variant=variant, impl=impl, mode=mode, B=b, T=t, H=opts.heads,
+                                   K=opts.head_dim, V=v_dim, chunk_size=opts.chunk_size,
+                                   dtype=opts.dtype, ms=med * 1e3, ms_min=min(secs) * 1e3,
+                                   gflops_per_s=mode_flops / med / 1e9, tokens_per_s=b * t / med)
+                        records.append(rec)
+                        print(format_row(rec), flush=True)
+                    if "recurrent" in times and "chunked" in times:
+                        ratios.append(speedup_record(variant, mode, b, t, times))
+    return records, ratios
 
 
-HEADER = f"{'variant':9} {'impl':9} {'mode':8} {'B':>3} {'T':>6} {'H':>3} {'K':>4} {'V':>4} {'ms':>10} {'GFLOP/s':>9}"
+def speedup_record(variant, mode, b, t, times, base="recurrent", target="chunked"):
+    """Chunked-over-recurrent speedup of one cell from interleaved rounds: median, min, max."""
+    per_round = bench_common.paired_ratios(times[base], times[target])
+    return dict(variant=variant, mode=mode, B=b, T=t, median=bench_common.median(per_round),
+                min=min(per_round), max=max(per_round),
+                of_medians=bench_common.median(times[base]) / bench_common.median(times[target]))
+
+
+HEADER = (f"{'variant':9} {'impl':9} {'mode':8} {'B':>3} {'T':>6} {'H':>3} {'K':>4} {'V':>4} "
+          f"{'ms(med)':>10} {'ms(min)':>10} {'GFLOP/s':>9}")
 
 
 def format_row(r):
     return (f"{r['variant']:9} {r['impl']:9} {r['mode']:8} {r['B']:>3} {r['T']:>6} {r['H']:>3} "
-            f"{r['K']:>4} {r['V']:>4} {r['ms']:>10.2f} {r['gflops_per_s']:>9.2f}")
+            f"{r['K']:>4} {r['V']:>4} {r['ms']:>10.2f} {r['ms_min']:>10.2f} {r['gflops_per_s']:>9.2f}")
 
 
-def speedups(records, base="recurrent", target="chunked"):
-    """{(variant, mode, T): base_ms / target_ms} where both impls were measured."""
-    ms = {(r["variant"], r["mode"], r["T"], r["impl"]): r["ms"] for r in records}
-    return {f"{v}/{m}/T={t}": ms[(v, m, t, base)] / ms[(v, m, t, target)]
-            for (v, m, t, i) in ms if i == target and (v, m, t, base) in ms}
+def speedup_table(ratios):
+    """Markdown table of chunked/recurrent speedups (median of per-round ratios and range)."""
+    rows = [(r["variant"], r["mode"], r["B"], r["T"], f"{r['median']:.1f}x",
+             f"{r['min']:.1f}-{r['max']:.1f}x") for r in ratios]
+    return bench_common.markdown_table(
+        ("variant", "mode", "B", "T", "chunked/recurrent (median)", "per-round range"), rows)
 
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default="benchmarks/delta_rule.json", help="JSON output path")
-    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--batch", type=int, nargs="+", default=[1], help="one or more batch sizes")
     p.add_argument("--heads", type=int, default=2)
     p.add_argument("--seq-lens", type=int, nargs="+", default=[512, 2048])
     p.add_argument("--head-dim", type=int, default=64, help="K")
@@ -126,7 +143,7 @@ def parse_args(argv):
     p.add_argument("--impls", nargs="+", choices=IMPLS, default=list(IMPLS))
     p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5, help="interleaved timed rounds per cell")
     p.add_argument("--forward-only", action="store_true")
     return p.parse_args(argv)
 
@@ -136,14 +153,13 @@ def main(argv=None):
     device = jax.devices()[0]
     print(f"backend={jax.default_backend()} device={device.device_kind} jax={jax.__version__}")
     print(HEADER)
-    records = run_benchmark(opts)
-    ratio = speedups(records)
-    for key, value in sorted(ratio.items()):
-        print(f"chunked speedup over recurrent {key}: {value:.1f}x")
-    result = dict(backend=jax.default_backend(), device=device.device_kind, jax=jax.__version__,
-                  options=vars(opts), records=records, chunked_over_recurrent=ratio)
-    with open(opts.out, "w") as f:
-        json.dump(result, f, indent=2)
+    records, ratios = run_benchmark(opts)
+    if ratios:
+        print(speedup_table(ratios))
+    result = dict(backend=jax.default_backend(), device=device.device_kind,
+                  metadata=bench_common.run_metadata(), options=vars(opts), records=records,
+                  chunked_over_recurrent=ratios)
+    bench_common.write_json(opts.out, result)
     print(f"wrote {opts.out}")
 
 

@@ -14,8 +14,8 @@ three RL runs on the built-in arithmetic task:
 Reported per variant (mean over seeds, and per seed): rollouts (sampled responses) needed for the
 held-out accuracy (`eval/accuracy`: mean reward of sampled answers) to first reach the target
 (that seed's accuracy before RL + `--target-gain`, or the absolute `--target`; None when never
-reached), final accuracy (and greedy accuracy), optimizer steps applied and gate events. Writes `results.json`, `table.md` and
-`accuracy_vs_rollouts.png` under `--out` and prints the table.
+reached), final accuracy (and greedy accuracy), optimizer steps applied and gate events. Writes
+`results.json`, `table.md` and `accuracy_vs_rollouts.png` under `--out` and prints the table.
 """
 
 from __future__ import annotations

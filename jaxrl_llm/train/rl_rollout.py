@@ -68,7 +68,8 @@ def decode_responses(tokenizer: Tokenizer, rollout: Rollout) -> list[str]:
     return texts
 
 
-def score_responses(task: Any, problems: Sequence[Problem], texts: Sequence[str], samples_per_prompt: int) -> np.ndarray:
+def score_responses(task: Any, problems: Sequence[Problem], texts: Sequence[str],
+                    samples_per_prompt: int) -> np.ndarray:
     """`rewards [len(problems) * n]` float32; row `b * n + j` is sample j of problem b."""
     if len(texts) != len(problems) * samples_per_prompt:
         raise ValueError(f"need {len(problems)} x {samples_per_prompt} responses; got {len(texts)}")

@@ -17,6 +17,7 @@ chunk tensors as masks, so the state pass never branches.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -78,24 +79,20 @@ def _merge_pair(upper, lower, below):
     return jnp.concatenate([top, jnp.concatenate([below, lower], axis=-1)], axis=-2)
 
 
-def decayed_scores(a, e, big_g):
-    """M_ij = sum_d a_i[d] e_j[d] exp(G_i[d] - G_j[d]) for i >= j (0 above the diagonal).
+# Largest in-chunk log-decay span (per channel) for which the single-reference factorisation is
+# used: each factor's exponent then stays within +-SPAN/2 and even the discarded upper triangle
+# stays below exp(SPAN) * K, far from the fp32 overflow at exp(88).
+REFERENCE_SPAN_LIMIT = 60.0
 
-    a, e: [..., C, K]; big_g: [..., C, 1] (per head) or [..., C, K] (per channel) cumulative log
-    decay; C a power of two. Per-head decay is a plain masked matmul. Per-channel decay cannot be a
-    mask, so blocks are merged pairwise (sizes 1, 2, 4, ...): the coupling block between rows
-    [m + 1, m + h] and columns [m - h + 1, m] is factored through the reference row m,
-    (a_i exp(G_i - G_m)) . (e_j exp(G_m - G_j)), where both exponents are <= 0 for a decay g <= 0,
-    so nothing overflows and only 2 K log2(C) exponentials per row are needed.
-    """
+
+def _causal_mask(c):
+    idx = jnp.arange(c)
+    return idx[:, None] >= idx[None, :]
+
+
+def _pairwise_decayed_scores(a, e, big_g):
+    """Exact per-channel scores for any decay span, by pairwise block merging (see decayed_scores)."""
     c = a.shape[-2]
-    if big_g.shape[-1] == 1:
-        idx = jnp.arange(c)
-        causal = idx[:, None] >= idx[None, :]
-        diff = big_g[..., :, None, 0] - big_g[..., None, :, 0]
-        # Mask before exp: the upper triangle's exponent is positive and may overflow.
-        gamma = jnp.where(causal, jnp.exp(jnp.where(causal, diff, 0.0)), 0.0)
-        return jnp.einsum("...ik,...jk->...ij", a, e, precision=_HIGHEST) * gamma
     blocks = jnp.sum(a * e, axis=-1)[..., None, None]  # [..., C, 1, 1]: the diagonal
     h = 1
     while h < c:
@@ -110,7 +107,95 @@ def decayed_scores(a, e, big_g):
     return blocks[..., 0, :, :]
 
 
-def prepare_chunks(q, r, e, u, g, reset, chunk_size) -> ChunkTensors:
+def _reference_decayed_scores(a, e, big_g):
+    """Per-channel scores through one reference row per chunk: (a_i e^(G_i - G_m)) . (e_j e^(G_m - G_j)).
+
+    One [C, K] x [K, C] matmul; exact up to rounding while the chunk's decay span is bounded
+    (`REFERENCE_SPAN_LIMIT`), since every factor is then a normal fp32 number.
+    """
+    c = a.shape[-2]
+    g_ref = big_g[..., c // 2 : c // 2 + 1, :]
+    rows = a * jnp.exp(big_g - g_ref)
+    cols = e * jnp.exp(g_ref - big_g)
+    scores = jnp.einsum("...ik,...jk->...ij", rows, cols, precision=_HIGHEST)
+    return jnp.where(_causal_mask(c), scores, 0.0)
+
+
+SCORE_METHODS = ("auto", "reference", "pairwise")
+
+
+def decay_span(big_g):
+    """Largest in-chunk log-decay span |G_first - G_last| over every chunk and channel (scalar)."""
+    return jnp.max(jnp.abs(big_g[..., -1, :] - big_g[..., 0, :]))
+
+
+def chunk_decay_span(g, chunk_size):
+    """Upper bound of `decay_span` from the raw log decay g [B, T, H, Kg] (scalar).
+
+    Sums |g| over each chunk (the first token's g is included, so this bounds the span from above).
+    """
+    b, t, h, kg = g.shape
+    nt = num_chunks(t, chunk_size)
+    g = jnp.pad(jnp.abs(g), ((0, 0), (0, nt * chunk_size - t), (0, 0), (0, 0)))
+    return jnp.max(jnp.sum(g.reshape(b, nt, chunk_size, h, kg), axis=2))
+
+
+def decayed_scores(a, e, big_g):
+    """M_ij = sum_d a_i[d] e_j[d] exp(G_i[d] - G_j[d]) for i >= j (0 above the diagonal).
+
+    a, e: [..., C, K]; big_g: [..., C, 1] (per head) or [..., C, K] (per channel) cumulative log
+    decay; C a power of two. Per-head decay is a plain masked matmul. Per-channel decay cannot be a
+    mask: while the decay span of every chunk is below `REFERENCE_SPAN_LIMIT` the exponentials are
+    split at the chunk's middle row (one matmul); otherwise blocks are merged pairwise (sizes 1, 2,
+    4, ...) with the coupling block between rows [m + 1, m + h] and columns [m - h + 1, m] factored
+    through the reference row m, where both exponents are <= 0 for a decay g <= 0, so nothing
+    overflows for any span.
+    """
+    c = a.shape[-2]
+    if big_g.shape[-1] == 1:
+        causal = _causal_mask(c)
+        diff = big_g[..., :, None, 0] - big_g[..., None, :, 0]
+        # Mask before exp: the upper triangle's exponent is positive and may overflow.
+        gamma = jnp.where(causal, jnp.exp(jnp.where(causal, diff, 0.0)), 0.0)
+        return jnp.einsum("...ik,...jk->...ij", a, e, precision=_HIGHEST) * gamma
+    return jax.lax.cond(
+        decay_span(big_g) <= REFERENCE_SPAN_LIMIT,
+        _reference_decayed_scores,
+        _pairwise_decayed_scores,
+        a, e, big_g,
+    )
+
+
+def _query_and_key_scores(q, r, e, big_g, scores):
+    """(decayed_scores(q, e, G), decayed_scores(r, e, G)), sharing the decay factors.
+
+    `scores` picks the per-channel method: "reference" (needs a bounded span), "pairwise", or
+    "auto" (decided on device from the span).
+    """
+    c = q.shape[-2]
+    if big_g.shape[-1] == 1:
+        return decayed_scores(q, e, big_g), decayed_scores(r, e, big_g)
+
+    def by_reference(q, r, e, big_g):
+        g_ref = big_g[..., c // 2 : c // 2 + 1, :]
+        row_decay = jnp.exp(big_g - g_ref)
+        cols = e * jnp.exp(g_ref - big_g)
+        causal = _causal_mask(c)
+        score = lambda a: jnp.where(  # noqa: E731
+            causal, jnp.einsum("...ik,...jk->...ij", a * row_decay, cols, precision=_HIGHEST), 0.0)
+        return score(q), score(r)
+
+    def pairwise(q, r, e, big_g):
+        return _pairwise_decayed_scores(q, e, big_g), _pairwise_decayed_scores(r, e, big_g)
+
+    if scores == "reference":
+        return by_reference(q, r, e, big_g)
+    if scores == "pairwise":
+        return pairwise(q, r, e, big_g)
+    return jax.lax.cond(decay_span(big_g) <= REFERENCE_SPAN_LIMIT, by_reference, pairwise,
+                        q, r, e, big_g)
+
+def prepare_chunks(q, r, e, u, g, reset, chunk_size, scores="auto") -> ChunkTensors:
     """Builds the chunk-parallel tensors of the WY/UT algorithm.
 
     Args:
@@ -119,29 +204,38 @@ def prepare_chunks(q, r, e, u, g, reset, chunk_size) -> ChunkTensors:
       g: [B, T, H, 1] (per head) or [B, T, H, K] (per channel) log decay.
       reset: optional [B, T] bool, True at the first token of every sequence after the first.
       chunk_size: C, a power of two.
+      scores: per-channel decay score method, "auto", "reference" (only valid while
+        `chunk_decay_span(g) <= REFERENCE_SPAN_LIMIT`) or "pairwise" (any span).
     """
+    if scores not in SCORE_METHODS:
+        raise ValueError(f"scores must be one of {SCORE_METHODS}; got {scores!r}")
     if chunk_size < 1 or chunk_size & (chunk_size - 1):
         raise ValueError(f"chunk_size must be a power of two; got {chunk_size}")
     b, t, _, k = q.shape
     f32 = jnp.promote_types(q.dtype, jnp.float32)
     q, r, e, u, g = (_to_chunks(x.astype(f32), chunk_size) for x in (q, r, e, u, g))
-    seg = _segment_index(reset, b, t, chunk_size)[:, None]  # [B, 1, NT, C]
-
-    big_g = jnp.cumsum(g, axis=-2)  # [B, H, NT, C, Kg]
+    # associative_scan: XLA:CPU lowers cumsum to a reduce_window of O(C^2) adds per channel.
+    big_g = jax.lax.associative_scan(jnp.add, g, axis=-2)  # [B, H, NT, C, Kg]
+    import os
+    if os.environ.get("BAR"): big_g = jax.lax.optimization_barrier(big_g)
+    if os.environ.get("TRI"): big_g = jnp.einsum("ij,...jk->...ik", jnp.tril(jnp.ones((chunk_size, chunk_size), g.dtype)), g, precision=_HIGHEST)
+    p, lower = _query_and_key_scores(q, r, e, big_g, scores)
     idx = jnp.arange(chunk_size)
-    same_seq = seg[..., :, None] == seg[..., None, :]
-    strict = jnp.logical_and(same_seq, idx[:, None] > idx[None, :])
-    lower = jnp.where(strict, decayed_scores(r, e, big_g), 0.0)
-    p = jnp.where(same_seq, decayed_scores(q, e, big_g), 0.0)
-
-    carries_state = (seg == 0)[..., None]  # token still in the sequence that entered the chunk
+    lower = jnp.where(idx[:, None] > idx[None, :], lower, 0.0)
     decay_in = jnp.exp(big_g)
-    qd = q * decay_in * carries_state
-    rd = r * decay_in * carries_state
     g_last = big_g[..., -1:, :]
-    in_last_seq = (seg == seg[..., -1:])[..., None]
-    ed = e * jnp.exp(g_last - big_g) * in_last_seq
-    dlast = jnp.exp(g_last[..., 0, :]) * (seg[..., -1] == 0)[..., None]
+    qd, rd = q * decay_in, r * decay_in
+    ed = e * jnp.exp(g_last - big_g)
+    dlast = jnp.exp(g_last[..., 0, :])
+    if reset is not None:
+        # Sequence starts inside a chunk become masks, so the state pass never branches.
+        seg = _segment_index(reset, b, t, chunk_size)[:, None]  # [B, 1, NT, C]
+        same_seq = seg[..., :, None] == seg[..., None, :]
+        p, lower = jnp.where(same_seq, p, 0.0), jnp.where(same_seq, lower, 0.0)
+        carries_state = (seg == 0)[..., None]  # token still in the sequence that entered the chunk
+        qd, rd = qd * carries_state, rd * carries_state
+        ed = ed * (seg == seg[..., -1:])[..., None]
+        dlast = dlast * (seg[..., -1] == 0)[..., None]
     dlast = jnp.broadcast_to(dlast, dlast.shape[:-1] + (k,))
 
     inverse = unit_lower_inverse(lower)
@@ -207,6 +301,10 @@ def scan_chunks(ct: ChunkTensors, initial_state):
 def chunked_unified(q, r, e, u, g, initial_state, reset=None, *, chunk_size=64):
     """Chunkwise delta rule on the unified form; same contract as `recurrent_unified`.
 
+    Per-channel decay takes the one-matmul reference scores when every chunk's decay span allows
+    it and the exact pairwise scores otherwise; the choice is one `lax.cond` around the whole
+    computation, so each branch compiles (and fuses) as one straight-line program.
+
     Args:
       q, r, e: [B, T, H, K]; u: [B, T, H, V]; g: [B, T, H, 1] or [B, T, H, K].
       initial_state: [B, H, K, V]; reset: optional [B, T] bool.
@@ -214,6 +312,19 @@ def chunked_unified(q, r, e, u, g, initial_state, reset=None, *, chunk_size=64):
     Returns:
       (o [B, T, H, V], final_state [B, H, K, V]).
     """
-    ct = prepare_chunks(q, r, e, u, g, reset, chunk_size)
-    o, final_state = scan_chunks(ct, initial_state.astype(ct.qd.dtype))
-    return from_chunks(o, q.shape[1]), final_state
+    state = initial_state.astype(jnp.promote_types(q.dtype, jnp.float32))
+
+    def run(scores, q, r, e, u, g, state):
+        ct = prepare_chunks(q, r, e, u, g, reset, chunk_size, scores)
+        o, final_state = scan_chunks(ct, state)
+        return from_chunks(o, q.shape[1]), final_state
+
+    operands = (q, r, e, u, g, state)
+    if g.shape[-1] == 1:
+        return run("pairwise", *operands)  # per-head decay: scores are a masked matmul either way
+    return jax.lax.cond(
+        chunk_decay_span(g, chunk_size) <= REFERENCE_SPAN_LIMIT,
+        functools.partial(run, "reference"),
+        functools.partial(run, "pairwise"),
+        *operands,
+    )
