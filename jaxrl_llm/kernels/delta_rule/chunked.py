@@ -13,6 +13,11 @@ in-chunk cumulative log decay and `S` the state entering the chunk (fp32 through
 `prepare_chunks` builds every chunk-parallel tensor (shared with the Pallas kernel), `scan_chunks`
 runs the sequential state pass. Sequence starts inside a chunk (packed inputs) are folded into the
 chunk tensors as masks, so the state pass never branches.
+
+Per-channel decay (KDA, FG2-GDN) makes the score matrices the costly part. While every chunk's
+log-decay span is at most `REFERENCE_SPAN_LIMIT` they are one matmul of (q * e^(G - G_m)) and
+(e * e^(G_m - G)) with G_m the chunk's middle row (all factors normal fp32 numbers); beyond it an
+exact pairwise block merge takes over (spec 3.6: never exponentiate an unbounded span).
 """
 
 from __future__ import annotations
@@ -80,8 +85,8 @@ def _merge_pair(upper, lower, below):
 
 
 # Largest in-chunk log-decay span (per channel) for which the single-reference factorisation is
-# used: each factor's exponent then stays within +-SPAN/2 and even the discarded upper triangle
-# stays below exp(SPAN) * K, far from the fp32 overflow at exp(88).
+# used: every factor's exponent then stays within +-SPAN (+-SPAN/2 for g <= 0), so each factor is a
+# normal fp32 number; for g <= 0 even the discarded upper triangle stays below exp(SPAN) * K.
 REFERENCE_SPAN_LIMIT = 60.0
 
 
@@ -125,8 +130,11 @@ SCORE_METHODS = ("auto", "reference", "pairwise")
 
 
 def decay_span(big_g):
-    """Largest in-chunk log-decay span |G_first - G_last| over every chunk and channel (scalar)."""
-    return jnp.max(jnp.abs(big_g[..., -1, :] - big_g[..., 0, :]))
+    """Largest in-chunk log-decay span max(G) - min(G) over every chunk and channel (scalar).
+
+    big_g: [..., C, Kg]. Max minus min rather than last minus first: a positive g makes G non-monotone.
+    """
+    return jnp.max(jnp.max(big_g, axis=-2) - jnp.min(big_g, axis=-2))
 
 
 def chunk_decay_span(g, chunk_size):
@@ -166,34 +174,44 @@ def decayed_scores(a, e, big_g):
     )
 
 
-def _query_and_key_scores(q, r, e, big_g, scores):
+def _reference_factors(big_g):
+    """(e^(G - G_m), e^(G_m - G)) [..., C, K] with G_m the chunk's middle row; one exp per element.
+
+    The reciprocal is as accurate as a second exp while the span is bounded (both are normal).
+    """
+    c = big_g.shape[-2]
+    rows = jnp.exp(big_g - big_g[..., c // 2 : c // 2 + 1, :])
+    return rows, 1.0 / rows
+
+
+def _query_and_key_scores(q, r, e, big_g, scores, factors=None):
     """(decayed_scores(q, e, G), decayed_scores(r, e, G)), sharing the decay factors.
 
-    `scores` picks the per-channel method: "reference" (needs a bounded span), "pairwise", or
-    "auto" (decided on device from the span).
+    `scores` picks the per-channel method: "reference" (needs a bounded span; `factors` from
+    `_reference_factors`), "pairwise", or "auto" (decided on device from the span).
     """
     c = q.shape[-2]
     if big_g.shape[-1] == 1:
         return decayed_scores(q, e, big_g), decayed_scores(r, e, big_g)
 
-    def by_reference(q, r, e, big_g):
-        g_ref = big_g[..., c // 2 : c // 2 + 1, :]
-        row_decay = jnp.exp(big_g - g_ref)
-        cols = e * jnp.exp(g_ref - big_g)
+    def by_reference(q, r, e, big_g, factors=None):
+        rows, cols = _reference_factors(big_g) if factors is None else factors
+        cols = e * cols
         causal = _causal_mask(c)
         score = lambda a: jnp.where(  # noqa: E731
-            causal, jnp.einsum("...ik,...jk->...ij", a * row_decay, cols, precision=_HIGHEST), 0.0)
+            causal, jnp.einsum("...ik,...jk->...ij", a * rows, cols, precision=_HIGHEST), 0.0)
         return score(q), score(r)
 
     def pairwise(q, r, e, big_g):
         return _pairwise_decayed_scores(q, e, big_g), _pairwise_decayed_scores(r, e, big_g)
 
     if scores == "reference":
-        return by_reference(q, r, e, big_g)
+        return by_reference(q, r, e, big_g, factors)
     if scores == "pairwise":
         return pairwise(q, r, e, big_g)
     return jax.lax.cond(decay_span(big_g) <= REFERENCE_SPAN_LIMIT, by_reference, pairwise,
                         q, r, e, big_g)
+
 
 def prepare_chunks(q, r, e, u, g, reset, chunk_size, scores="auto") -> ChunkTensors:
     """Builds the chunk-parallel tensors of the WY/UT algorithm.
@@ -216,16 +234,20 @@ def prepare_chunks(q, r, e, u, g, reset, chunk_size, scores="auto") -> ChunkTens
     q, r, e, u, g = (_to_chunks(x.astype(f32), chunk_size) for x in (q, r, e, u, g))
     # associative_scan: XLA:CPU lowers cumsum to a reduce_window of O(C^2) adds per channel.
     big_g = jax.lax.associative_scan(jnp.add, g, axis=-2)  # [B, H, NT, C, Kg]
-    import os
-    if os.environ.get("BAR"): big_g = jax.lax.optimization_barrier(big_g)
-    if os.environ.get("TRI"): big_g = jnp.einsum("ij,...jk->...ik", jnp.tril(jnp.ones((chunk_size, chunk_size), g.dtype)), g, precision=_HIGHEST)
-    p, lower = _query_and_key_scores(q, r, e, big_g, scores)
+    g_last = big_g[..., -1:, :]
+    factors = None
+    if scores == "reference" and big_g.shape[-1] > 1:
+        # exp is the costly elementwise op here: derive every decay from the one reference exp.
+        factors = _reference_factors(big_g)
+        g_ref = big_g[..., chunk_size // 2 : chunk_size // 2 + 1, :]
+        decay_in, decay_out = factors[0] * jnp.exp(g_ref), factors[1] * jnp.exp(g_last - g_ref)
+    else:
+        decay_in, decay_out = jnp.exp(big_g), jnp.exp(g_last - big_g)
+    p, lower = _query_and_key_scores(q, r, e, big_g, scores, factors)
     idx = jnp.arange(chunk_size)
     lower = jnp.where(idx[:, None] > idx[None, :], lower, 0.0)
-    decay_in = jnp.exp(big_g)
-    g_last = big_g[..., -1:, :]
     qd, rd = q * decay_in, r * decay_in
-    ed = e * jnp.exp(g_last - big_g)
+    ed = e * decay_out
     dlast = jnp.exp(g_last[..., 0, :])
     if reset is not None:
         # Sequence starts inside a chunk become masks, so the state pass never branches.
