@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+# One definition of "degenerate" for reward shaping and the objectives that penalise it.
+from jaxrl_llm.objectives.autothink import has_degenerate_repetition
+
 __all__ = [
     "ThinkSplit",
     "split_think",
@@ -44,30 +47,6 @@ def is_no_think(prompt_and_response: str, response: str | None = None) -> bool:
     if _NO_THINK_MARK in prompt_and_response:
         return True
     return response is not None and response.startswith(_NO_THINK_START)
-
-
-def has_degenerate_repetition(
-    text: str, *, min_repeats: int = 10, max_ngram: int = 30, max_word_chars: int = 120
-) -> bool:
-    """True if some n-gram (n <= max_ngram) repeats >= min_repeats times in a row, or a
-    whitespace-free word has >= max_word_chars characters.
-
-    Words are cut into fixed, non-overlapping n-word chunks starting at the first word, and runs
-    of identical consecutive chunks are counted (the chunking AutoThink's checker uses).
-    """
-    words = text.split()
-    if any(len(w) >= max_word_chars for w in words):
-        return True
-    for n in range(1, max_ngram + 1):
-        if len(words) < n * min_repeats:
-            break
-        chunks = [tuple(words[i : i + n]) for i in range(0, len(words) - n + 1, n)]
-        run = 1
-        for prev, cur in zip(chunks, chunks[1:]):
-            run = run + 1 if cur == prev else 1
-            if run >= min_repeats:
-                return True
-    return False
 
 
 def autothink_base_reward(
