@@ -4,7 +4,10 @@ import json
 
 from jaxrl_llm.cli import main
 
-# The full quickstart minus most RL steps: same warm-up, 10 GRPO steps with DGG-gated reuse.
+# The full quickstart minus most RL steps: same warm-up, 10 GRPO steps with DGG-gated reuse. The
+# warm-up stops mid-way through learning carries, so rounding differences (device count, CPU) move
+# where it lands (13-38% sampled over seeds 0-2 from the CLI, 36% here); from each of those starts
+# 10 RL steps gained +8 to +19 points, so a 3-point floor asserts learning, not noise.
 REDUCED = {
     "mesh.fsdp": 1,  # one device, as `python -m jaxrl_llm.cli` sees on a plain CPU host
     "rl.steps": 10,
@@ -27,7 +30,7 @@ def test_reduced_quickstart_improves_held_out_accuracy(tmp_path, capsys):
     evals = [(r["step"], r["eval/accuracy"]) for r in lines if "eval/accuracy" in r]
     assert [s for s, _ in evals] == [0, 10]
     before, after = evals[0][1], evals[-1][1]
-    assert after > before, evals
+    assert after >= before + 0.03, evals
     steps = [r for r in lines if "reward/mean" in r]
     assert [r["step"] for r in steps] == list(range(1, 11))
     assert all(r["reuse/epochs_used"] >= 1 for r in steps)
