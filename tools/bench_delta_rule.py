@@ -13,6 +13,17 @@ given as the median of the per-round ratios with their range.
 Throughput uses the chunked-algorithm FLOP model per token and head (2 flops per MAC):
 forward = 6 K V + C (6 K + 4 V) + C^2 / 3, forward+backward = 3.5 x forward, for every impl, so
 GFLOP/s compares implementations doing the same useful work.
+
+Speedup ceiling (`--ceiling`, on by default when both recurrent and chunked run): the chunked forward
+can beat the token scan only by running its flops faster, since it does at least as many
+(6 K V per token in the state pass alone, against the scan's 7 K V). The tool measures, in the same
+run, the machine's rate for the batched `[C, K] @ [K, V]` products the chunked path is made of
+(one per chunk and head) and for one large square matmul, and reports
+    ceiling = (batched-dot rate / recurrent rate) / (chunked flops / recurrent flops)
+with the recurrent rate taken in the scan's own flop model (7 K V per token and head): the
+speedup the chunked forward would reach if every one of its flops ran at the batched-dot rate
+(an estimate, not a proof: at small shapes the batched-dot probe is overhead-bound and the
+measured speedup can exceed it; the large-matmul column is the machine's best case).
 """
 
 from __future__ import annotations
@@ -37,6 +48,11 @@ IMPLS = ("recurrent", "chunked", "pallas")
 
 def forward_flops_per_token_head(k: int, v: int, c: int) -> float:
     return 6 * k * v + c * (6 * k + 4 * v) + c * c / 3
+
+
+def recurrent_flops_per_token_head(k: int, v: int) -> float:
+    """The token scan: decay (K V) + read r^T S (2 K V) + rank-one write (2 K V) + output (2 K V)."""
+    return 7 * k * v
 
 
 def make_inputs(variant, b, t, h, k, v, dtype, seed=0):
@@ -106,6 +122,60 @@ def run_benchmark(opts):
     return records, ratios
 
 
+def _rate(fn, flops, repeats):
+    """GFLOP/s of a blocking `fn` doing `flops` (median of `repeats` timed calls after one warm-up)."""
+    secs = bench_common.interleaved_times({"fn": fn}, repeats=repeats, warmup=1)["fn"]
+    return flops / bench_common.median(secs) / 1e9
+
+
+def batched_dot_rate(n, c, k, v, repeats):
+    """GFLOP/s of XLA's batched `[n, C, K] @ [n, K, V]` in float32: the chunked path's building block."""
+    a, b = jnp.ones((n, c, k), jnp.float32), jnp.ones((n, k, v), jnp.float32)
+    dot = jax.jit(lambda x, y: jnp.einsum("nck,nkv->ncv", x, y, precision=jax.lax.Precision.HIGHEST))
+    return _rate(lambda: jax.block_until_ready(dot(a, b)), 2.0 * n * c * k * v, repeats)
+
+
+def large_matmul_rate(size, repeats):
+    """GFLOP/s of one float32 `[M, M] @ [M, M]` on the default device (the machine's matmul peak)."""
+    a = jnp.ones((size, size), jnp.float32)
+    dot = jax.jit(lambda x, y: x @ y)
+    return _rate(lambda: jax.block_until_ready(dot(a, a)), bench_common.matmul_flops(size), repeats)
+
+
+def speedup_ceilings(records, ratios, opts):
+    """One row per forward (variant, B, T) cell: measured chunked/recurrent speedup against its ceiling."""
+    v_dim = opts.value_dim or opts.head_dim
+    k, c, h = opts.head_dim, opts.chunk_size, opts.heads
+    flop_ratio = forward_flops_per_token_head(k, v_dim, c) / recurrent_flops_per_token_head(k, v_dim)
+    peak = large_matmul_rate(opts.peak_size, opts.repeats)
+    dot_rates, rows = {}, []
+    for r in ratios:
+        if r["mode"] != "fwd":
+            continue
+        b, t = r["B"], r["T"]
+        if (b, t) not in dot_rates:
+            dot_rates[(b, t)] = batched_dot_rate(b * h * -(-t // c), c, k, v_dim, opts.repeats)
+        rec = next(x for x in records if x["impl"] == "recurrent" and x["mode"] == "fwd"
+                   and x["variant"] == r["variant"] and x["B"] == b and x["T"] == t)
+        rec_rate = b * t * h * recurrent_flops_per_token_head(k, v_dim) / (rec["ms"] * 1e-3) / 1e9
+        dot = dot_rates[(b, t)]
+        rows.append(dict(variant=r["variant"], B=b, T=t, recurrent_gflops=rec_rate,
+                         batched_dot_gflops=dot, large_matmul_gflops=peak, flop_ratio=flop_ratio,
+                         ceiling=dot / rec_rate / flop_ratio, ceiling_at_peak=peak / rec_rate / flop_ratio,
+                         measured=r["median"]))
+    return rows
+
+
+def ceilings_table(rows):
+    cells = [(r["variant"], r["B"], r["T"], f"{r['recurrent_gflops']:.1f}", f"{r['batched_dot_gflops']:.1f}",
+              f"{r['large_matmul_gflops']:.1f}", f"{r['flop_ratio']:.2f}", f"{r['ceiling']:.1f}x",
+              f"{r['ceiling_at_peak']:.1f}x", f"{r['measured']:.1f}x") for r in rows]
+    return bench_common.markdown_table(
+        ("variant", "B", "T", "recurrent GFLOP/s (7KV model)", "batched dot GFLOP/s",
+         "large matmul GFLOP/s", "chunked/recurrent flops", "ceiling (batched dot)",
+         "ceiling (large matmul)", "measured fwd"), cells)
+
+
 def speedup_record(variant, mode, b, t, times, base="recurrent", target="chunked"):
     """Chunked-over-recurrent speedup of one cell from interleaved rounds: median, min, max."""
     per_round = bench_common.paired_ratios(times[base], times[target])
@@ -145,6 +215,9 @@ def parse_args(argv):
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--repeats", type=int, default=5, help="interleaved timed rounds per cell")
     p.add_argument("--forward-only", action="store_true")
+    p.add_argument("--ceiling", action=argparse.BooleanOptionalAction, default=None,
+                   help="measure the forward speedup ceiling (default: when recurrent and chunked both run)")
+    p.add_argument("--peak-size", type=int, default=2048, help="M of the large matmul for --ceiling")
     return p.parse_args(argv)
 
 
@@ -156,9 +229,13 @@ def main(argv=None):
     records, ratios = run_benchmark(opts)
     if ratios:
         print(speedup_table(ratios))
+    ceilings = []
+    if opts.ceiling if opts.ceiling is not None else bool(ratios):
+        ceilings = speedup_ceilings(records, ratios, opts)
+        print(ceilings_table(ceilings))
     result = dict(backend=jax.default_backend(), device=device.device_kind,
                   metadata=bench_common.run_metadata(), options=vars(opts), records=records,
-                  chunked_over_recurrent=ratios)
+                  chunked_over_recurrent=ratios, speedup_ceilings=ceilings)
     bench_common.write_json(opts.out, result)
     print(f"wrote {opts.out}")
 
