@@ -25,10 +25,18 @@ def test_interleaved_times_alternates_contenders_after_warmup():
     assert all(len(v) == 3 and all(t >= 0 for t in v) for v in times.values())
 
 
-@pytest.mark.parametrize("repeats, warmup", [(0, 0), (2, -1)])
-def test_interleaved_times_rejects_bad_counts(repeats, warmup):
-    with pytest.raises(ValueError, match="repeats must be >= 1 and warmup >= 0"):
-        bench_common.interleaved_times({"a": lambda: None}, repeats=repeats, warmup=warmup)
+def test_interleaved_times_settles_each_contender_before_its_timed_call():
+    calls = []
+    fns = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+    times = bench_common.interleaved_times(fns, repeats=2, settle=2)
+    assert calls == ["a", "a", "a", "b", "b", "b"] * 2  # two untimed calls, then the timed one
+    assert all(len(v) == 2 for v in times.values())
+
+
+@pytest.mark.parametrize("repeats, warmup, settle", [(0, 0, 0), (2, -1, 0), (2, 0, -1)])
+def test_interleaved_times_rejects_bad_counts(repeats, warmup, settle):
+    with pytest.raises(ValueError, match="repeats must be >= 1, warmup and settle >= 0"):
+        bench_common.interleaved_times({"a": lambda: None}, repeats=repeats, warmup=warmup, settle=settle)
 
 
 def test_median_paired_ratios_and_peak_flops_by_hand():

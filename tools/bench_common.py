@@ -87,21 +87,28 @@ def time_call(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - t0
 
 
-def interleaved_times(fns: Mapping[str, Callable[[], Any]], *, repeats: int, warmup: int = 0) -> dict[str, list[float]]:
+def interleaved_times(fns: Mapping[str, Callable[[], Any]], *, repeats: int, warmup: int = 0,
+                      settle: int = 0) -> dict[str, list[float]]:
     """Time every function `repeats` times, alternating them (A B A B ...), after `warmup` untimed rounds.
 
+    `settle` untimed calls precede each timed call (A A B B ... with settle=1), so that a function
+    is not charged for the caches and freshly faulted memory its predecessor left behind (an
+    implementation that allocates gigabytes makes the next one's first call pay for page faults).
     Each `fns[name]()` must block until its work is done. Returns `{name: [repeats] seconds}`.
     """
     if not fns:
         raise ValueError("fns must name at least one function to time")
-    if repeats < 1 or warmup < 0:
-        raise ValueError(f"repeats must be >= 1 and warmup >= 0; got repeats={repeats}, warmup={warmup}")
+    if repeats < 1 or warmup < 0 or settle < 0:
+        raise ValueError(f"repeats must be >= 1, warmup and settle >= 0; got repeats={repeats}, "
+                         f"warmup={warmup}, settle={settle}")
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
+            for _ in range(settle):
+                fn()
             times[name].append(time_call(fn))
     return times
 

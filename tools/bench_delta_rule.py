@@ -6,7 +6,9 @@ Prints a table and writes JSON. Example (CPU, small):
         --head-dim 64 --impls recurrent chunked --out /tmp/bench_delta_rule.json
 
 The implementations of one (batch, T, variant, mode) cell are timed interleaved (A B A B ...,
-`bench_common.interleaved_times`) so that load from other processes hits all of them alike; each
+`bench_common.interleaved_times`) so that load from other processes hits all of them alike, each
+timed call preceded by `--settle` untimed calls of the same function (default 1: at B = 4 the
+recurrent backward's ~2 GB of per-token states made the next chunked call 2.5x slower); each
 row reports the median and the minimum over the repeats, and the chunked/recurrent speedup is
 given as the median of the per-round ratios with their range.
 
@@ -107,7 +109,8 @@ def run_benchmark(opts):
                     opts.head_dim, v_dim, opts.chunk_size)
                 for mode in modes:
                     calls = {impl: _blocking(fns[impl][mode == "fwd+bwd"], args) for impl in opts.impls}
-                    times = bench_common.interleaved_times(calls, repeats=opts.repeats, warmup=1)
+                    times = bench_common.interleaved_times(calls, repeats=opts.repeats, warmup=1,
+                                                           settle=opts.settle)
                     mode_flops = flops * (3.5 if mode == "fwd+bwd" else 1.0)
                     for impl, secs in times.items():
                         med = bench_common.median(secs)
@@ -215,6 +218,9 @@ def parse_args(argv):
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--repeats", type=int, default=5, help="interleaved timed rounds per cell")
     p.add_argument("--forward-only", action="store_true")
+    p.add_argument("--settle", type=int, default=1,
+                   help="untimed calls before each timed one (the recurrent backward's gigabytes of "
+                        "per-token states otherwise slow the call that follows it)")
     p.add_argument("--ceiling", action=argparse.BooleanOptionalAction, default=None,
                    help="measure the forward speedup ceiling (default: when recurrent and chunked both run)")
     p.add_argument("--peak-size", type=int, default=2048, help="M of the large matmul for --ceiling")
