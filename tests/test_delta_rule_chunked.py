@@ -118,3 +118,14 @@ def test_streamed_and_two_phase_schedules_agree_with_packing_and_padding(per_cha
     o_rec, s_rec = recurrent_unified(q, r, e, u, g, s0, reset)
     np.testing.assert_allclose(o_stream, o_rec, atol=2e-5)
     np.testing.assert_allclose(s_stream, s_rec, atol=2e-5)
+
+
+def test_forward_mode_derivative_matches_recurrent():
+    q, r, e, u, g, s0 = map(jnp.asarray, _inputs(3.0, seed=6))
+    tangents = tuple(0.1 * jnp.ones_like(x) for x in (q, r, e, u, g, s0))
+    chunk = lambda *x: chunked.chunked_unified(*x, chunk_size=C)  # noqa: E731
+    (o, s), (do, ds) = jax.jvp(chunk, (q, r, e, u, g, s0), tangents)
+    (o_ref, s_ref), (do_ref, ds_ref) = jax.jvp(recurrent_unified, (q, r, e, u, g, s0), tangents)
+    np.testing.assert_allclose(o, o_ref, atol=2e-5)
+    np.testing.assert_allclose(do, do_ref, atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(ds, ds_ref, atol=1e-4, rtol=1e-4)
