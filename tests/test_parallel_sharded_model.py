@@ -13,6 +13,7 @@ from jax.sharding import PartitionSpec as P
 from jaxrl_llm.models.config import tiny
 from jaxrl_llm.models.decoder import Decoder
 from jaxrl_llm.parallel import make_mesh
+from jaxrl_llm.parallel.activations import activation_mesh
 from jaxrl_llm.parallel.init import abstract_model, init_sharded, state_shardings
 from jaxrl_llm.train.loss import masked_next_token_loss
 
@@ -105,7 +106,12 @@ def test_sharded_forward_and_gradients_match_one_device(shape):
     (ref_loss, ref_logits), ref_grads = jax.jit(functools.partial(grad_fn, ref_parts))(ref_params, ref_rest, *arrays)
     batch_sharding = NamedSharding(mesh, P(("data", "fsdp")))
     sharded_arrays = [jax.device_put(x, batch_sharding) for x in arrays]
-    step = jax.jit(functools.partial(grad_fn, parts), out_shardings=((None, None), shardings))
+
+    def on_mesh(*args):
+        with activation_mesh(mesh):  # the residual stream pinned to the batch layout
+            return grad_fn(parts, *args)
+
+    step = jax.jit(on_mesh, out_shardings=((None, None), shardings))
     (loss, logits), grads = step(params, rest, *sharded_arrays)
 
     np.testing.assert_allclose(float(loss), float(ref_loss), rtol=1e-5, atol=1e-5)

@@ -17,6 +17,7 @@ from jaxrl_llm.models.linear import embedding_lookup, linear, weight_as
 from jaxrl_llm.models.norm import RMSNorm
 from jaxrl_llm.models.params import normal_param
 from jaxrl_llm.models.rope import inverse_frequencies, rope_tables
+from jaxrl_llm.parallel.activations import RESIDUAL, constrain
 from jaxrl_llm.quant import QuantArray
 
 
@@ -45,16 +46,22 @@ class TransposedWeight:
         return weight_as(self.table, dtype or self.table.dtype).T
 
 
+# An embedding table inside the forward: vocab rows stay split, the model dimension is whole.
+TABLE_ROWS = ("vocab", None)
+
+
 def embedding_rows(table: Any, tokens: jax.Array, dtype) -> jax.Array:
     """Rows of `table [V, D]` (plain or `QuantArray`) at `tokens [B, T]` -> `[B, T, D]` in `dtype`.
 
     A quantized table is gathered code row by code row, each times its group's scale, so only the
-    B * T looked-up rows are ever dequantized.
+    B * T looked-up rows are ever dequantized. On a mesh the table's model dimension is gathered
+    first (as FSDP does for every weight): rows gathered from a D-sharded table come out D-sharded,
+    and XLA can only turn that into the batch-sharded residual stream by replicating it.
     """
     if not isinstance(table, QuantArray):
-        return embedding_lookup(table, tokens, dtype)
-    codes = jnp.take(table.values, tokens, axis=0).astype(jnp.float32)
-    scales = jnp.take(table.scale, tokens // table.group_size, axis=0)
+        return embedding_lookup(constrain(table, TABLE_ROWS), tokens, dtype)
+    codes = jnp.take(constrain(table.values, TABLE_ROWS), tokens, axis=0).astype(jnp.float32)
+    scales = jnp.take(constrain(table.scale, TABLE_ROWS), tokens // table.group_size, axis=0)
     return (codes * scales).astype(dtype)
 
 
@@ -118,10 +125,12 @@ class Decoder(nnx.Module):
         cos, sin = rope_tables(positions, inverse_frequencies(c.rotary_dim, c.rope_theta, c.rope_scaling))
         ctx = MixerContext(positions=positions, segment_ids=segment_ids, mask=mask, cos=cos, sin=sin,
                            cache_index=index)
-        x = embedding_rows(self.embed.get_value(), tokens, self.config.jnp_dtype)
+        # The residual stream stays batch-sharded at layer boundaries (see parallel/activations.py).
+        x = constrain(embedding_rows(self.embed.get_value(), tokens, self.config.jnp_dtype), RESIDUAL)
         new_layers = []
         for i, layer in enumerate(self.layers):
             x, layer_cache = layer(x, ctx, None if cache is None else cache.layers[i])
+            x = constrain(x, RESIDUAL)
             new_layers.append(layer_cache)
         x = self.final_norm(x)
         if cache is None:

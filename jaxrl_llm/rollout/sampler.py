@@ -27,6 +27,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from jaxrl_llm.models.decoder import init_cache
+from jaxrl_llm.parallel.activations import activation_mesh
 from jaxrl_llm.parallel.rules import logical_to_sharding
 from jaxrl_llm.rollout.prompts import check_prompt_array, left_pad, next_power_of_two, prompt_layout, round_up
 from jaxrl_llm.rollout.sampling import SamplingKnobs, as_prng_key, sample_tokens
@@ -155,7 +156,13 @@ def _decode(graphdef: nnx.GraphDef, params, tokens, lengths, row_ids, key, knobs
     return (*out, finish)
 
 
-_decode_jit = jax.jit(_decode, static_argnums=(0,), static_argnames=("response_slots", "mesh"))
+def _decode_on_mesh(*args, response_slots: int, mesh: Mesh | None):
+    """`_decode`, traced with the model's residual stream pinned to `mesh` (parallel/activations.py)."""
+    with activation_mesh(mesh):
+        return _decode(*args, response_slots=response_slots, mesh=mesh)
+
+
+_decode_jit = jax.jit(_decode_on_mesh, static_argnums=(0,), static_argnames=("response_slots", "mesh"))
 
 
 def _batch_constraint(mesh: Mesh | None):

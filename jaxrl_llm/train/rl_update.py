@@ -33,6 +33,7 @@ from jaxrl_llm.objectives.core import masked_mean
 from jaxrl_llm.objectives.dgg import DGGState, dgg_gate, dgg_init, gated_update, head_gradient_energy
 from jaxrl_llm.objectives.registry import get_objective
 from jaxrl_llm.objectives.token_stats import hidden_token_stats
+from jaxrl_llm.parallel.activations import activation_mesh
 from jaxrl_llm.parallel.init import ModelParts
 from jaxrl_llm.parallel.rules import logical_to_sharding, replicated
 from jaxrl_llm.quant.params import fake_quant_params
@@ -265,7 +266,12 @@ def make_rl_update(parts: ModelParts, optimizer: optax.GradientTransformation, o
             return jitted(state, rest, batch)
     else:
         rest_shardings = jax.tree.map(lambda x: x.sharding, rest)
-        jitted = jax.jit(update, in_shardings=(state_shardings, rest_shardings, None),
+
+        def update_on_mesh(state, rest, batch):
+            with activation_mesh(mesh):  # traced here: the model pins its residual stream to the mesh
+                return update(state, rest, batch)
+
+        jitted = jax.jit(update_on_mesh, in_shardings=(state_shardings, rest_shardings, None),
                          out_shardings=(state_shardings, replicated(mesh)), donate_argnums=(0,))
 
         def rl_update(state, batch):

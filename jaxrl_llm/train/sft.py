@@ -20,6 +20,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 
 from jaxrl_llm.data.pipeline import BATCH_KEYS
+from jaxrl_llm.parallel.activations import activation_mesh
 from jaxrl_llm.parallel.init import ModelParts
 from jaxrl_llm.parallel.rules import logical_to_sharding, replicated
 from jaxrl_llm.train.loss import masked_next_token_loss, next_token_weights
@@ -104,7 +105,8 @@ def make_sft_step(
             grads, loss, count, correct = carry
             # Slicing the scanned axis can lose the batch layout; pin it back to the batch rule.
             mb = {k: jax.lax.with_sharding_constraint(v, batch_sharding(mesh, v.shape)) for k, v in mb.items()}
-            (l, (c, k)), g = grad_fn(state.params, rest, mb, denom)
+            with activation_mesh(mesh):
+                (l, (c, k)), g = grad_fn(state.params, rest, mb, denom)
             grads = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), grads, g)
             return (grads, loss + l, count + c, correct + k), None
 
