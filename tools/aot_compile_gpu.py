@@ -1,0 +1,162 @@
+"""Compile the delta-rule kernels for an NVIDIA H100 on a machine without a GPU (deviceless AOT).
+
+XLA's GPU compiler can target a described device instead of an attached one: this script builds a
+compile-only H100 topology from `H100_TARGET_CONFIG` and compiles `delta_rule` (forward, and the
+value and gradient of `sum(o) + sum(final_state)`) for `impl="pallas"` (Triton kernel inside) and
+`impl="chunked"` (XLA only) at the issue's benchmark shape. It proves the Pallas kernel goes through
+Triton -> PTX -> SASS for sm_90 and reports XLA's memory analysis: input + output bytes give the
+memory-roofline time, temporaries (written and read back at least once) a traffic floor for the
+design; it measures no speed. Needs the CUDA plugin in the environment, not a GPU:
+
+    python -m venv /tmp/gpuvenv && /tmp/gpuvenv/bin/pip install "jax[cuda12]==0.10.2"
+    PYTHONPATH=. /tmp/gpuvenv/bin/python tools/aot_compile_gpu.py --out /tmp/aot_h100.json
+
+Prints a table and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+# A compile-only topology: never touch a (missing) device.
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from jax.experimental import topologies  # noqa: E402
+from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
+
+from jaxrl_llm.kernels.delta_rule import delta_rule  # noqa: E402
+
+# H100 SXM5 80 GB as XLA's GpuTargetConfig text proto: 132 SMs, 228 KB shared memory per SM
+# (227 KB opt-in per block), 64 K registers per SM, 50 MB L2, 3.35 TB/s HBM3, compute capability 9.0.
+H100_TARGET_CONFIG = """
+gpu_device_info {
+  threads_per_block_limit: 1024
+  threads_per_warp: 32
+  shared_memory_per_block: 49152
+  shared_memory_per_core: 233472
+  threads_per_core_limit: 2048
+  core_count: 132
+  fpus_per_core: 128
+  block_dim_limit_x: 2147483647
+  block_dim_limit_y: 65535
+  block_dim_limit_z: 65535
+  memory_bandwidth: 3352320000000
+  l2_cache_size: 52428800
+  clock_rate_ghz: 1.98
+  device_memory_size: 84929347584
+  shared_memory_per_block_optin: 232448
+  cuda_compute_capability { major: 9 }
+  registers_per_core_limit: 65536
+  registers_per_block_limit: 65536
+}
+platform_name: "CUDA"
+dnn_version_info { major: 9 minor: 8 }
+runtime_version { major: 12 minor: 8 }
+device_description_str: "NVIDIA H100 80GB HBM3"
+"""
+
+H100_HBM_BYTES_PER_S = 3.35e12
+
+
+def h100_sharding():
+    topology = topologies.get_topology_desc(platform="cuda", target_config=H100_TARGET_CONFIG,
+                                            topology="1x1x1")
+    mesh = topologies.make_mesh(topology, (1,), ("x",))
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def input_structs(b, t, h, k, v, dtype, sharding):
+    """GDN inputs as abstract arrays placed on the compile-only device."""
+    s = lambda *shape, dt=dtype: jax.ShapeDtypeStruct(shape, dt, sharding=sharding)  # noqa: E731
+    return dict(q=s(b, t, h, k), k=s(b, t, h, k), v=s(b, t, h, v), g=s(b, t, h, dt=jnp.float32),
+                beta=s(b, t, h, dt=jnp.float32))
+
+
+def build(impl, mode, chunk_size):
+    run = functools.partial(delta_rule, impl=impl, chunk_size=chunk_size, output_final_state=True,
+                            interpret=False)
+    if mode == "fwd":
+        return jax.jit(lambda a: run(**a))
+
+    def loss(a):
+        o, s = run(**a)
+        return jnp.sum(o.astype(jnp.float32)) + jnp.sum(s)
+
+    # value_and_grad: with grad alone the forward's outputs are dead and XLA drops the kernel.
+    return jax.jit(jax.value_and_grad(loss))
+
+
+def compile_one(impl, mode, structs, chunk_size):
+    fn = build(impl, mode, chunk_size)
+    t0 = time.perf_counter()
+    lowered = fn.lower(structs)
+    compiled = lowered.compile()
+    seconds = time.perf_counter() - t0
+    text = lowered.as_text()
+    mem = compiled.memory_analysis()
+    io_bytes = mem.argument_size_in_bytes + mem.output_size_in_bytes
+    # Compile-only executables carry no cost analysis; the memory analysis bounds the traffic:
+    # every input is read and every output written once (the roofline), and every byte of
+    # temporaries is written and read back at least once.
+    return dict(
+        impl=impl, mode=mode, compiled=True, compile_s=seconds,
+        triton_kernels=text.count("__gpu$xla.gpu.triton"),
+        argument_bytes=mem.argument_size_in_bytes, output_bytes=mem.output_size_in_bytes,
+        temp_bytes=mem.temp_size_in_bytes,
+        roofline_ms=io_bytes / H100_HBM_BYTES_PER_S * 1e3,
+        traffic_floor_ms=(io_bytes + 2 * mem.temp_size_in_bytes) / H100_HBM_BYTES_PER_S * 1e3,
+    )
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--seq-len", type=int, default=4096)
+    p.add_argument("--heads", type=int, default=16)
+    p.add_argument("--head-dim", type=int, default=128)
+    p.add_argument("--chunk-size", type=int, default=64)
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    p.add_argument("--impls", nargs="+", default=["pallas", "chunked"], choices=["pallas", "chunked"])
+    p.add_argument("--out", default="benchmarks/aot_h100.json")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    opts = parse_args(sys.argv[1:] if argv is None else argv)
+    sharding = h100_sharding()
+    device = sharding.mesh.devices.flat[0]
+    structs = input_structs(opts.batch, opts.seq_len, opts.heads, opts.head_dim, opts.head_dim,
+                            jnp.dtype(opts.dtype), sharding)
+    print(f"target: {device.device_kind} (compile-only), jax {jax.__version__}")
+    rows = []
+    for impl in opts.impls:
+        for mode in ("fwd", "fwd+bwd"):
+            try:
+                rec = compile_one(impl, mode, structs, opts.chunk_size)
+            except Exception as e:  # a compile failure is the finding: report it, keep going
+                rec = dict(impl=impl, mode=mode, compiled=False, error=f"{type(e).__name__}: {e}"[:2000])
+            rows.append(rec)
+            if rec["compiled"]:
+                print(f"{impl:8} {mode:8} compiled in {rec['compile_s']:.1f}s; Triton kernels "
+                      f"{rec['triton_kernels']}; in+out {(rec['argument_bytes'] + rec['output_bytes']) / 1e6:.0f} MB "
+                      f"(roofline {rec['roofline_ms']:.3f} ms); temporaries {rec['temp_bytes'] / 1e6:.0f} MB "
+                      f"(traffic floor {rec['traffic_floor_ms']:.3f} ms)", flush=True)
+            else:
+                print(f"{impl:8} {mode:8} FAILED: {rec['error'][:500]}", flush=True)
+    result = dict(target=device.device_kind, jax=jax.__version__, options=vars(opts), records=rows)
+    Path(opts.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(opts.out).write_text(json.dumps(result, indent=2))
+    print(f"wrote {opts.out}")
+    return 0 if all(r["compiled"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
