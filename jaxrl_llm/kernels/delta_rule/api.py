@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 from jaxrl_llm.kernels.delta_rule.chunked import chunked_unified
 from jaxrl_llm.kernels.delta_rule.inputs import check_state, resets_from_segments, to_unified
-from jaxrl_llm.kernels.delta_rule.pallas import pallas_unified
+from jaxrl_llm.kernels.delta_rule.pallas import pallas_delta_rule
 from jaxrl_llm.kernels.delta_rule.recurrent import recurrent_unified, unified_step
 
 IMPLS = ("recurrent", "chunked", "pallas", "auto")
@@ -111,7 +111,9 @@ def delta_rule(
     else:
         if interpret is None:
             interpret = jax.default_backend() == "cpu"
-        o, final_state = pallas_unified(*uni, initial_state, reset, chunk_size, interpret)
+        o, final_state = pallas_delta_rule(q, k, v, g, beta, beta_v, initial_state,
+                                           float(kd**-0.5 if scale is None else scale), reset,
+                                           chunk_size, interpret)
     return o.astype(v.dtype), (final_state if output_final_state else None)
 
 

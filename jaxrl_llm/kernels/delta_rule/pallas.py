@@ -26,8 +26,10 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 from jax.experimental.pallas import triton as plt
 
-from jaxrl_llm.kernels.delta_rule.chunked import ChunkTensors, chunked_unified, from_chunks
-from jaxrl_llm.kernels.delta_rule.chunked import prepare_chunks
+from jaxrl_llm.kernels.delta_rule.chunked import (REFERENCE_SPAN_LIMIT, ChunkTensors, chunk_decay_span,
+                                                   chunked_unified, from_chunks, prepare_chunks)
+from jaxrl_llm.kernels.delta_rule.inputs import to_unified
+from jaxrl_llm.kernels.delta_rule.pallas_fused import fused_forward
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 # A [K, 64] fp32 state tile is 32 KiB at K = 128: small enough to stay in registers per program.
@@ -120,7 +122,8 @@ def _gpu_block_v(v):
     return GPU_BLOCK_V if v % GPU_BLOCK_V == 0 else v
 
 
-def _run_kernel(q, r, e, u, g, initial_state, reset, chunk_size, interpret):
+def _state_pass_kernel_path(q, r, e, u, g, initial_state, reset, chunk_size, interpret):
+    """Chunk preparation in XLA, then the state-pass kernel (any decay span, packed sequences)."""
     b, t, h, _ = q.shape
     k, v = q.shape[-1], u.shape[-1]
     ct = prepare_chunks(q, r, e, u, g, reset, chunk_size)
@@ -152,36 +155,103 @@ def _run_kernel(q, r, e, u, g, initial_state, reset, chunk_size, interpret):
     return from_chunks(o, t), s_final.reshape(b, h, k, v)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8))
-def pallas_unified(q, r, e, u, g, initial_state, reset, chunk_size, interpret):
-    """Delta rule on the unified form with the Pallas state pass; contract of `chunked_unified`.
+def _per_channel(x, kd):
+    return x is not None and x.ndim == 4 and x.shape[-1] == kd and kd > 1
+
+
+def _fused_kernel_path(q, k, v, g, beta, beta_v, initial_state, scale, chunk_size, interpret):
+    """The single fused kernel on the raw inputs (no resets; per-channel decay within the span limit)."""
+    b, t, h, kd = q.shape
+    hv, vd = v.shape[2], v.shape[3]
+    g4 = jnp.zeros((b, t, hv, 1), jnp.float32) if g is None else (g if _per_channel(g, kd) else g[..., None])
+    beta4 = None if beta is None else (beta if _per_channel(beta, kd) else beta[..., None])
+    params = None if interpret else plt.CompilerParams(num_warps=4, num_stages=1)
+    return fused_forward(q, k, v, g4, beta4, beta_v, scale, initial_state, chunk=chunk_size,
+                         block_v=_gpu_block_v(vd), interpret=interpret, compiler_params=params)
+
+
+def _unified_state_pass(q, k, v, g, beta, beta_v, initial_state, scale, reset, chunk_size, interpret):
+    uni = to_unified(q, k, v, g, beta, beta_v, scale)
+    o, s = _state_pass_kernel_path(*uni, initial_state.astype(uni.q.dtype), reset, chunk_size, interpret)
+    return o.astype(v.dtype), s
+
+
+def _fused_or_state_pass(q, k, v, g, beta, beta_v, initial_state, scale, reset, chunk_size, interpret):
+    """The fused kernel where it applies, else the state-pass kernel (decided per call)."""
+    state_pass = functools.partial(_unified_state_pass, scale=scale, reset=reset, chunk_size=chunk_size,
+                                   interpret=interpret)
+    if reset is not None:
+        return state_pass(q, k, v, g, beta, beta_v, initial_state)
+    fused = functools.partial(_fused_kernel_path, scale=scale, chunk_size=chunk_size, interpret=interpret)
+    if not _per_channel(g, q.shape[-1]):
+        return fused(q, k, v, g, beta, beta_v, initial_state)
+    return jax.lax.cond(chunk_decay_span(g, chunk_size) <= REFERENCE_SPAN_LIMIT, fused, state_pass,
+                        q, k, v, g, beta, beta_v, initial_state)
+
+
+KERNELS = ("auto", "fused", "state_pass")
+
+
+def _run_kernel(q, k, v, g, beta, beta_v, initial_state, scale, reset, chunk_size, interpret, kernel="auto"):
+    """Forward through the Pallas kernels; returns (o [B, T, HV, V] in v's dtype, final_state fp32).
+
+    kernel: "auto" (GPU and the interpreter: fused where it applies, else state pass; TPU: state
+    pass), "fused" (refuses resets; past the span limit falls back like "auto") or "state_pass".
+    """
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}; got {kernel!r}")
+    args = (q, k, v, g, beta, beta_v, initial_state)
+    opts = dict(scale=scale, reset=reset, chunk_size=chunk_size)
+    if kernel == "state_pass":
+        return _unified_state_pass(*args, **opts, interpret=interpret)
+    if kernel == "fused" and reset is not None:
+        raise ValueError("the fused kernel does not take packed sequences (reset); use kernel='state_pass'")
+    if interpret:
+        return _fused_or_state_pass(*args, **opts, interpret=True)
+    # Mosaic (TPU) keeps the state-pass kernel: the fused one's row-by-row solve and [C, 1]
+    # decay columns do not fit its (8, 128) tiling.
+    gpu = functools.partial(_fused_or_state_pass, **opts, interpret=False)
+    tpu = functools.partial(_unified_state_pass, **opts, interpret=False)
+    return jax.lax.platform_dependent(*args, cuda=gpu, rocm=gpu, tpu=tpu, default=gpu)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 9, 10, 11))
+def pallas_delta_rule(q, k, v, g, beta, beta_v, initial_state, scale, reset, chunk_size, interpret,
+                      kernel="auto"):
+    """Delta rule through the Pallas kernels, on the raw (validated) `delta_rule` arguments.
 
     Args:
-      q, r, e: [B, T, H, K]; u: [B, T, H, V]; g: [B, T, H, 1] or [B, T, H, K] log decay.
-      initial_state: [B, H, K, V]; reset: optional [B, T] bool (True at sequence starts).
-      chunk_size: C (a power of two >= 16 when compiled for GPU).
-      interpret: run the kernel in the Pallas interpreter (required on CPU).
+      q, k: [B, T, H, K]; v: [B, T, HV, V]; g: None, [B, T, HV] or [B, T, HV, K]; beta: None,
+      [B, T, HV] or [B, T, HV, K]; beta_v: None or [B, T, HV, V]; initial_state: [B, HV, K, V];
+      scale: python float; reset: optional [B, T] bool; chunk_size: C (a power of two >= 16 when
+      compiled for GPU); interpret: run in the Pallas interpreter (required on CPU); kernel: see
+      `_run_kernel`.
 
     Returns:
-      (o [B, T, H, V] fp32, final_state [B, H, K, V] fp32).
+      (o [B, T, HV, V] in v's dtype, final_state [B, HV, K, V] fp32). The backward keeps only the
+      inputs and recomputes through the chunked JAX path.
     """
-    return _run_kernel(q, r, e, u, g, initial_state, reset, chunk_size, interpret)
+    return _run_kernel(q, k, v, g, beta, beta_v, initial_state, scale, reset, chunk_size, interpret, kernel)
 
 
-def _pallas_fwd(q, r, e, u, g, initial_state, reset, chunk_size, interpret):
-    out = _run_kernel(q, r, e, u, g, initial_state, reset, chunk_size, interpret)
-    return out, (q, r, e, u, g, initial_state, reset)
+def _pallas_fwd(q, k, v, g, beta, beta_v, initial_state, scale, reset, chunk_size, interpret, kernel):
+    out = _run_kernel(q, k, v, g, beta, beta_v, initial_state, scale, reset, chunk_size, interpret, kernel)
+    return out, (q, k, v, g, beta, beta_v, initial_state, reset)
 
 
-def _pallas_bwd(chunk_size, interpret, residuals, cotangents):
-    del interpret
+def _pallas_bwd(scale, chunk_size, interpret, kernel, residuals, cotangents):
+    del interpret, kernel
     *diff_inputs, reset = residuals
+    v = diff_inputs[2]
 
-    def reference(q, r, e, u, g, s0):
-        return chunked_unified(q, r, e, u, g, s0, reset, chunk_size=chunk_size)
+    def reference(q, k, v, g, beta, beta_v, s0):
+        uni = to_unified(q, k, v, g, beta, beta_v, scale)
+        o, s = chunked_unified(*uni, s0.astype(uni.q.dtype), reset, chunk_size=chunk_size)
+        return o.astype(v.dtype), s
 
     _, vjp = jax.vjp(reference, *diff_inputs)
+    del v
     return (*vjp(cotangents), None)
 
 
-pallas_unified.defvjp(_pallas_fwd, _pallas_bwd)
+pallas_delta_rule.defvjp(_pallas_fwd, _pallas_bwd)

@@ -1,0 +1,217 @@
+"""One Pallas kernel for the whole chunked delta-rule forward: chunk preparation and state pass.
+
+`pallas.py`'s state-pass kernel reads chunk tensors that XLA prepared and wrote to memory (W, U~,
+the decayed keys and queries, the intra-chunk attention P: ~4x the inputs in fp32). Here each
+program reads the raw inputs (q, k, v, g, beta, beta_v in their own dtype and `[B, T, H, D]`
+layout) of one (batch, value head, value tile), chunk by chunk, maps them to the unified form
+(`inputs.py`) and builds everything in registers / shared memory before advancing the state:
+
+    A     = strictly_lower(R E^T ⊙ decay),   P = causal(Q E^T ⊙ decay)          [C, C]
+    X     = (I + A)^-1                      (forward substitution, row by row)
+    W     = X (R ⊙ e^G),   U~ = X U
+    Vnew  = U~ - W S;   O = (Q ⊙ e^G) S + P Vnew;   S <- e^{G_last} S + (E ⊙ e^{G_last - G})^T Vnew
+
+so the forward's memory traffic is its inputs and outputs (compiled for an H100 at B = 8,
+T = 4096, H = 16, K = V = 128 in bf16, XLA reports 8 MB of temporaries against 1.6 GB for the
+two-kernel path: `tools/aot_compile_gpu.py`). Decay: per head (`G [C, 1]`, the decay matrix is
+exp(G_i - G_j), masked before the exp) or per channel (`G [C, K]`, factored through the chunk's
+middle row m as (Q ⊙ e^{G - G_m}) (E ⊙ e^{G_m - G})^T, valid while the chunk's decay span is at
+most `chunked.REFERENCE_SPAN_LIMIT`; the caller falls back otherwise). `G`, the in-chunk
+cumulative log decay, is a masked sum (per head) or a matmul with the causal ones matrix.
+
+Only 2-D tiles, static iotas, masked reductions and matmuls with dimensions >= 16 appear, which is
+what the Triton backend accepts; on a CPU host the kernel runs with `interpret=True`. Packed
+sequences (resets) are not handled here: the caller uses the state-pass kernel for them.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+
+def _dot(a, b):
+    return jnp.dot(a, b, precision=_HIGHEST, preferred_element_type=jnp.float32)
+
+
+def _dot_nt(a, b):
+    """a [M, D] . b [N, D]^T -> [M, N]."""
+    return jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())), precision=_HIGHEST,
+                               preferred_element_type=jnp.float32)
+
+
+def _dot_tn(a, b):
+    """a [D, M]^T . b [D, N] -> [M, N]."""
+    return jax.lax.dot_general(a, b, (((0,), (0,)), ((), ())), precision=_HIGHEST,
+                               preferred_element_type=jnp.float32)
+
+
+def unit_lower_inverse_rows(a):
+    """(I + a)^-1 for strictly lower-triangular `a [C, C]` by forward substitution.
+
+    Row i of X = (I + a)^-1 is e_i - sum_{j<i} a[i, j] X[j, :]; rows are filled in order with
+    masked reductions (no dynamic indexing into register tiles, which Triton does not have).
+    """
+    c = a.shape[0]
+    rows = jax.lax.broadcasted_iota(jnp.int32, (c, c), 0)
+    cols = jax.lax.broadcasted_iota(jnp.int32, (c, c), 1)
+    row_cols = jax.lax.broadcasted_iota(jnp.int32, (1, c), 1)
+    a_t = a.T  # column i of a^T is row i of a
+
+    def fill(i, x):
+        a_row = jnp.sum(jnp.where(cols == i, a_t, 0.0), axis=1, keepdims=True)  # [C, 1]: a[i, :]^T
+        new_row = jnp.where(row_cols == i, 1.0, 0.0) - jnp.sum(a_row * x, axis=0, keepdims=True)
+        return jnp.where(rows == i, new_row, x)
+
+    eye = jnp.where(rows == cols, 1.0, 0.0)
+    return jax.lax.fori_loop(1, c, fill, eye)
+
+
+class Variant(NamedTuple):
+    """Static description of the inputs the fused kernel reads (see `inputs.py` for the map).
+
+    g_channels: 1 (per-head decay, or none: zeros) or K. beta: "none", "head" or "channel".
+    beta_v: FG2-GDN+ value strengths present. rep: value heads per query/key head (GQA).
+    """
+
+    g_channels: int
+    beta: str
+    beta_v: bool
+    rep: int
+
+
+def _fused_kernel(*refs, chunk, key_dim, n_chunks, scale, variant):
+    """One program: every chunk of one (batch, value head, value tile). Refs are 2-D.
+
+    Inputs, in order: q, k [Tp, K] (the program's query/key head); v [Tp, BV]; g [Tp, Kg] raw log
+    decay; beta [Tp, 1] or [Tp, K] (absent for "none"); for "channel" also the value gate tile
+    [Tp, BV] (beta's own columns, or beta_v's); s0 [K, BV]. Outputs: o [Tp, BV], sT [K, BV].
+    """
+    refs = list(refs)
+    q_ref, k_ref, v_ref, g_ref = refs[:4]
+    rest = refs[4:]
+    beta_ref = rest.pop(0) if variant.beta != "none" else None
+    gate_ref = rest.pop(0) if variant.beta == "channel" else None
+    s0_ref, o_ref, sT_ref = rest
+    c = chunk
+    f32 = jnp.float32
+    ri = jax.lax.broadcasted_iota(jnp.int32, (c, c), 0)
+    ci = jax.lax.broadcasted_iota(jnp.int32, (c, c), 1)
+    causal, strict = ri >= ci, ri > ci
+    col_rows = jax.lax.broadcasted_iota(jnp.int32, (c, 1), 0)
+    per_channel = variant.g_channels > 1
+
+    def body(n, state):
+        rows = pl.ds(pl.multiple_of(n * c, c), c)
+        q = q_ref[rows, :].astype(f32) * scale
+        k = k_ref[rows, :].astype(f32)
+        v = v_ref[rows, :].astype(f32)
+        g = g_ref[rows, :].astype(f32)
+        # The unified form (inputs.py): read key r, write key e, written value u.
+        if variant.beta == "none":
+            r, e, u = k, k, v
+        elif variant.beta == "head":
+            beta = beta_ref[rows, :].astype(f32)  # [C, 1]
+            r, e, u = beta * k, k, beta * v
+        else:
+            r = e = jnp.sqrt(beta_ref[rows, :].astype(f32)) * k
+            u = jnp.sqrt(gate_ref[rows, :].astype(f32)) * v
+        # In-chunk cumulative decay G, its last row (the chunk total) and, per channel, middle row.
+        g_total = jnp.sum(g, axis=0, keepdims=True)  # [1, Kg]
+        if per_channel:
+            big_g = _dot(jnp.where(causal, 1.0, 0.0), g)  # [C, K]
+            g_mid = jnp.sum(jnp.where(col_rows <= c // 2, g, 0.0), axis=0, keepdims=True)
+            into_mid = jnp.exp(big_g - g_mid)  # a normal number while the span is bounded
+            cols = e / into_mid
+            p = jnp.where(causal, _dot_nt(q * into_mid, cols), 0.0)
+            a = jnp.where(strict, _dot_nt(r * into_mid, cols), 0.0)
+            dlast = jnp.exp(g_total).T  # [K, 1]
+        else:
+            big_g = jnp.sum(jnp.where(causal, g.T, 0.0), axis=1, keepdims=True)  # [C, 1]
+            diff = big_g - big_g.T
+            decay = jnp.where(causal, jnp.exp(jnp.where(causal, diff, 0.0)), 0.0)
+            p = _dot_nt(q, e) * decay
+            a = jnp.where(strict, _dot_nt(r, e) * decay, 0.0)
+            dlast = jnp.exp(g_total)  # [1, 1]
+        decay_in = jnp.exp(big_g)
+        x = unit_lower_inverse_rows(a)
+        w = _dot(x, r * decay_in)
+        u_tilde = _dot(x, u)
+        v_new = u_tilde - _dot(w, state)
+        o = _dot(q * decay_in, state) + _dot(p, v_new)
+        o_ref[rows, :] = o.astype(o_ref.dtype)
+        ed = e * jnp.exp(g_total - big_g)
+        return dlast * state + _dot_tn(ed, v_new)
+
+    state = jax.lax.fori_loop(0, n_chunks, body, s0_ref[...].astype(f32))
+    sT_ref[...] = state.astype(sT_ref.dtype)
+
+
+def _pad_time(x, t_padded):
+    return x if x.shape[1] == t_padded else jnp.pad(
+        x, ((0, 0), (0, t_padded - x.shape[1])) + ((0, 0),) * (x.ndim - 2))
+
+
+def fused_forward(q, k, v, g, beta, beta_v, scale, initial_state, *, chunk, block_v, interpret,
+                  compiler_params):
+    """Forward of the delta rule from the raw inputs, in one pallas_call (no resets).
+
+    Args:
+      q, k: [B, T, H, K]; v: [B, T, HV, V]; g: [B, T, HV, Kg] (Kg = 1 or K; zeros for none);
+      beta: None, [B, T, HV, 1] or [B, T, HV, K]; beta_v: None or [B, T, HV, V] (with a
+      per-channel beta); scale: python float; initial_state: [B, HV, K, V].
+
+    Returns:
+      (o [B, T, HV, V] in v's dtype, final_state [B, HV, K, V] fp32). The grid is
+      (B * HV, V / BV); each program reads its q/k head (value head // rep) directly from the
+      [B, T, H, D] arrays, so nothing but padding (T up to a multiple of C) is copied.
+    """
+    b, t, h, kd = q.shape
+    hv, vd = v.shape[2], v.shape[3]
+    rep = hv // h
+    nt = -(-t // chunk)
+    tp = nt * chunk
+    variant = Variant(g_channels=g.shape[-1], beta="none" if beta is None else
+                      ("head" if beta.shape[-1] == 1 else "channel"), beta_v=beta_v is not None,
+                      rep=rep)
+
+    def qk_head(width):
+        return pl.BlockSpec((None, tp, None, width), lambda i, j: (i // hv, 0, (i % hv) // rep, 0))
+
+    def v_head(width):
+        return pl.BlockSpec((None, tp, None, width), lambda i, j: (i // hv, 0, i % hv, 0))
+
+    def v_tile():
+        return pl.BlockSpec((None, tp, None, block_v), lambda i, j: (i // hv, 0, i % hv, j))
+
+    inputs = [_pad_time(x, tp) for x in (q, k, v, g)]
+    specs = [qk_head(kd), qk_head(kd), v_tile(), v_head(g.shape[-1])]
+    if beta is not None:
+        inputs.append(_pad_time(beta, tp))
+        specs.append(v_head(beta.shape[-1]))
+    if variant.beta == "channel":
+        # The value gate: beta_v (FG2-GDN+) or beta itself (FG2-GDN, K == V), tiled like v.
+        inputs.append(_pad_time(beta if beta_v is None else beta_v, tp))
+        specs.append(v_tile())
+    s0 = initial_state.astype(jnp.float32).reshape(b * hv, kd, vd)
+    state_tile = pl.BlockSpec((None, kd, block_v), lambda i, j: (i, 0, j))
+    kernel = functools.partial(_fused_kernel, chunk=chunk, key_dim=kd, n_chunks=nt, scale=float(scale),
+                               variant=variant)
+    o, s_final = pl.pallas_call(
+        kernel,
+        out_shape=(jax.ShapeDtypeStruct((b, tp, hv, vd), v.dtype),
+                   jax.ShapeDtypeStruct((b * hv, kd, vd), jnp.float32)),
+        grid=(b * hv, vd // block_v),
+        in_specs=specs + [state_tile],
+        out_specs=(v_tile(), state_tile),
+        interpret=interpret,
+        compiler_params=compiler_params,
+        name="delta_rule_fused_forward",
+    )(*inputs, s0)
+    return o[:, :t], s_final.reshape(b, hv, kd, vd)
