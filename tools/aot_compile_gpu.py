@@ -6,7 +6,8 @@ value and gradient of `sum(o) + sum(final_state)`) for `impl="pallas"` (Triton k
 `impl="chunked"` (XLA only) at the issue's benchmark shape. It proves the Pallas kernel goes through
 Triton -> PTX -> SASS for sm_90 and reports XLA's memory analysis: input + output bytes give the
 memory-roofline time, temporaries (written and read back at least once) a traffic floor for the
-design; it measures no speed. Needs the CUDA plugin in the environment, not a GPU:
+design, and the chunked FLOP model gives compute floors at the bf16 tensor-core and fp32 peaks;
+it measures no speed. Needs the CUDA plugin in the environment, not a GPU:
 
     python -m venv /tmp/gpuvenv && /tmp/gpuvenv/bin/pip install "jax[cuda12]==0.10.2"
     PYTHONPATH=. /tmp/gpuvenv/bin/python tools/aot_compile_gpu.py --out /tmp/aot_h100.json
@@ -64,6 +65,13 @@ device_description_str: "NVIDIA H100 80GB HBM3"
 """
 
 H100_HBM_BYTES_PER_S = 3.35e12
+H100_BF16_TENSOR_FLOPS = 989e12  # dense
+H100_FP32_FLOPS = 67e12  # CUDA cores (fp32 operands with ieee precision)
+
+
+def forward_flops(b, t, h, k, v, c):
+    """The chunked forward's useful work (as `bench_delta_rule.forward_flops_per_token_head`)."""
+    return b * t * h * (6 * k * v + c * (6 * k + 4 * v) + c * c / 3)
 
 
 def h100_sharding():
@@ -94,7 +102,7 @@ def build(impl, mode, chunk_size):
     return jax.jit(jax.value_and_grad(loss))
 
 
-def compile_one(impl, mode, structs, chunk_size):
+def compile_one(impl, mode, structs, chunk_size, flops):
     fn = build(impl, mode, chunk_size)
     t0 = time.perf_counter()
     lowered = fn.lower(structs)
@@ -113,6 +121,9 @@ def compile_one(impl, mode, structs, chunk_size):
         temp_bytes=mem.temp_size_in_bytes,
         roofline_ms=io_bytes / H100_HBM_BYTES_PER_S * 1e3,
         traffic_floor_ms=(io_bytes + 2 * mem.temp_size_in_bytes) / H100_HBM_BYTES_PER_S * 1e3,
+        model_gflop=flops / 1e9,
+        compute_floor_ms_bf16=flops / H100_BF16_TENSOR_FLOPS * 1e3,
+        compute_floor_ms_fp32=flops / H100_FP32_FLOPS * 1e3,
     )
 
 
@@ -137,10 +148,13 @@ def main(argv=None):
                             jnp.dtype(opts.dtype), sharding)
     print(f"target: {device.device_kind} (compile-only), jax {jax.__version__}")
     rows = []
+    fwd_flops = forward_flops(opts.batch, opts.seq_len, opts.heads, opts.head_dim, opts.head_dim,
+                              opts.chunk_size)
     for impl in opts.impls:
         for mode in ("fwd", "fwd+bwd"):
             try:
-                rec = compile_one(impl, mode, structs, opts.chunk_size)
+                rec = compile_one(impl, mode, structs, opts.chunk_size,
+                                  fwd_flops * (3.5 if mode == "fwd+bwd" else 1.0))
             except Exception as e:  # a compile failure is the finding: report it, keep going
                 rec = dict(impl=impl, mode=mode, compiled=False, error=f"{type(e).__name__}: {e}"[:2000])
             rows.append(rec)
@@ -148,7 +162,9 @@ def main(argv=None):
                 print(f"{impl:8} {mode:8} compiled in {rec['compile_s']:.1f}s; Triton kernels "
                       f"{rec['triton_kernels']}; in+out {(rec['argument_bytes'] + rec['output_bytes']) / 1e6:.0f} MB "
                       f"(roofline {rec['roofline_ms']:.3f} ms); temporaries {rec['temp_bytes'] / 1e6:.0f} MB "
-                      f"(traffic floor {rec['traffic_floor_ms']:.3f} ms)", flush=True)
+                      f"(traffic floor {rec['traffic_floor_ms']:.3f} ms); {rec['model_gflop']:.0f} GFLOP "
+                      f"(compute floor {rec['compute_floor_ms_bf16']:.3f} ms bf16 tensor cores, "
+                      f"{rec['compute_floor_ms_fp32']:.2f} ms fp32)", flush=True)
             else:
                 print(f"{impl:8} {mode:8} FAILED: {rec['error'][:500]}", flush=True)
     result = dict(target=device.device_kind, jax=jax.__version__, options=vars(opts), records=rows)

@@ -166,8 +166,12 @@ def _fused_kernel_path(q, k, v, g, beta, beta_v, initial_state, scale, chunk_siz
     g4 = jnp.zeros((b, t, hv, 1), jnp.float32) if g is None else (g if _per_channel(g, kd) else g[..., None])
     beta4 = None if beta is None else (beta if _per_channel(beta, kd) else beta[..., None])
     params = None if interpret else plt.CompilerParams(num_warps=4, num_stages=1)
+    # bf16 models get bf16 matmul operands (tensor cores; fp32 accumulation and state): 0.3-0.4%
+    # relative error against a float64 recurrence on the same bf16 inputs, vs 0.17% with fp32.
+    low = all(x.dtype == jnp.bfloat16 for x in (q, k, v))
     return fused_forward(q, k, v, g4, beta4, beta_v, scale, initial_state, chunk=chunk_size,
-                         block_v=_gpu_block_v(vd), interpret=interpret, compiler_params=params)
+                         block_v=_gpu_block_v(vd), interpret=interpret, compiler_params=params,
+                         operand_dtype=jnp.bfloat16 if low else jnp.float32)
 
 
 def _unified_state_pass(q, k, v, g, beta, beta_v, initial_state, scale, reset, chunk_size, interpret):

@@ -36,20 +36,26 @@ from jax.experimental import pallas as pl
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
-def _dot(a, b):
-    return jnp.dot(a, b, precision=_HIGHEST, preferred_element_type=jnp.float32)
+def _contract(a, b, dims, operand_dtype):
+    """fp32-accumulated dot_general; operands cast to `operand_dtype` (bf16: tensor cores)."""
+    precision = _HIGHEST if operand_dtype == jnp.float32 else None
+    return jax.lax.dot_general(a.astype(operand_dtype), b.astype(operand_dtype), (dims, ((), ())),
+                               precision=precision, preferred_element_type=jnp.float32)
 
 
-def _dot_nt(a, b):
+def _dot(a, b, operand_dtype=jnp.float32):
+    """a [M, D] . b [D, N] -> [M, N]."""
+    return _contract(a, b, ((1,), (0,)), operand_dtype)
+
+
+def _dot_nt(a, b, operand_dtype=jnp.float32):
     """a [M, D] . b [N, D]^T -> [M, N]."""
-    return jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())), precision=_HIGHEST,
-                               preferred_element_type=jnp.float32)
+    return _contract(a, b, ((1,), (1,)), operand_dtype)
 
 
-def _dot_tn(a, b):
+def _dot_tn(a, b, operand_dtype=jnp.float32):
     """a [D, M]^T . b [D, N] -> [M, N]."""
-    return jax.lax.dot_general(a, b, (((0,), (0,)), ((), ())), precision=_HIGHEST,
-                               preferred_element_type=jnp.float32)
+    return _contract(a, b, ((0,), (0,)), operand_dtype)
 
 
 def unit_lower_inverse_rows(a):
@@ -86,7 +92,7 @@ class Variant(NamedTuple):
     rep: int
 
 
-def _fused_kernel(*refs, chunk, key_dim, n_chunks, scale, variant):
+def _fused_kernel(*refs, chunk, key_dim, n_chunks, scale, variant, operand_dtype):
     """One program: every chunk of one (batch, value head, value tile). Refs are 2-D.
 
     Inputs, in order: q, k [Tp, K] (the program's query/key head); v [Tp, BV]; g [Tp, Kg] raw log
@@ -106,6 +112,10 @@ def _fused_kernel(*refs, chunk, key_dim, n_chunks, scale, variant):
     causal, strict = ri >= ci, ri > ci
     col_rows = jax.lax.broadcasted_iota(jnp.int32, (c, 1), 0)
     per_channel = variant.g_channels > 1
+
+    mm = functools.partial(_dot, operand_dtype=operand_dtype)
+    mm_nt = functools.partial(_dot_nt, operand_dtype=operand_dtype)
+    mm_tn = functools.partial(_dot_tn, operand_dtype=operand_dtype)
 
     def body(n, state):
         rows = pl.ds(pl.multiple_of(n * c, c), c)
@@ -129,25 +139,25 @@ def _fused_kernel(*refs, chunk, key_dim, n_chunks, scale, variant):
             g_mid = jnp.sum(jnp.where(col_rows <= c // 2, g, 0.0), axis=0, keepdims=True)
             into_mid = jnp.exp(big_g - g_mid)  # a normal number while the span is bounded
             cols = e / into_mid
-            p = jnp.where(causal, _dot_nt(q * into_mid, cols), 0.0)
-            a = jnp.where(strict, _dot_nt(r * into_mid, cols), 0.0)
+            p = jnp.where(causal, mm_nt(q * into_mid, cols), 0.0)
+            a = jnp.where(strict, mm_nt(r * into_mid, cols), 0.0)
             dlast = jnp.exp(g_total).T  # [K, 1]
         else:
             big_g = jnp.sum(jnp.where(causal, g.T, 0.0), axis=1, keepdims=True)  # [C, 1]
             diff = big_g - big_g.T
             decay = jnp.where(causal, jnp.exp(jnp.where(causal, diff, 0.0)), 0.0)
-            p = _dot_nt(q, e) * decay
-            a = jnp.where(strict, _dot_nt(r, e) * decay, 0.0)
+            p = mm_nt(q, e) * decay
+            a = jnp.where(strict, mm_nt(r, e) * decay, 0.0)
             dlast = jnp.exp(g_total)  # [1, 1]
         decay_in = jnp.exp(big_g)
         x = unit_lower_inverse_rows(a)
-        w = _dot(x, r * decay_in)
-        u_tilde = _dot(x, u)
-        v_new = u_tilde - _dot(w, state)
-        o = _dot(q * decay_in, state) + _dot(p, v_new)
+        w = mm(x, r * decay_in)
+        u_tilde = mm(x, u)
+        v_new = u_tilde - mm(w, state)
+        o = mm(q * decay_in, state) + mm(p, v_new)
         o_ref[rows, :] = o.astype(o_ref.dtype)
         ed = e * jnp.exp(g_total - big_g)
-        return dlast * state + _dot_tn(ed, v_new)
+        return dlast * state + mm_tn(ed, v_new)
 
     state = jax.lax.fori_loop(0, n_chunks, body, s0_ref[...].astype(f32))
     sT_ref[...] = state.astype(sT_ref.dtype)
@@ -159,13 +169,14 @@ def _pad_time(x, t_padded):
 
 
 def fused_forward(q, k, v, g, beta, beta_v, scale, initial_state, *, chunk, block_v, interpret,
-                  compiler_params):
+                  compiler_params, operand_dtype=jnp.float32):
     """Forward of the delta rule from the raw inputs, in one pallas_call (no resets).
 
     Args:
       q, k: [B, T, H, K]; v: [B, T, HV, V]; g: [B, T, HV, Kg] (Kg = 1 or K; zeros for none);
       beta: None, [B, T, HV, 1] or [B, T, HV, K]; beta_v: None or [B, T, HV, V] (with a
-      per-channel beta); scale: python float; initial_state: [B, HV, K, V].
+      per-channel beta); scale: python float; initial_state: [B, HV, K, V]; operand_dtype: dtype
+      of the matmul operands (float32, or bfloat16 for tensor cores; fp32 accumulation either way).
 
     Returns:
       (o [B, T, HV, V] in v's dtype, final_state [B, HV, K, V] fp32). The grid is
@@ -202,7 +213,7 @@ def fused_forward(q, k, v, g, beta, beta_v, scale, initial_state, *, chunk, bloc
     s0 = initial_state.astype(jnp.float32).reshape(b * hv, kd, vd)
     state_tile = pl.BlockSpec((None, kd, block_v), lambda i, j: (i, 0, j))
     kernel = functools.partial(_fused_kernel, chunk=chunk, key_dim=kd, n_chunks=nt, scale=float(scale),
-                               variant=variant)
+                               variant=variant, operand_dtype=jnp.dtype(operand_dtype))
     o, s_final = pl.pallas_call(
         kernel,
         out_shape=(jax.ShapeDtypeStruct((b, tp, hv, vd), v.dtype),
