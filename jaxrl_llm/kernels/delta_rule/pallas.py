@@ -1,4 +1,9 @@
-"""Pallas kernel for the sequential state pass of the chunked delta rule, with a custom VJP.
+"""The delta rule through Pallas: kernel choice, the state-pass kernel, and the custom VJP.
+
+`pallas_delta_rule` runs the fused forward kernel (`pallas_fused.py`: chunk preparation and state
+pass in one kernel, reading the raw inputs) on GPU and in the interpreter wherever it applies (no
+packed sequences; per-channel decay within the span limit), and otherwise, and always on TPU, the
+state-pass kernel defined here:
 
 The chunk-parallel work (decay factors, Gram matrices, UT solve) is done by XLA in
 `chunked.prepare_chunks`. The kernel then walks the chunks of one (batch, head, value-tile) with a
