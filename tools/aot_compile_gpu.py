@@ -35,6 +35,8 @@ from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
 from jaxrl_llm.kernels.delta_rule import delta_rule  # noqa: E402
 
+pallas = sys.modules["jaxrl_llm.kernels.delta_rule.pallas"]
+
 # H100 SXM5 80 GB as XLA's GpuTargetConfig text proto: 132 SMs, 228 KB shared memory per SM
 # (227 KB opt-in per block), 64 K registers per SM, 50 MB L2, 3.35 TB/s HBM3, compute capability 9.0.
 H100_TARGET_CONFIG = """
@@ -81,14 +83,40 @@ def h100_sharding():
     return NamedSharding(mesh, PartitionSpec())
 
 
-def input_structs(b, t, h, k, v, dtype, sharding):
-    """GDN inputs as abstract arrays placed on the compile-only device."""
+VARIANTS = ("deltanet", "gdn", "kda", "fg2", "fg2plus")
+
+
+def input_structs(variant, b, t, h, k, v, dtype, sharding, value_heads=None):
+    """`variant`'s `delta_rule` inputs as abstract arrays placed on the compile-only device."""
+    hv = value_heads or h
     s = lambda *shape, dt=dtype: jax.ShapeDtypeStruct(shape, dt, sharding=sharding)  # noqa: E731
-    return dict(q=s(b, t, h, k), k=s(b, t, h, k), v=s(b, t, h, v), g=s(b, t, h, dt=jnp.float32),
-                beta=s(b, t, h, dt=jnp.float32))
+    args = dict(q=s(b, t, h, k), k=s(b, t, h, k), v=s(b, t, hv, v))
+    if variant == "gdn":
+        args["g"] = s(b, t, hv, dt=jnp.float32)
+    if variant in ("kda", "fg2", "fg2plus"):
+        args["g"] = s(b, t, hv, k, dt=jnp.float32)
+    if variant in ("deltanet", "gdn", "kda"):
+        args["beta"] = s(b, t, hv, dt=jnp.float32)
+    if variant in ("fg2", "fg2plus"):
+        args["beta"] = s(b, t, hv, k, dt=jnp.float32)
+    if variant == "fg2plus":
+        args["beta_v"] = s(b, t, hv, v, dt=jnp.float32)
+    return args
+
+
+def _fused_branch(q, k, v, g=None, beta=None, beta_v=None, *, chunk_size, **_):
+    """The fused kernel alone (the branch `impl="pallas"` takes for bounded decay spans)."""
+    b, _, _, kd = q.shape
+    hv, vd = v.shape[2], v.shape[3]
+    s0 = jnp.zeros((b, hv, kd, vd), jnp.float32)
+    return pallas._fused_kernel_path(q, k, v, g, beta, beta_v, s0, kd**-0.5, chunk_size, False)
 
 
 def build(impl, mode, chunk_size):
+    if impl == "pallas_fused_branch":
+        if mode != "fwd":
+            raise ValueError("pallas_fused_branch is a forward-only entry")
+        return jax.jit(lambda a: _fused_branch(**a, chunk_size=chunk_size))
     run = functools.partial(delta_rule, impl=impl, chunk_size=chunk_size, output_final_state=True,
                             interpret=False)
     if mode == "fwd":
@@ -102,7 +130,7 @@ def build(impl, mode, chunk_size):
     return jax.jit(jax.value_and_grad(loss))
 
 
-def compile_one(impl, mode, structs, chunk_size, flops):
+def compile_one(variant, impl, mode, structs, chunk_size, flops):
     fn = build(impl, mode, chunk_size)
     t0 = time.perf_counter()
     lowered = fn.lower(structs)
@@ -115,7 +143,7 @@ def compile_one(impl, mode, structs, chunk_size, flops):
     # every input is read and every output written once (the roofline), and every byte of
     # temporaries is written and read back at least once.
     return dict(
-        impl=impl, mode=mode, compiled=True, compile_s=seconds,
+        variant=variant, impl=impl, mode=mode, compiled=True, compile_s=seconds,
         triton_kernels=text.count("__gpu$xla.gpu.triton"),
         argument_bytes=mem.argument_size_in_bytes, output_bytes=mem.output_size_in_bytes,
         temp_bytes=mem.temp_size_in_bytes,
@@ -127,15 +155,31 @@ def compile_one(impl, mode, structs, chunk_size, flops):
     )
 
 
+def format_record(rec):
+    head = f"{rec['variant']:8} {rec['impl']:8} {rec['mode']:8}"
+    if not rec["compiled"]:
+        return f"{head} FAILED: {rec['error'][:500]}"
+    return (f"{head} compiled in {rec['compile_s']:.1f}s; Triton kernels {rec['triton_kernels']}; "
+            f"in+out {(rec['argument_bytes'] + rec['output_bytes']) / 1e6:.0f} MB (roofline "
+            f"{rec['roofline_ms']:.3f} ms); temporaries {rec['temp_bytes'] / 1e6:.0f} MB (traffic floor "
+            f"{rec['traffic_floor_ms']:.3f} ms); {rec['model_gflop']:.0f} GFLOP (compute floor "
+            f"{rec['compute_floor_ms_bf16']:.3f} ms bf16 tensor cores, {rec['compute_floor_ms_fp32']:.2f} ms fp32)")
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq-len", type=int, default=4096)
     p.add_argument("--heads", type=int, default=16)
+    p.add_argument("--value-heads", type=int, default=None, help="HV (GQA when > heads)")
+    p.add_argument("--variants", nargs="+", default=["gdn"], choices=VARIANTS)
     p.add_argument("--head-dim", type=int, default=128)
     p.add_argument("--chunk-size", type=int, default=64)
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
-    p.add_argument("--impls", nargs="+", default=["pallas", "chunked"], choices=["pallas", "chunked"])
+    p.add_argument("--impls", nargs="+", default=["pallas", "chunked"],
+                   choices=["pallas", "chunked", "pallas_fused_branch"],
+                   help="pallas_fused_branch: the fused kernel alone, without the lax.cond fallback "
+                        "(per-channel decay compiles both branches, and XLA sizes temporaries for both)")
     p.add_argument("--out", default="benchmarks/aot_h100.json")
     return p.parse_args(argv)
 
@@ -144,29 +188,23 @@ def main(argv=None):
     opts = parse_args(sys.argv[1:] if argv is None else argv)
     sharding = h100_sharding()
     device = sharding.mesh.devices.flat[0]
-    structs = input_structs(opts.batch, opts.seq_len, opts.heads, opts.head_dim, opts.head_dim,
-                            jnp.dtype(opts.dtype), sharding)
     print(f"target: {device.device_kind} (compile-only), jax {jax.__version__}")
     rows = []
-    fwd_flops = forward_flops(opts.batch, opts.seq_len, opts.heads, opts.head_dim, opts.head_dim,
-                              opts.chunk_size)
-    for impl in opts.impls:
-        for mode in ("fwd", "fwd+bwd"):
-            try:
-                rec = compile_one(impl, mode, structs, opts.chunk_size,
-                                  fwd_flops * (3.5 if mode == "fwd+bwd" else 1.0))
-            except Exception as e:  # a compile failure is the finding: report it, keep going
-                rec = dict(impl=impl, mode=mode, compiled=False, error=f"{type(e).__name__}: {e}"[:2000])
-            rows.append(rec)
-            if rec["compiled"]:
-                print(f"{impl:8} {mode:8} compiled in {rec['compile_s']:.1f}s; Triton kernels "
-                      f"{rec['triton_kernels']}; in+out {(rec['argument_bytes'] + rec['output_bytes']) / 1e6:.0f} MB "
-                      f"(roofline {rec['roofline_ms']:.3f} ms); temporaries {rec['temp_bytes'] / 1e6:.0f} MB "
-                      f"(traffic floor {rec['traffic_floor_ms']:.3f} ms); {rec['model_gflop']:.0f} GFLOP "
-                      f"(compute floor {rec['compute_floor_ms_bf16']:.3f} ms bf16 tensor cores, "
-                      f"{rec['compute_floor_ms_fp32']:.2f} ms fp32)", flush=True)
-            else:
-                print(f"{impl:8} {mode:8} FAILED: {rec['error'][:500]}", flush=True)
+    fwd_flops = forward_flops(opts.batch, opts.seq_len, opts.value_heads or opts.heads, opts.head_dim,
+                              opts.head_dim, opts.chunk_size)
+    for variant in opts.variants:
+        structs = input_structs(variant, opts.batch, opts.seq_len, opts.heads, opts.head_dim,
+                                opts.head_dim, jnp.dtype(opts.dtype), sharding, opts.value_heads)
+        for impl in opts.impls:
+            for mode in ("fwd",) if impl == "pallas_fused_branch" else ("fwd", "fwd+bwd"):
+                try:
+                    rec = compile_one(variant, impl, mode, structs, opts.chunk_size,
+                                      fwd_flops * (3.5 if mode == "fwd+bwd" else 1.0))
+                except Exception as e:  # a compile failure is the finding: report it, keep going
+                    rec = dict(variant=variant, impl=impl, mode=mode, compiled=False,
+                               error=f"{type(e).__name__}: {e}"[:2000])
+                rows.append(rec)
+                print(format_record(rec), flush=True)
     result = dict(target=device.device_kind, jax=jax.__version__, options=vars(opts), records=rows)
     Path(opts.out).parent.mkdir(parents=True, exist_ok=True)
     Path(opts.out).write_text(json.dumps(result, indent=2))
