@@ -35,8 +35,6 @@ from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
 from jaxrl_llm.kernels.delta_rule import delta_rule  # noqa: E402
 
-pallas = sys.modules["jaxrl_llm.kernels.delta_rule.pallas"]
-
 # H100 SXM5 80 GB as XLA's GpuTargetConfig text proto: 132 SMs, 228 KB shared memory per SM
 # (227 KB opt-in per block), 64 K registers per SM, 50 MB L2, 3.35 TB/s HBM3, compute capability 9.0.
 H100_TARGET_CONFIG = """
@@ -104,19 +102,7 @@ def input_structs(variant, b, t, h, k, v, dtype, sharding, value_heads=None):
     return args
 
 
-def _fused_branch(q, k, v, g=None, beta=None, beta_v=None, *, chunk_size, **_):
-    """The fused kernel alone (the branch `impl="pallas"` takes for bounded decay spans)."""
-    b, _, _, kd = q.shape
-    hv, vd = v.shape[2], v.shape[3]
-    s0 = jnp.zeros((b, hv, kd, vd), jnp.float32)
-    return pallas._fused_kernel_path(q, k, v, g, beta, beta_v, s0, kd**-0.5, chunk_size, False)
-
-
 def build(impl, mode, chunk_size):
-    if impl == "pallas_fused_branch":
-        if mode != "fwd":
-            raise ValueError("pallas_fused_branch is a forward-only entry")
-        return jax.jit(lambda a: _fused_branch(**a, chunk_size=chunk_size))
     run = functools.partial(delta_rule, impl=impl, chunk_size=chunk_size, output_final_state=True,
                             interpret=False)
     if mode == "fwd":
@@ -176,10 +162,7 @@ def parse_args(argv):
     p.add_argument("--head-dim", type=int, default=128)
     p.add_argument("--chunk-size", type=int, default=64)
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
-    p.add_argument("--impls", nargs="+", default=["pallas", "chunked"],
-                   choices=["pallas", "chunked", "pallas_fused_branch"],
-                   help="pallas_fused_branch: the fused kernel alone, without the lax.cond fallback "
-                        "(per-channel decay compiles both branches, and XLA sizes temporaries for both)")
+    p.add_argument("--impls", nargs="+", default=["pallas", "chunked"], choices=["pallas", "chunked"])
     p.add_argument("--out", default="benchmarks/aot_h100.json")
     return p.parse_args(argv)
 
@@ -196,7 +179,7 @@ def main(argv=None):
         structs = input_structs(variant, opts.batch, opts.seq_len, opts.heads, opts.head_dim,
                                 opts.head_dim, jnp.dtype(opts.dtype), sharding, opts.value_heads)
         for impl in opts.impls:
-            for mode in ("fwd",) if impl == "pallas_fused_branch" else ("fwd", "fwd+bwd"):
+            for mode in ("fwd", "fwd+bwd"):
                 try:
                     rec = compile_one(variant, impl, mode, structs, opts.chunk_size,
                                       fwd_flops * (3.5 if mode == "fwd+bwd" else 1.0))

@@ -1,9 +1,8 @@
 """The delta rule through Pallas: kernel choice, the state-pass kernel, and the custom VJP.
 
 `pallas_delta_rule` runs the fused forward kernel (`pallas_fused.py`: chunk preparation and state
-pass in one kernel, reading the raw inputs) on GPU and in the interpreter wherever it applies (no
-packed sequences; per-channel decay within the span limit), and otherwise, and always on TPU, the
-state-pass kernel defined here:
+pass in one kernel, reading the raw inputs) on GPU and in the interpreter, except for packed
+sequences; those, and always TPU, take the state-pass kernel defined here:
 
 The chunk-parallel work (decay factors, Gram matrices, UT solve) is done by XLA in
 `chunked.prepare_chunks`. The kernel then walks the chunks of one (batch, head, value-tile) with a
@@ -31,8 +30,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 from jax.experimental.pallas import triton as plt
 
-from jaxrl_llm.kernels.delta_rule.chunked import (REFERENCE_SPAN_LIMIT, ChunkTensors, chunk_decay_span,
-                                                   chunked_unified, from_chunks, prepare_chunks)
+from jaxrl_llm.kernels.delta_rule.chunked import ChunkTensors, chunked_unified, from_chunks, prepare_chunks
 from jaxrl_llm.kernels.delta_rule.inputs import to_unified
 from jaxrl_llm.kernels.delta_rule.pallas_fused import fused_forward
 
@@ -186,16 +184,11 @@ def _unified_state_pass(q, k, v, g, beta, beta_v, initial_state, scale, reset, c
 
 
 def _fused_or_state_pass(q, k, v, g, beta, beta_v, initial_state, scale, reset, chunk_size, interpret):
-    """The fused kernel where it applies, else the state-pass kernel (decided per call)."""
-    state_pass = functools.partial(_unified_state_pass, scale=scale, reset=reset, chunk_size=chunk_size,
-                                   interpret=interpret)
+    """The fused kernel, or the state-pass kernel for packed sequences."""
     if reset is not None:
-        return state_pass(q, k, v, g, beta, beta_v, initial_state)
-    fused = functools.partial(_fused_kernel_path, scale=scale, chunk_size=chunk_size, interpret=interpret)
-    if not _per_channel(g, q.shape[-1]):
-        return fused(q, k, v, g, beta, beta_v, initial_state)
-    return jax.lax.cond(chunk_decay_span(g, chunk_size) <= REFERENCE_SPAN_LIMIT, fused, state_pass,
-                        q, k, v, g, beta, beta_v, initial_state)
+        return _unified_state_pass(q, k, v, g, beta, beta_v, initial_state, scale, reset, chunk_size,
+                                   interpret)
+    return _fused_kernel_path(q, k, v, g, beta, beta_v, initial_state, scale, chunk_size, interpret)
 
 
 KERNELS = ("auto", "fused", "state_pass")
@@ -204,8 +197,8 @@ KERNELS = ("auto", "fused", "state_pass")
 def _run_kernel(q, k, v, g, beta, beta_v, initial_state, scale, reset, chunk_size, interpret, kernel="auto"):
     """Forward through the Pallas kernels; returns (o [B, T, HV, V] in v's dtype, final_state fp32).
 
-    kernel: "auto" (GPU and the interpreter: fused where it applies, else state pass; TPU: state
-    pass), "fused" (refuses resets; past the span limit falls back like "auto") or "state_pass".
+    kernel: "auto" (GPU and the interpreter: fused, or state pass for packed sequences; TPU: state
+    pass), "fused" (refuses resets) or "state_pass".
     """
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}; got {kernel!r}")

@@ -15,8 +15,9 @@ so the forward's memory traffic is its inputs and outputs (compiled for an H100 
 T = 4096, H = 16, K = V = 128 in bf16, XLA reports 8 MB of temporaries against 1.6 GB for the
 two-kernel path: `tools/aot_compile_gpu.py`). Decay: per head (`G [C, 1]`, the decay matrix is
 exp(G_i - G_j), masked before the exp) or per channel (`G [C, K]`, factored through the chunk's
-middle row m as (Q ⊙ e^{G - G_m}) (E ⊙ e^{G_m - G})^T, valid while the chunk's decay span is at
-most `chunked.REFERENCE_SPAN_LIMIT`; the caller falls back otherwise). `G`, the in-chunk
+middle row m as (Q ⊙ e^{G - G_m}) (E ⊙ e^{G_m - G})^T while the chunk's decay span is at most
+`chunked.REFERENCE_SPAN_LIMIT`, and column by column with bounded exponents in the chunks where it
+is not: `exact_decayed_scores`, chosen per chunk inside the kernel). `G`, the in-chunk
 cumulative log decay, is a masked sum (per head) or a matmul with the causal ones matrix.
 
 Only 2-D tiles, static iotas, masked reductions and matmuls with dimensions >= 16 appear, which is
@@ -32,6 +33,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
+
+from jaxrl_llm.kernels.delta_rule.chunked import REFERENCE_SPAN_LIMIT
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -92,6 +95,36 @@ class Variant(NamedTuple):
     rep: int
 
 
+def exact_decayed_scores(q, r, e, big_g, columns=None):
+    """(sum_d q_i e_j e^{G_i - G_j}, same with r) for i >= j, column by column; any decay span.
+
+    q, r, e, big_g: [C, K]. Column j needs row j of e and G (masked reductions) and one exp per
+    element of rows i >= j, whose exponents G_i - G_j are <= 0 for a decay g <= 0: nothing overflows
+    however long the chunk's decay. C^2 K exps per chunk, so only for chunks whose span rules out
+    the one-reference-row matmul. Entries above the diagonal are left for the caller to mask.
+    `columns` (default C, may be traced) fills only the first `columns` columns (the rest are 0).
+    """
+    c = q.shape[0]
+    rows = jax.lax.broadcasted_iota(jnp.int32, q.shape, 0)
+    cols = jax.lax.broadcasted_iota(jnp.int32, (c, c), 1)
+
+    def column(j, acc):
+        p, a = acc
+        e_j = jnp.sum(jnp.where(rows == j, e, 0.0), axis=0, keepdims=True)  # [1, K]
+        g_j = jnp.sum(jnp.where(rows == j, big_g, 0.0), axis=0, keepdims=True)
+        factor = jnp.exp(jnp.where(rows >= j, big_g - g_j, 0.0)) * e_j  # [C, K]
+        # Explicit broadcasts: Triton's select wants operands of one shape.
+        p = jnp.where(cols == j, jnp.broadcast_to(jnp.sum(q * factor, axis=1, keepdims=True), (c, c)), p)
+        a = jnp.where(cols == j, jnp.broadcast_to(jnp.sum(r * factor, axis=1, keepdims=True), (c, c)), a)
+        return p, a
+
+    zeros = jnp.zeros((c, c), jnp.float32)
+    if columns is None:
+        return jax.lax.fori_loop(0, c, column, (zeros, zeros))
+    # Both bounds int32 values: Triton's scf.for wants one type for them.
+    return jax.lax.fori_loop(jnp.int32(0), jnp.asarray(columns, jnp.int32), column, (zeros, zeros))
+
+
 def _fused_kernel(*refs, chunk, key_dim, n_chunks, scale, variant, operand_dtype):
     """One program: every chunk of one (batch, value head, value tile). Refs are 2-D.
 
@@ -137,10 +170,18 @@ def _fused_kernel(*refs, chunk, key_dim, n_chunks, scale, variant, operand_dtype
         if per_channel:
             big_g = _dot(jnp.where(causal, 1.0, 0.0), g)  # [C, K]
             g_mid = jnp.sum(jnp.where(col_rows <= c // 2, g, 0.0), axis=0, keepdims=True)
-            into_mid = jnp.exp(big_g - g_mid)  # a normal number while the span is bounded
+
+            # One reference row while the chunk's span allows it (exponents within +-60, clipped
+            # so that an over-long chunk stays finite); column by column where it does not. A
+            # loop with a data-dependent trip count (0 or C) rather than a cond: Triton lowers it.
+            span = jnp.max(jnp.max(big_g, axis=0, keepdims=True) - jnp.min(big_g, axis=0, keepdims=True))
+            long_span = span > REFERENCE_SPAN_LIMIT
+            into_mid = jnp.exp(jnp.clip(big_g - g_mid, -REFERENCE_SPAN_LIMIT, REFERENCE_SPAN_LIMIT))
             cols = e / into_mid
-            p = jnp.where(causal, mm_nt(q * into_mid, cols), 0.0)
-            a = jnp.where(strict, mm_nt(r * into_mid, cols), 0.0)
+            p_exact, a_exact = exact_decayed_scores(q, r, e, big_g, columns=jnp.where(long_span, jnp.int32(c), jnp.int32(0)))
+            p = jnp.where(long_span, p_exact, mm_nt(q * into_mid, cols))
+            a = jnp.where(long_span, a_exact, mm_nt(r * into_mid, cols))
+            p, a = jnp.where(causal, p, 0.0), jnp.where(strict, a, 0.0)
             dlast = jnp.exp(g_total).T  # [K, 1]
         else:
             big_g = jnp.sum(jnp.where(causal, g.T, 0.0), axis=1, keepdims=True)  # [C, 1]
