@@ -125,3 +125,14 @@ def test_lowers_the_fused_kernel_for_cuda_and_the_state_pass_kernel_for_tpu():
     tpu = traced.lower(lowering_platforms=("tpu",)).as_text()
     assert "delta_rule_fused_forward" in cuda and "delta_rule_state_pass" not in cuda
     assert "delta_rule_state_pass" in tpu and "delta_rule_fused_forward" not in tpu
+
+
+def test_traced_scale_equals_a_static_scale():
+    args = {n: (None if x is None else jnp.asarray(x)) for n, x in make_inputs("gdn", seed=8).items()}
+    run = lambda scale: delta_rule(args["q"], args["k"], args["v"], args["g"], args["beta"],  # noqa: E731
+                                   initial_state=args["initial_state"], scale=scale, impl="pallas",
+                                   chunk_size=C, interpret=True)[0]
+    traced = jax.jit(run)(jnp.float32(0.3))
+    np.testing.assert_allclose(traced, run(0.3), atol=1e-6)
+    np.testing.assert_allclose(traced, numpy_delta_rule(**make_inputs("gdn", seed=8), scale=0.3)[0],
+                               atol=2e-5, rtol=1e-4)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxrl_llm.kernels.delta_rule.chunked import chunked_unified
 from jaxrl_llm.kernels.delta_rule.inputs import check_state, resets_from_segments, to_unified
@@ -111,9 +112,12 @@ def delta_rule(
     else:
         if interpret is None:
             interpret = jax.default_backend() == "cpu"
-        o, final_state = pallas_delta_rule(q, k, v, g, beta, beta_v, initial_state,
-                                           float(kd**-0.5 if scale is None else scale), reset,
-                                           chunk_size, interpret)
+        static_scale = kd**-0.5 if scale is None else scale
+        if not isinstance(static_scale, (int, float, np.number)):
+            # A traced / array scale cannot be baked into the kernel: scale the queries first.
+            q, static_scale = q * jnp.asarray(scale, q.dtype), 1.0
+        o, final_state = pallas_delta_rule(q, k, v, g, beta, beta_v, initial_state, float(static_scale),
+                                           reset, chunk_size, interpret)
     return o.astype(v.dtype), (final_state if output_final_state else None)
 
 
