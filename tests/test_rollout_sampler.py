@@ -38,7 +38,7 @@ def _full_forward_argmax(graphdef, params, prompts, steps):
     """
     width = max(map(len, prompts)) + steps
     seqs = [list(p) for p in prompts]
-    picked, logps = [], []
+    logps = []
     for _ in range(steps):
         tokens = np.zeros((len(seqs), width), np.int32)
         segments = np.zeros_like(tokens)
