@@ -85,14 +85,12 @@ def unit_lower_inverse_rows(a):
 class Variant(NamedTuple):
     """Static description of the inputs the fused kernel reads (see `inputs.py` for the map).
 
-    g_channels: 1 (per-head decay, or none: zeros) or K. beta: "none", "head" or "channel".
-    beta_v: FG2-GDN+ value strengths present. rep: value heads per query/key head (GQA).
+    g_channels: 1 (per-head decay, or none: zeros) or K. beta: "none", "head" or "channel" (the
+    value gate is then beta itself or FG2-GDN+'s beta_v, passed as one more input).
     """
 
     g_channels: int
     beta: str
-    beta_v: bool
-    rep: int
 
 
 def exact_decayed_scores(q, r, e, big_g, columns=None):
@@ -230,8 +228,7 @@ def fused_forward(q, k, v, g, beta, beta_v, scale, initial_state, *, chunk, bloc
     nt = -(-t // chunk)
     tp = nt * chunk
     variant = Variant(g_channels=g.shape[-1], beta="none" if beta is None else
-                      ("head" if beta.shape[-1] == 1 else "channel"), beta_v=beta_v is not None,
-                      rep=rep)
+                      ("head" if beta.shape[-1] == 1 else "channel"))
 
     def qk_head(width):
         return pl.BlockSpec((None, tp, None, width), lambda i, j: (i // hv, 0, (i % hv) // rep, 0))
