@@ -9,46 +9,22 @@ per RL step; `eval/accuracy` at step 0, every `eval.every` steps and at the end)
 `rl.png` (reward, accuracy, gate events vs step) and `checkpoints/`.
 """
 
+import copy
+import os
+
 from ml_collections import ConfigDict
+
+from jaxrl_llm.cli import load_config_file
 
 
 def get_config() -> ConfigDict:
+    # Model, mesh, multi-host and task sections are the SFT quickstart's (configs/sft_tiny.py).
+    base = load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "sft_tiny.py"))
     c = ConfigDict()
     c.seed = 0
     c.output_dir = "runs/quickstart"
-
-    # Model: a preset name plus any ModelConfig field overriding it.
-    c.model = ConfigDict()
-    c.model.preset = "tiny"
-    c.model.vocab_size = 128  # >= the char tokenizer's 99
-    c.model.hidden_size = 128
-    c.model.intermediate_size = 256
-    c.model.num_layers = 2
-    c.model.num_heads = 4
-    c.model.num_kv_heads = 2
-    c.model.head_dim = 32
-
-    c.mesh = ConfigDict()
-    c.mesh.data = 1
-    c.mesh.fsdp = -1
-    c.mesh.tensor = 1
-
-    c.distributed = ConfigDict()
-    c.distributed.enabled = False
-    c.distributed.coordinator_address = ""
-    c.distributed.num_processes = -1
-    c.distributed.process_id = -1
-
-    # Task and tokenizer, shared by the warm-up and RL. Level 1 = 2-digit addition.
-    c.data = ConfigDict()
-    c.data.task = "arithmetic"
-    c.data.level = 1
-    c.data.eval_fraction = 0.1
-    c.data.num_train = 20000
-    c.data.jsonl_path = ""
-    c.data.tokenizer = "char"
-    c.data.seq_len = 16
-    c.data.packing = False
+    for section in ("model", "mesh", "distributed", "data"):
+        c[section] = copy.deepcopy(base[section])
 
     # SFT warm-up (0 steps: start RL from the random init). The first 450 steps of a 1000-step
     # schedule, stopped while the learning rate is still high: every seed has the answer format and
@@ -59,16 +35,8 @@ def get_config() -> ConfigDict:
     c.sft.batch_size = 64
     c.sft.micro_batches = 1
     c.sft.log_every = 20
-    c.sft.optimizer = ConfigDict()
-    c.sft.optimizer.learning_rate = 3e-3
-    c.sft.optimizer.warmup_steps = 100
+    c.sft.optimizer = copy.deepcopy(base.optimizer)
     c.sft.optimizer.decay_steps = 1000  # > steps: the schedule is cut off at steps
-    c.sft.optimizer.end_learning_rate_ratio = 0.05
-    c.sft.optimizer.b1 = 0.9
-    c.sft.optimizer.b2 = 0.98
-    c.sft.optimizer.eps = 1e-8
-    c.sft.optimizer.weight_decay = 0.01
-    c.sft.optimizer.grad_clip_norm = 1.0
 
     c.rl = ConfigDict()
     c.rl.steps = 40
