@@ -46,7 +46,8 @@ from jaxrl_llm.train.rl_plot import plot_rl_curves
 from jaxrl_llm.train.rl_rollout import (build_rollout_batch, decode_responses, encode_prompts, estimate_advantages,
                                         prompts_for_step, sample_responses, score_responses)
 from jaxrl_llm.train.rl_update import RLUpdateOptions, dgg_extras, make_logprob_fn, make_rl_update
-from jaxrl_llm.train.sft_run import build_model_config, build_tokenizer, setup_sft, task_from_config, train_loop
+from jaxrl_llm.train.builders import build_model_config, build_tokenizer, task_from_config
+from jaxrl_llm.train.sft_run import setup_sft, train_loop
 from jaxrl_llm.train.state import TrainState, create_train_state
 
 

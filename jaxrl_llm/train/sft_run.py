@@ -21,13 +21,13 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from jaxrl_llm.data.pipeline import build_sft_dataset
-from jaxrl_llm.data.tokenizer import CharTokenizer, HFTokenizer, Tokenizer
-from jaxrl_llm.envs.arithmetic import ArithmeticTask
-from jaxrl_llm.models.config import ModelConfig, preset
+from jaxrl_llm.data.tokenizer import Tokenizer
+from jaxrl_llm.models.config import ModelConfig
 from jaxrl_llm.models.decoder import Decoder
 from jaxrl_llm.parallel.distributed import initialize_distributed, is_primary_process
 from jaxrl_llm.parallel.init import ModelParts, init_sharded
 from jaxrl_llm.parallel.mesh import mesh_from_config
+from jaxrl_llm.train.builders import build_model_config, build_tokenizer, task_from_config
 from jaxrl_llm.train.checkpoint import Checkpointer
 from jaxrl_llm.train.evaluate import exact_match_accuracy, greedy_completions, make_greedy_generate
 from jaxrl_llm.train.metrics import MetricsWriter, ProgressBar, plot_loss_curve
@@ -43,30 +43,6 @@ class NonFiniteLossError(FloatingPointError):
         super().__init__(f"non-finite loss {loss} at step {step}; stopping (no checkpoint written for it)")
         self.step = step
         self.loss = loss
-
-
-def build_tokenizer(cfg: Mapping[str, Any]) -> Tokenizer:
-    """`"char"` -> `CharTokenizer`; anything else is a path to a `tokenizer.json` (or its folder)."""
-    name = cfg["tokenizer"]
-    return CharTokenizer() if name == "char" else HFTokenizer.from_file(name)
-
-
-def build_model_config(model_cfg: Mapping[str, Any], tokenizer: Tokenizer) -> ModelConfig:
-    """`preset(model.preset, **other model fields)`; checks the vocabulary covers the tokenizer."""
-    fields = dict(model_cfg)
-    name = fields.pop("preset")
-    config = preset(name, **fields)
-    if config.vocab_size < tokenizer.vocab_size:
-        raise ValueError(
-            f"model.vocab_size={config.vocab_size} must be >= the tokenizer's vocab_size {tokenizer.vocab_size}"
-        )
-    return config
-
-
-def task_from_config(data_cfg: Mapping[str, Any]) -> ArithmeticTask:
-    if data_cfg["task"] != "arithmetic":
-        raise ValueError(f"data.task must be 'arithmetic' (the built-in task); got {data_cfg['task']!r}")
-    return ArithmeticTask(int(data_cfg["level"]), eval_fraction=float(data_cfg["eval_fraction"]))
 
 
 def training_records(data_cfg: Mapping[str, Any], seed: int) -> list[dict[str, str]] | str:
