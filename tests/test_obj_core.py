@@ -113,7 +113,7 @@ def test_registry_grpo_with_kl_equals_composed_raw_functions():
     pg = obj.ppo_clip_loss(batch["logp"], batch["old_logp"], batch["advantages"], batch["mask"])
     kl = obj.kl_penalty(batch["logp"], batch["ref_logp"], batch["mask"], coef=0.04)
     np.testing.assert_allclose(out.loss, pg.loss + kl.loss, rtol=1e-6)
-    assert "kl/kl" in out.metrics and "pg/pg_clipfrac" in out.metrics
+    assert "ref/kl" in out.metrics and "pg/clipfrac" in out.metrics and "pg/kl" in out.metrics
 
 
 def test_registry_advantages_match_raw_functions():

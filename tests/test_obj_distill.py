@@ -127,7 +127,7 @@ def test_registry_sdar_composes_grpo_kl_and_aux():
                 + obj.kl_penalty(logp, logp - 0.1, batch["mask"], coef=0.01).loss
                 + obj.sdar_aux_loss(logp, logp + 0.2, batch["mask"], coef=0.1).loss)
     np.testing.assert_allclose(out.loss, expected, rtol=1e-6)
-    assert {"sdar/gate_mean", "kl/kl", "pg/pg_clipfrac"} <= set(out.metrics)
+    assert {"sdar/gate_mean", "ref/kl", "pg/clipfrac", "pg/kl"} <= set(out.metrics)
 
 
 def test_masked_tokens_do_not_change_distillation_losses():
