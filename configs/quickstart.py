@@ -46,15 +46,32 @@ def get_config() -> ConfigDict:
     c.rl.temperature = 1.0
     c.rl.top_k = 0
     c.rl.top_p = 1.0
-    c.rl.objective = "grpo"  # any registered objective: grpo, dapo, gspo, tbpo, drgrpo, ...
-    # Passed to the objective as is (its own defaults otherwise, e.g. clip_low=0.2 for grpo); add
-    # fields here to set others (clip_low, clip_high, ...): the command line overrides existing ones.
+    c.rl.objective = "grpo"  # any registered objective: grpo, dapo, gspo, tbpo, sdar, opd, aopd, ...
+    # Passed to the objective (its own defaults otherwise, e.g. clip_low=0.2 for grpo); any of its
+    # hyperparameters can be added from the command line: --config.rl.objective_kwargs.clip_low=0.1
+    # (`python -m jaxrl_llm.cli rl --help` lists them). Checked against the objective before anything runs.
     c.rl.objective_kwargs = ConfigDict({"entropy_coef": 0.0})
-    c.rl.advantage = "grpo"  # any registered estimator: grpo, drgrpo, rloo
+    c.rl.advantage = "grpo"  # any registered estimator: grpo, drgrpo, rloo, gae, rdpo, skillc
     c.rl.advantage_kwargs = ConfigDict()
+    # Roles of the step (docs/rl.md). Scorers: one gives rewards [B], several give [B, R] (rdpo).
+    c.rl.scorers = ("task",)  # registered scorers: task, eos, brevity
+    c.rl.teacher = ConfigDict()
+    c.rl.teacher.source = ""  # "" (none), "privileged" (the actor on the task's privileged prompt), "hf:PATH"
+    c.rl.teacher.topk = 0  # > 0: the teacher's top-k log-probs per token too (aopd, opd_full)
+    c.rl.teacher.max_prompt_tokens = 0  # privileged prompts are left-truncated to this many tokens (0: no limit)
+    c.rl.critic = ConfigDict()
+    c.rl.critic.enabled = False  # a value head on the decoder: values / old_values / returns (PPO with gae)
+    c.rl.critic.coef = 0.5  # weight of the clipped value loss added to the objective
+    c.rl.critic.clip = 0.2
+    c.rl.condition = ConfigDict()
+    c.rl.condition.source = ""  # "privileged": a share of each group sees the privileged prompt (cond = 1)
+    c.rl.condition.fraction = 0.5
+    c.rl.step_labels = ConfigDict()
+    c.rl.step_labels.enabled = False  # step_id / step_ok from the reference answer's prefix (bcpg_nsa)
+    c.rl.step_labels.delimiter = ""  # a step ends at a token containing this ("" = every token)
     c.rl.reuse_epochs = 4  # K: optimizer passes over each rollout batch
     c.rl.minibatches = 1  # optimizer steps per pass
-    c.rl.kl_coef = 0.0  # > 0: KL to the frozen post-warm-up policy (k3), needs a reference pass
+    c.rl.kl_coef = 0.0  # > 0: KL to the frozen post-warm-up policy (k3); the reference pass then runs
     c.rl.logprob_chunk = 8192
     c.rl.rollout_quant = ""  # "", "int8", "int4", "fp8": sample with quantized weights
     c.rl.qarl = False  # learner forward through the rollout's quantized weights (QaRL)

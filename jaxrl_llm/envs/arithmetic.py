@@ -175,6 +175,11 @@ class ArithmeticTask:
             )
         return list(seen.values())
 
+    def privileged_prompt(self, problem: Problem) -> str:
+        """The prompt with a worked copy of the same problem in front (`"12+34=46;12+34="`): the
+        privileged context of a self-teacher (SDAR) or a hinted rollout (condition flag 1)."""
+        return f"{problem.prompt}{problem.reference};{problem.prompt}"
+
     def score(self, problem: Problem, response: str) -> float:
         value = parse_leading_int(response)
         return 1.0 if value is not None and str(value) == problem.reference else 0.0

@@ -26,6 +26,10 @@ __all__ = [
     "reward_vectors",
     "combine_rewards",
     "conjunctive_reward",
+    "SCORERS",
+    "register_scorer",
+    "get_scorer",
+    "prefix_step_labels",
 ]
 
 
@@ -193,3 +197,71 @@ def conjunctive_reward(*components) -> np.ndarray:
                 f"components[{i}] must be [B] = {arrays[0].shape}; got {a.shape}"
             )
     return np.prod(np.stack(arrays), axis=0).astype(np.float32)
+
+
+# A scorer maps a batch of responses to `[B]` rewards:
+# `fn(task, problems, responses, *, lengths [B], finished [B] bool, max_length) -> [B] float32`.
+SCORERS: dict = {}
+
+
+def register_scorer(name: str, *, overwrite: bool = False):
+    """Decorator registering a scorer under `name` (the RL config lists scorers in `rl.scorers`)."""
+    def decorator(fn):
+        if name in SCORERS and not overwrite:
+            raise ValueError(f"scorer {name!r} is already registered (pass overwrite=True to replace it)")
+        SCORERS[name] = fn
+        return fn
+
+    return decorator
+
+
+def get_scorer(name: str):
+    if name not in SCORERS:
+        raise KeyError(f"unknown scorer {name!r}; registered: {sorted(SCORERS)}")
+    return SCORERS[name]
+
+
+@register_scorer("task")
+def _task_scorer(task, problems, responses, *, lengths, finished, max_length):
+    """The task's own verifier (`correctness_rewards`)."""
+    return correctness_rewards(task, problems, responses)
+
+
+@register_scorer("eos")
+def _eos_scorer(task, problems, responses, *, lengths, finished, max_length):
+    """1 when the response ended with a stop token rather than at the length limit."""
+    return format_rewards(responses, finished)
+
+
+@register_scorer("brevity")
+def _brevity_scorer(task, problems, responses, *, lengths, finished, max_length):
+    """1 - length / max_length: shorter responses score higher (a second, competing objective)."""
+    return (1.0 - np.asarray(lengths, np.float32) / float(max_length)).astype(np.float32)
+
+
+def prefix_step_labels(piece_texts: Sequence[Sequence[str]], references: Sequence[str], *,
+                       delimiter: str = "", num_steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """Step ids per response token and a correctness label per step, from the reference answer.
+
+    piece_texts: per response, the decoded text of each of its tokens (eos excluded). A step ends at
+    a token whose text contains `delimiter` (every token is a step when `delimiter` is empty). Step
+    k is correct when the response text up to the end of step k, stripped, is a prefix of the
+    stripped reference: the leading digits a wrong answer got right are correct steps.
+    Returns `(step_id [B, num_steps] int32, -1 past the response; step_ok [B, num_steps] bool)`,
+    where `num_steps` >= the longest response (one step per token at most).
+    """
+    b = len(piece_texts)
+    step_id = np.full((b, num_steps), -1, np.int32)
+    step_ok = np.zeros((b, num_steps), bool)
+    for i, (pieces, reference) in enumerate(zip(piece_texts, references)):
+        if len(pieces) > num_steps:
+            raise ValueError(f"response {i} has {len(pieces)} tokens > num_steps={num_steps}")
+        ref, text, step = reference.strip(), "", 0
+        for t, piece in enumerate(pieces):
+            text += piece
+            step_id[i, t] = step
+            if not delimiter or delimiter in piece or t == len(pieces) - 1:
+                done = text.strip()
+                step_ok[i, step] = bool(done) and ref.startswith(done)
+                step += 1
+    return step_id, step_ok

@@ -205,3 +205,39 @@ def naive_token_stats(logits: Array, targets: Array, *, temperature: float = 1.0
     logp_all = jax.nn.log_softmax(logits.astype(_acc_dtype(logits)) / temperature, axis=-1)
     logp = jnp.take_along_axis(logp_all, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
     return logp, -jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1)
+
+
+def hidden_topk_logprobs(hidden: Array, lm_head: Array, k: int, *, chunk_size: int = 8192,
+                         temperature: float = 1.0) -> tuple[Array, Array]:
+    """The `k` most likely next tokens and their log-probs, scanning vocabulary chunks of `hidden @ lm_head`.
+
+    hidden: [B, T, D] (or any [..., D]); lm_head: [D, V]. Returns `(idx [B, T, k] int32,
+    logp [B, T, k] fp32)`, sorted by decreasing log-prob, under softmax(logits / temperature).
+    Only one fp32 `[B, T, C]` chunk (plus the running `[B, T, k]` best) is live at a time: a
+    teacher's top-k support for distribution-level distillation without a `[B, T, V]` array.
+    Not differentiable (teacher side).
+    """
+    check_shape("lm_head", lm_head, (hidden.shape[-1], None), f"[D, V] with D={hidden.shape[-1]}")
+    vocab = lm_head.shape[1]
+    if not 1 <= k <= vocab:
+        raise ValueError(f"k must be in [1, V={vocab}]; got {k}")
+    chunk, n_chunks = _chunk_layout(vocab, chunk_size)
+    acc = _acc_dtype(hidden, lm_head)
+    lead = hidden.shape[:-1]
+
+    def body(carry, i):
+        m, s, best, best_idx = carry
+        start, fresh = _chunk_start(i, chunk, vocab)
+        x = jnp.where(fresh, _head_chunk(hidden, lm_head, start, chunk, temperature)[0], -jnp.inf)
+        m_new = jnp.maximum(m, jnp.max(x, axis=-1))
+        s = s * jnp.exp(m - m_new) + jnp.sum(jnp.exp(x - m_new[..., None]), axis=-1)
+        cols = jnp.broadcast_to(start + jnp.arange(chunk, dtype=jnp.int32), x.shape)
+        vals, pos = jax.lax.top_k(jnp.concatenate([best, x], axis=-1), k)
+        idx = jnp.take_along_axis(jnp.concatenate([best_idx, cols], axis=-1), pos, axis=-1)
+        return (m_new, s, vals, idx), None
+
+    init = (jnp.full(lead, -jnp.inf, acc), jnp.zeros(lead, acc), jnp.full((*lead, k), -jnp.inf, acc),
+            jnp.zeros((*lead, k), jnp.int32))
+    (m, s, best, best_idx), _ = jax.lax.scan(body, init, jnp.arange(n_chunks))
+    lse = m + jnp.log(s)
+    return jax.lax.stop_gradient(best_idx), jax.lax.stop_gradient((best - lse[..., None]).astype(jnp.float32))

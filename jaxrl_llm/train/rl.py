@@ -37,15 +37,22 @@ from jaxrl_llm.models.decoder import Decoder
 from jaxrl_llm.parallel.distributed import initialize_distributed, is_primary_process
 from jaxrl_llm.parallel.init import init_sharded
 from jaxrl_llm.parallel.mesh import mesh_from_config
-from jaxrl_llm.rollout.sampler import SamplingConfig
+from jaxrl_llm.rollout.sampler import FINISH_STOP, SamplingConfig
 from jaxrl_llm.train.checkpoint import Checkpointer
 from jaxrl_llm.train.evaluate import exact_match_accuracy, greedy_completions, make_greedy_generate
 from jaxrl_llm.train.metrics import MetricsWriter, ProgressBar, read_jsonl
 from jaxrl_llm.train.optim import make_optimizer
 from jaxrl_llm.train.rl_plot import plot_rl_curves
-from jaxrl_llm.train.rl_rollout import (build_rollout_batch, decode_responses, encode_prompts, estimate_advantages,
-                                        prompts_for_step, sample_responses, score_responses)
-from jaxrl_llm.train.rl_update import RLUpdateOptions, dgg_extras, make_logprob_fn, make_rl_update
+from jaxrl_llm.envs.rewards import prefix_step_labels
+from jaxrl_llm.models.hf import load_pretrained
+from jaxrl_llm.objectives.registry import objective_spec
+from jaxrl_llm.parallel.init import abstract_model, split_module
+from jaxrl_llm.train.rl_batch import assemble_token_arrays, response_to_token_axis, token_rewards
+from jaxrl_llm.train.rl_rollout import (build_rollout_batch, condition_flags, decode_responses, encode_prompts,
+                                        encode_texts, estimate, privileged_prompts, prompts_for_step,
+                                        sample_responses, score_responses, score_with)
+from jaxrl_llm.train.rl_update import RLUpdateOptions, dgg_extras, make_logprob_fn, make_pass_fn, make_rl_update
+from jaxrl_llm.train.roles import check_roles, needs_reference, needs_student_logits
 from jaxrl_llm.train.builders import build_model_config, build_tokenizer, task_from_config
 from jaxrl_llm.train.sft_run import setup_sft, train_loop
 from jaxrl_llm.train.state import TrainState, create_train_state
@@ -57,11 +64,15 @@ def update_options(cfg: Any) -> RLUpdateOptions:
     kwargs = dict(rl.objective_kwargs)
     if float(rl.kl_coef):
         kwargs["kl_coef"] = float(rl.kl_coef)
+    supplied = objective_spec(rl.objective).supplied
     return RLUpdateOptions(objective=rl.objective, objective_kwargs=tuple(sorted(kwargs.items())),
                            reuse_epochs=int(rl.reuse_epochs), minibatches=int(rl.minibatches),
                            dgg=bool(rl.dgg.enabled), dgg_tau=float(rl.dgg.tau), dgg_statistic=rl.dgg.statistic,
                            logprob_chunk=int(rl.logprob_chunk), qarl_format=rl.rollout_quant if rl.qarl else "",
-                           temperature=float(rl.temperature))
+                           temperature=float(rl.temperature), student_logits=needs_student_logits(rl),
+                           critic=bool(rl.critic.enabled), critic_coef=float(rl.critic.coef),
+                           critic_clip=float(rl.critic.clip),
+                           num_groups=int(rl.prompts_per_step) if "num_groups" in supplied else 0)
 
 
 def sampling_config(cfg: Any, tokenizer: Any) -> SamplingConfig:
@@ -72,12 +83,13 @@ def sampling_config(cfg: Any, tokenizer: Any) -> SamplingConfig:
 
 
 def check_rl_config(cfg: Any) -> None:
-    """Fail before anything is built when a field is out of range, naming it."""
+    """Fail before anything is built or compiled when a field is out of range or the configured roles
+    cannot produce what the objective and estimator read (`train/roles.py`), naming the field."""
     rl = cfg.rl
     for name in ("steps", "prompts_per_step", "samples_per_prompt", "max_new_tokens"):
         if int(rl[name]) < 1:
             raise ValueError(f"rl.{name} must be >= 1; got {rl[name]}")
-    if int(rl.samples_per_prompt) < 2 and rl.advantage in ("grpo", "drgrpo", "rloo"):
+    if int(rl.samples_per_prompt) < 2 and rl.advantage in ("grpo", "drgrpo", "rloo", "skillc", "rdpo"):
         raise ValueError(f"rl.samples_per_prompt must be >= 2 for the group estimator {rl.advantage!r}")
     rows = int(rl.prompts_per_step) * int(rl.samples_per_prompt)
     if rows % int(rl.minibatches):
@@ -88,7 +100,12 @@ def check_rl_config(cfg: Any) -> None:
         raise ValueError(f"eval.samples_per_prompt must be >= 0 (0: greedy only); got {cfg.eval.samples_per_prompt}")
     if int(rl.dgg.window) < 2:
         raise ValueError(f"rl.dgg.window must be >= 2; got {rl.dgg.window}")
-    update_options(cfg)  # validates the objective name, reuse and gate fields
+    check_roles(cfg)  # the objective's and estimator's inputs and hyperparameters against the roles
+    if rl.teacher.source == "privileged" or rl.condition.source == "privileged":
+        privileged_prompts(task_from_config(cfg.data), [])  # the task must provide privileged prompts
+    if rl.teacher.source.startswith("hf:") and not os.path.isdir(rl.teacher.source[3:]):
+        raise ValueError(f"rl.teacher.source={rl.teacher.source!r}: no such checkpoint directory")
+    update_options(cfg)  # validates reuse and gate fields
 
 
 def sft_warmup_config(cfg: Any) -> ConfigDict:
@@ -132,6 +149,16 @@ def initial_policy(cfg: Any, *, warm_up: bool) -> tuple[Any, Any, Any, Any, Any]
 
 
 @dataclasses.dataclass
+class Teacher:
+    """A separate teacher model (`rl.teacher.source = "hf:PATH"`): its parts, params and jitted pass."""
+
+    parts: Any
+    params: Any
+    rest: Any
+    pass_fn: Any
+
+
+@dataclasses.dataclass
 class RLSetup:
     """Everything an RL run needs, built from one config."""
 
@@ -148,6 +175,23 @@ class RLSetup:
     ref_params: Any
     eval_problems: list
     eval_generate: Any
+    teacher: Teacher | None = None
+    teacher_fn: Any = None  # the actor's own pass on privileged prompts (rl.teacher.source = "privileged")
+    values_fn: Any = None  # the critic's pass before the update
+
+
+def load_teacher(cfg: Any, mesh: Any, tokenizer: Any) -> Teacher:
+    """The `hf:PATH` teacher, sharded on `mesh`; its vocabulary must cover the tokenizer's."""
+    path = cfg.rl.teacher.source[3:]
+    model, config = load_pretrained(path, mesh=mesh)
+    if config.vocab_size < tokenizer.vocab_size:
+        raise ValueError(f"rl.teacher.source={cfg.rl.teacher.source!r}: the teacher's vocab_size {config.vocab_size} "
+                         f"is smaller than the tokenizer's {tokenizer.vocab_size}")
+    parts = abstract_model(lambda: Decoder(config, rngs=nnx.Rngs(0)))
+    params, rest = split_module(model)
+    fn = make_pass_fn(parts, chunk_size=int(cfg.rl.logprob_chunk), temperature=float(cfg.rl.temperature),
+                      topk=int(cfg.rl.teacher.topk))
+    return Teacher(parts, params, rest, fn)
 
 
 def setup_rl(cfg: Any, *, warm_up: bool = True, initial: tuple | None = None) -> RLSetup:
@@ -155,7 +199,8 @@ def setup_rl(cfg: Any, *, warm_up: bool = True, initial: tuple | None = None) ->
 
     `initial`: a ready `initial_policy(...)` tuple (its params are copied), e.g. one warm-up
     shared by several runs; otherwise `initial_policy(cfg, warm_up=warm_up)` is called. The
-    reference policy (for `rl.kl_coef > 0`) is the initial policy, i.e. the warmed-up model.
+    reference policy (when the objective reads `ref_logp`) is the initial policy, i.e. the
+    warmed-up model.
     """
     check_rl_config(cfg)
     tokenizer = build_tokenizer(cfg.data)
@@ -169,7 +214,7 @@ def setup_rl(cfg: Any, *, warm_up: bool = True, initial: tuple | None = None) ->
     rl = cfg.rl
     total = int(rl.steps) * options.reuse_epochs * options.minibatches
     optimizer = make_optimizer(rl.optimizer, total)
-    ref_params = jax.tree.map(lambda x: x.copy(), params) if float(rl.kl_coef) else None
+    ref_params = jax.tree.map(lambda x: x.copy(), params) if needs_reference(rl) else None
     extras = dgg_extras(int(rl.dgg.window)) if options.dgg else {}
     state = create_train_state(params, optimizer, mesh, shardings, seed=int(cfg.seed), extras=extras)
     state_shardings = jax.tree.map(lambda x: x.sharding, state)
@@ -178,8 +223,17 @@ def setup_rl(cfg: Any, *, warm_up: bool = True, initial: tuple | None = None) ->
                                  temperature=options.temperature)
     eval_problems = task.eval_set(int(cfg.eval.num_problems), seed=int(cfg.seed)) if int(cfg.eval.num_problems) else []
     eval_generate = make_greedy_generate(parts, int(cfg.eval.max_new_tokens), valid_vocab_size=tokenizer.vocab_size)
-    return RLSetup(cfg, mesh, tokenizer, task, parts, rest, state, update_fn, logprob_fn,
-                   sampling_config(cfg, tokenizer), ref_params, eval_problems, eval_generate)
+    setup = RLSetup(cfg, mesh, tokenizer, task, parts, rest, state, update_fn, logprob_fn,
+                    sampling_config(cfg, tokenizer), ref_params, eval_problems, eval_generate)
+    if rl.teacher.source.startswith("hf:"):
+        setup.teacher = load_teacher(cfg, mesh, tokenizer)
+    elif rl.teacher.source == "privileged":
+        setup.teacher_fn = make_pass_fn(parts, chunk_size=options.logprob_chunk, temperature=options.temperature,
+                                        topk=int(rl.teacher.topk))
+    if options.critic:
+        setup.values_fn = make_pass_fn(parts, chunk_size=options.logprob_chunk, qarl_format=options.qarl_format,
+                                       temperature=options.temperature, values=True)
+    return setup
 
 
 _EVAL_KEY_SALT = 2**31 - 1  # eval sampling keys never coincide with a training step's key
@@ -203,34 +257,122 @@ def evaluate_policy(setup: RLSetup, params: Any) -> dict[str, float]:
     return {"eval/accuracy": float(np.mean(rewards >= 1.0)), "eval/greedy_accuracy": greedy}
 
 
+def rollout_prompts(setup: RLSetup, problems: list) -> tuple[list[list[int]], np.ndarray | None]:
+    """Prompt ids per rollout row and the condition flags `cond [B]` (None when off).
+
+    Without condition flags: one prompt per problem (the sampler draws `n` samples of each). With
+    `rl.condition.source = "privileged"`: one prompt per sample, the privileged one where cond = 1.
+    """
+    rl = setup.cfg.rl
+    if not rl.condition.source:
+        return encode_prompts(setup.tokenizer, problems), None
+    n = int(rl.samples_per_prompt)
+    cond = condition_flags(len(problems), n, float(rl.condition.fraction))
+    plain = encode_prompts(setup.tokenizer, problems)
+    hinted = encode_texts(setup.tokenizer, privileged_prompts(setup.task, problems))
+    return [hinted[i // n] if c else plain[i // n] for i, c in enumerate(cond)], cond
+
+
+def teacher_pass(setup: RLSetup, state: TrainState, batch: Any, rollout: Any, problems: list) -> dict[str, Any]:
+    """`teacher_logprobs [B, T]` (and `teacher_topk_idx/logp [B, T, k]`) for the sampled responses.
+
+    "privileged": the actor at rollout parameters reads each response after the task's privileged
+    prompt (re-tokenised, left-truncated to `rl.teacher.max_prompt_tokens`), response tokens
+    unchanged; "hf:PATH": the separate teacher reads the same rows as the learner.
+    """
+    rl = setup.cfg.rl
+    n = int(rl.samples_per_prompt)
+    width = rollout.prompt_width
+    mask = batch.loss_mask
+    if setup.teacher is not None:
+        out = setup.teacher.pass_fn(setup.teacher.params, setup.teacher.rest, batch.tokens, batch.positions,
+                                    batch.segment_ids)
+        out = {k: np.asarray(v) for k, v in out.items()}
+        response = {k: v[:, width:] for k, v in out.items()}
+    else:
+        texts = privileged_prompts(setup.task, problems)
+        ids = encode_texts(setup.tokenizer, texts, max_tokens=int(rl.teacher.max_prompt_tokens))
+        rows = [ids[i // n] for i in range(batch.shape[0])]
+        pad = setup.tokenizer.pad_id
+        t_width = max(len(r) for r in rows)
+        prompt = np.full((len(rows), t_width), pad, np.int32)
+        for i, r in enumerate(rows):
+            prompt[i, t_width - len(r):] = r
+        arrays = assemble_token_arrays(prompt, np.asarray([len(r) for r in rows]), np.asarray(rollout.response),
+                                       np.asarray(rollout.lengths), pad)
+        out = setup.teacher_fn(state.params, setup.rest, arrays["tokens"], arrays["positions"], arrays["segment_ids"])
+        response = {k: np.asarray(v)[:, t_width:] for k, v in out.items()}
+    fields = {"teacher_logprobs": response_to_token_axis(response["logp"], width, mask)}
+    if "topk_idx" in response:
+        fields["teacher_topk_idx"] = response_to_token_axis(response["topk_idx"], width, mask)
+        fields["teacher_topk_logp"] = response_to_token_axis(response["topk_logp"], width, mask)
+    return fields
+
+
+def step_label_fields(setup: RLSetup, rollout: Any, problems: list, mask: np.ndarray) -> dict[str, Any]:
+    """`step_id [B, T]` (-1 off the response) and `step_ok [B, N]` from `prefix_step_labels`."""
+    rl, tok = setup.cfg.rl, setup.tokenizer
+    n = int(rl.samples_per_prompt)
+    pieces = []
+    for row, length in zip(np.asarray(rollout.response), np.asarray(rollout.lengths)):
+        ids = [int(t) for t in row[:length] if int(t) != tok.eos_id]
+        pieces.append([tok.decode([t]) if 0 <= t < tok.vocab_size else "\ufffd" for t in ids])
+    step_id, step_ok = prefix_step_labels(pieces, [problems[i // n].reference for i in range(len(pieces))],
+                                          delimiter=str(rl.step_labels.delimiter),
+                                          num_steps=rollout.response.shape[1])
+    return {"step_id": response_to_token_axis(step_id, rollout.prompt_width, mask, fill=-1), "step_ok": step_ok}
+
+
 def collect_rollout_batch(setup: RLSetup, state: TrainState) -> tuple[Any, dict[str, float]]:
-    """Stages 1-4 of an iteration: the `RolloutBatch` for step `state.step` and rollout metrics."""
+    """Stages 1-5 of an iteration: the `RolloutBatch` for step `state.step` and rollout metrics.
+
+    prompts -> rollout -> scorers -> proximal / reference / teacher / critic passes -> advantages.
+    """
     cfg, rl = setup.cfg, setup.cfg.rl
     step = int(state.step)
     n_prompts, n = int(rl.prompts_per_step), int(rl.samples_per_prompt)
     problems = prompts_for_step(setup.task, n_prompts, int(cfg.seed), step)
+    prompt_ids, cond = rollout_prompts(setup, problems)
+    sampling = setup.sampling if cond is None else dataclasses.replace(setup.sampling, n=1)
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), step)
     t0 = time.perf_counter()
-    rollout = sample_responses(setup.parts, state.params, setup.rest, encode_prompts(setup.tokenizer, problems),
-                               key=key, config=setup.sampling, quant_format=rl.rollout_quant, mesh=setup.mesh)
+    rollout = sample_responses(setup.parts, state.params, setup.rest, prompt_ids, key=key, config=sampling,
+                               quant_format=rl.rollout_quant, mesh=setup.mesh)
     lengths = np.asarray(rollout.lengths)
     rollout_s = time.perf_counter() - t0
-    rewards = score_responses(setup.task, problems, decode_responses(setup.tokenizer, rollout), n)
+    texts = decode_responses(setup.tokenizer, rollout)
+    finished = np.asarray(rollout.finish_reasons) == FINISH_STOP
+    rewards = score_with(tuple(rl.scorers), setup.task, problems, texts, n, lengths=lengths, finished=finished,
+                         max_length=int(rl.max_new_tokens))
     group_ids = np.repeat(np.arange(n_prompts, dtype=np.int32), n)
-    advantages, adv_metrics = estimate_advantages(rl.advantage, rewards, group_ids, n_prompts,
-                                                  **dict(rl.advantage_kwargs))
-    batch = build_rollout_batch(rollout, rewards, group_ids, advantages, pad_id=setup.tokenizer.pad_id)
+    batch = build_rollout_batch(rollout, rewards, group_ids, np.zeros(len(texts), np.float32),
+                                pad_id=setup.tokenizer.pad_id)
     arrays = (batch.tokens, batch.positions, batch.segment_ids)
-    old, _ = setup.logprob_fn(state.params, setup.rest, *arrays)
     mask = batch.loss_mask
-    batch = batch.replace(old_logprobs=np.asarray(old) * mask)
+    old, _ = setup.logprob_fn(state.params, setup.rest, *arrays)
+    batch = batch.replace(old_logprobs=np.asarray(old) * mask, cond=cond)
     if setup.ref_params is not None:
         ref, _ = setup.logprob_fn(setup.ref_params, setup.rest, *arrays)
         batch = batch.replace(ref_logprobs=np.asarray(ref) * mask)
-    grouped = rewards.reshape(n_prompts, n)
+    if setup.teacher is not None or setup.teacher_fn is not None:
+        batch = batch.replace(**teacher_pass(setup, state, batch, rollout, problems))
+    if setup.values_fn is not None:
+        values = np.asarray(setup.values_fn(state.params, setup.rest, *arrays)["values"]) * mask
+        batch = batch.replace(old_values=values)
+    if rl.step_labels.enabled:
+        batch = batch.replace(**step_label_fields(setup, rollout, problems, mask))
+    scalar = rewards if rewards.ndim == 1 else rewards[:, 0]
+    fields = {"rewards": rewards, "group_ids": group_ids, "cond": cond, "mask": mask,
+              "token_rewards": token_rewards(scalar, mask), "values": batch.old_values}
+    advantages, returns, adv_metrics = estimate(rl.advantage, fields, n_prompts, **dict(rl.advantage_kwargs))
+    batch = batch.replace(advantages=advantages, returns=returns if rl.critic.enabled else None)
+    if rl.critic.enabled and returns is None:
+        # A critic without GAE regresses on the outcome reward at every response token.
+        batch = batch.replace(returns=np.where(mask > 0, scalar[:, None], 0.0).astype(np.float32))
+    grouped = scalar.reshape(n_prompts, n)
     metrics = {
-        "reward/mean": float(rewards.mean()), "reward/std": float(rewards.std()),
-        "accuracy": float((rewards >= 1.0).mean()),
+        "reward/mean": float(scalar.mean()), "reward/std": float(scalar.std()),
+        "accuracy": float((scalar >= 1.0).mean()),
         "reward/mixed_groups": float(np.mean(grouped.max(1) > grouped.min(1))),
         "response_length": float(lengths.mean()),
         "rollout/mismatch_abs_logp": float(np.sum(np.abs(batch.old_logprobs - batch.rollout_logprobs) * mask)
@@ -240,6 +382,11 @@ def collect_rollout_batch(setup: RLSetup, state: TrainState) -> tuple[Any, dict[
         "rollout/time_s": rollout_s,
         **{f"advantage/{k}": v for k, v in adv_metrics.items()},
     }
+    if rewards.ndim == 2:
+        metrics.update({f"reward/{name}": float(rewards[:, i].mean()) for i, name in enumerate(rl.scorers)})
+    if cond is not None:
+        metrics["reward/cond1"] = float(scalar[cond == 1].mean())
+        metrics["reward/cond0"] = float(scalar[cond == 0].mean())
     return batch, metrics
 
 

@@ -15,38 +15,46 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from jaxrl_llm.data.batch import TokenBatch
+
 Array = Any  # jax.Array or np.ndarray: the batch is built on the host and used on device
 
 TOKEN_FIELDS = ("tokens", "positions", "segment_ids", "loss_mask", "old_logprobs", "rollout_logprobs")
+OPTIONAL_TOKEN_FIELDS = ("ref_logprobs", "teacher_logprobs", "old_values", "returns", "step_id")
 
 
 @struct.dataclass
-class RolloutBatch:
-    """One rollout batch.
+class RolloutBatch(TokenBatch):
+    """One rollout batch: a `TokenBatch` (tokens, positions, segment_ids, loss_mask `[B, T]`) plus
 
-    tokens, positions, segment_ids: [B, T] int32 (segment 0 = padding, never attended).
     loss_mask: [B, T] float32, 1 on response tokens (the generated answer and its eos).
     old_logprobs: [B, T] float32, log pi_old(token) under the learner before the update.
     rollout_logprobs: [B, T] float32, log-probs as the sampler drew them (quantized or not).
     rewards: [B] or [B, R] float32; group_ids: [B] int32 (prompt index).
     advantages: [B] (outcome) or [B, T] (per-token) float32.
-    ref_logprobs: optional [B, T] float32, frozen reference policy (KL terms).
+    Optional (None unless a role produces them):
+    ref_logprobs: [B, T] frozen reference policy (KL terms);
+    teacher_logprobs: [B, T] teacher log-prob of each sampled token;
+    teacher_topk_idx: [B, T, k] int32 and teacher_topk_logp: [B, T, k], the teacher's top-k next tokens;
+    old_values, returns: [B, T] critic values before the update and GAE returns;
+    cond: [B] int32 condition flag (1 = the sample saw the privileged prompt);
+    step_id: [B, T] int32 (-1 outside a step) and step_ok: [B, K] bool, process labels per step.
     """
 
-    tokens: Array
-    positions: Array
-    segment_ids: Array
-    loss_mask: Array
-    old_logprobs: Array
-    rollout_logprobs: Array
-    rewards: Array
-    group_ids: Array
-    advantages: Array
+    old_logprobs: Array = None
+    rollout_logprobs: Array = None
+    rewards: Array = None
+    group_ids: Array = None
+    advantages: Array = None
     ref_logprobs: Array | None = None
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return tuple(np.shape(self.tokens))  # type: ignore[return-value]
+    teacher_logprobs: Array | None = None
+    teacher_topk_idx: Array | None = None
+    teacher_topk_logp: Array | None = None
+    old_values: Array | None = None
+    returns: Array | None = None
+    cond: Array | None = None
+    step_id: Array | None = None
+    step_ok: Array | None = None
 
 
 def check_rollout_batch(batch: RolloutBatch) -> tuple[int, int]:
@@ -55,7 +63,7 @@ def check_rollout_batch(batch: RolloutBatch) -> tuple[int, int]:
     if len(shape) != 2:
         raise ValueError(f"tokens must be [B, T]; got {tuple(shape)}")
     b, t = shape
-    fields = TOKEN_FIELDS + (() if batch.ref_logprobs is None else ("ref_logprobs",))
+    fields = TOKEN_FIELDS + tuple(f for f in OPTIONAL_TOKEN_FIELDS if getattr(batch, f) is not None)
     for name in fields:
         got = tuple(np.shape(getattr(batch, name)))
         if got != (b, t):
@@ -68,6 +76,14 @@ def check_rollout_batch(batch: RolloutBatch) -> tuple[int, int]:
     adv = tuple(np.shape(batch.advantages))
     if adv not in ((b,), (b, t)):
         raise ValueError(f"advantages must be [B] or [B, T] with B={b}, T={t}; got {adv}")
+    for name in ("teacher_topk_idx", "teacher_topk_logp"):
+        got = tuple(np.shape(getattr(batch, name))) if getattr(batch, name) is not None else None
+        if got is not None and (len(got) != 3 or got[:2] != (b, t)):
+            raise ValueError(f"{name} must be [B, T, k] with B={b}, T={t}; got {got}")
+    if batch.cond is not None and tuple(np.shape(batch.cond)) != (b,):
+        raise ValueError(f"cond must be [B] = ({b},); got {tuple(np.shape(batch.cond))}")
+    if batch.step_ok is not None and (np.ndim(batch.step_ok) != 2 or np.shape(batch.step_ok)[0] != b):
+        raise ValueError(f"step_ok must be [B, K] with B={b}; got {tuple(np.shape(batch.step_ok))}")
     return b, t
 
 
@@ -104,8 +120,25 @@ def assemble_token_arrays(prompt_tokens: np.ndarray, prompt_lengths: np.ndarray,
     return {"tokens": tokens, "positions": positions, "segment_ids": valid.astype(np.int32), "loss_mask": loss_mask}
 
 
-def response_to_token_axis(values: np.ndarray, prompt_width: int, loss_mask: np.ndarray) -> np.ndarray:
-    """`[B, N]` per-response-token values -> `[B, P + N]` aligned with tokens (0 off the loss mask)."""
+def response_to_token_axis(values: np.ndarray, prompt_width: int, loss_mask: np.ndarray,
+                           fill: float = 0.0) -> np.ndarray:
+    """`[B, N, ...]` per-response-token values -> `[B, P + N, ...]` aligned with tokens (`fill` off the loss mask).
+
+    Keeps the dtype of `values` (float32 for floats).
+    """
+    values = np.asarray(values)
+    dtype = np.float32 if np.issubdtype(values.dtype, np.floating) else values.dtype
     b = values.shape[0]
-    full = np.concatenate([np.zeros((b, prompt_width), np.float32), values.astype(np.float32)], axis=1)
-    return np.where(loss_mask > 0, full, 0.0).astype(np.float32)
+    full = np.concatenate([np.full((b, prompt_width, *values.shape[2:]), fill, dtype), values.astype(dtype)], axis=1)
+    mask = (np.asarray(loss_mask) > 0).reshape(*loss_mask.shape, *([1] * (values.ndim - 2)))
+    return np.where(mask, full, fill).astype(dtype)
+
+
+def token_rewards(rewards: np.ndarray, loss_mask: np.ndarray) -> np.ndarray:
+    """`[B]` outcome rewards -> `[B, T]` with the reward on each row's last response token (GAE input)."""
+    mask = np.asarray(loss_mask) > 0
+    last = np.where(mask.any(1), mask.shape[1] - 1 - np.argmax(mask[:, ::-1], axis=1), -1)
+    out = np.zeros(mask.shape, np.float32)
+    rows = np.nonzero(last >= 0)[0]
+    out[rows, last[rows]] = np.asarray(rewards, np.float32)[rows]
+    return out

@@ -23,7 +23,8 @@ from flax import nnx
 
 from jaxrl_llm.data.tokenizer import Tokenizer
 from jaxrl_llm.envs.task import Problem
-from jaxrl_llm.objectives.registry import get_advantage
+from jaxrl_llm.envs.rewards import get_scorer
+from jaxrl_llm.objectives.registry import advantage_spec
 from jaxrl_llm.parallel.init import ModelParts
 from jaxrl_llm.quant.params import quantize_params
 from jaxrl_llm.rollout.sampler import Rollout, SamplingConfig, generate
@@ -38,10 +39,47 @@ def prompts_for_step(task: Any, num_prompts: int, seed: int, step: int) -> list[
     return task.sample_batch(num_prompts, seed * _STEP_SEED_STRIDE + step, "train")
 
 
-def encode_prompts(tokenizer: Tokenizer, problems: Sequence[Problem]) -> list[list[int]]:
-    """Token ids of each prompt, with bos prepended as in SFT."""
+def encode_texts(tokenizer: Tokenizer, texts: Sequence[str], *, max_tokens: int = 0) -> list[list[int]]:
+    """Token ids of each prompt text with bos prepended as in SFT; `max_tokens > 0` keeps the last ones
+    (left truncation: the end of a prompt, next to the response, matters most)."""
     bos = [] if tokenizer.bos_id is None else [tokenizer.bos_id]
-    return [bos + tokenizer.encode(p.prompt) for p in problems]
+    ids = [bos + tokenizer.encode(t) for t in texts]
+    return [x[-max_tokens:] for x in ids] if max_tokens > 0 else ids
+
+
+def encode_prompts(tokenizer: Tokenizer, problems: Sequence[Problem]) -> list[list[int]]:
+    """Token ids of each problem's prompt, with bos prepended as in SFT."""
+    return encode_texts(tokenizer, [p.prompt for p in problems])
+
+
+def privileged_prompts(task: Any, problems: Sequence[Problem]) -> list[str]:
+    """Each problem's privileged prompt (`task.privileged_prompt`: the prompt with a hint or a worked
+    solution in front), the context of a self-teacher or a hinted (cond = 1) rollout."""
+    if not hasattr(task, "privileged_prompt"):
+        raise ValueError(f"task {getattr(task, 'name', type(task).__name__)!r} has no privileged_prompt(problem); "
+                         "it cannot feed rl.teacher.source='privileged' or rl.condition.source='privileged'")
+    return [task.privileged_prompt(p) for p in problems]
+
+
+def condition_flags(num_prompts: int, samples_per_prompt: int, fraction: float) -> np.ndarray:
+    """`cond [num_prompts * n]` int32: the first round(fraction * n) samples of each group are 1 (at
+    least one and at most n - 1, so every group has both conditions)."""
+    n = samples_per_prompt
+    k = min(max(int(round(fraction * n)), 1), n - 1)
+    return np.tile((np.arange(n) < k).astype(np.int32), num_prompts)
+
+
+def score_with(scorers: Sequence[str], task: Any, problems: Sequence[Problem], texts: Sequence[str],
+               samples_per_prompt: int, *, lengths: np.ndarray, finished: np.ndarray,
+               max_length: int) -> np.ndarray:
+    """Rewards from the registered scorers: `[B]` for one scorer, `[B, R]` (one column each) for several.
+
+    Row `b * n + j` is sample j of problem b.
+    """
+    rows = [problems[i // samples_per_prompt] for i in range(len(texts))]
+    columns = [np.asarray(get_scorer(name)(task, rows, list(texts), lengths=lengths, finished=finished,
+                                           max_length=max_length), np.float32) for name in scorers]
+    return columns[0] if len(columns) == 1 else np.stack(columns, axis=1)
 
 
 def sample_responses(parts: ModelParts, params: Any, rest: Any, prompt_ids: Sequence[Sequence[int]], *,
@@ -77,12 +115,26 @@ def score_responses(task: Any, problems: Sequence[Problem], texts: Sequence[str]
     return np.asarray(rewards, np.float32)
 
 
+def estimate(name: str, fields: dict[str, Any], num_groups: int, **kwargs: Any
+             ) -> tuple[np.ndarray, np.ndarray | None, dict[str, float]]:
+    """`(advantages [B] or [B, T], returns [B, T] or None, metrics)` from the registered estimator `name`.
+
+    fields: what the estimator may read (`rewards`, `group_ids`, `cond`, `token_rewards`, `values`,
+    `mask`); `num_groups` is passed when the estimator takes it from the trainer.
+    """
+    spec = advantage_spec(name)
+    if "num_groups" in spec.supplied:
+        kwargs["num_groups"] = num_groups
+    out = spec.fn({k: jnp.asarray(v) for k, v in fields.items() if v is not None}, **kwargs)
+    returns = None if out.returns is None else np.asarray(out.returns, np.float32)
+    return np.asarray(out.advantages, np.float32), returns, {k: float(v) for k, v in out.metrics.items()}
+
+
 def estimate_advantages(name: str, rewards: np.ndarray, group_ids: np.ndarray, num_groups: int,
                         **kwargs: Any) -> tuple[np.ndarray, dict[str, float]]:
-    """`(advantages [B] (or [B, T]), metrics)` from the registered estimator `name`."""
-    out = get_advantage(name)({"rewards": jnp.asarray(rewards), "group_ids": jnp.asarray(group_ids)},
-                              num_groups=num_groups, **kwargs)
-    return np.asarray(out.advantages, np.float32), {k: float(v) for k, v in out.metrics.items()}
+    """`(advantages [B] (or [B, T]), metrics)` from an outcome estimator over `rewards` and `group_ids`."""
+    adv, _, metrics = estimate(name, {"rewards": rewards, "group_ids": group_ids}, num_groups, **kwargs)
+    return adv, metrics
 
 
 def build_rollout_batch(rollout: Rollout, rewards: np.ndarray, group_ids: np.ndarray, advantages: np.ndarray,

@@ -32,7 +32,8 @@ from jax.sharding import Mesh
 from jaxrl_llm.objectives.core import masked_mean
 from jaxrl_llm.objectives.dgg import DGGState, dgg_gate, dgg_init, gated_update, head_gradient_energy
 from jaxrl_llm.objectives.registry import get_objective
-from jaxrl_llm.objectives.token_stats import hidden_token_stats
+from jaxrl_llm.objectives.policy_losses import value_loss
+from jaxrl_llm.objectives.token_stats import hidden_token_stats, hidden_topk_logprobs
 from jaxrl_llm.parallel.activations import activation_mesh
 from jaxrl_llm.parallel.init import ModelParts
 from jaxrl_llm.parallel.rules import logical_to_sharding, replicated
@@ -53,6 +54,10 @@ class RLUpdateOptions:
     logprob_chunk: vocabulary chunk of the log-prob helper; qarl_format: "" (off) or the rollout's
     weight format ("int8", "int4", "fp8") for a rollout-aligned learner forward.
     temperature: the policy is softmax(logits / temperature), the distribution rollouts sample from.
+    student_logits: the learner hands `student_logits [B, T, V]` to the objective (AOPD, OPD-full).
+    critic: the learner computes `values` with the value head and adds `critic_coef` x the clipped
+    value loss (clip `critic_clip`) unless the objective is `ppo_value` itself.
+    num_groups: passed to objectives that take it from the trainer (`bcpg_nsa`); 0 = not passed.
     """
 
     objective: str = "grpo"
@@ -65,6 +70,11 @@ class RLUpdateOptions:
     logprob_chunk: int = 8192
     qarl_format: str = ""
     temperature: float = 1.0
+    student_logits: bool = False
+    critic: bool = False
+    critic_coef: float = 0.5
+    critic_clip: float = 0.2
+    num_groups: int = 0
 
     def __post_init__(self):
         if not self.temperature > 0:
@@ -100,23 +110,48 @@ def gate_to_extras(extras: Mapping[str, Any], gate: DGGState) -> dict[str, Any]:
     return {**extras, **{_DGG_PREFIX + k: v for k, v in gate._asdict().items()}}
 
 
-def policy_token_stats(parts: ModelParts, params: Any, rest: Any, tokens: jax.Array, positions: jax.Array,
-                       segment_ids: jax.Array, *, chunk_size: int = 8192, qarl_format: str = "",
-                       temperature: float = 1.0) -> tuple[jax.Array, jax.Array]:
-    """`(logp [B, T], entropy [B, T])` fp32, aligned with `tokens` (entry 0 is 0: nothing predicts it).
+def learner_outputs(parts: ModelParts, params: Any, rest: Any, tokens: jax.Array, positions: jax.Array,
+                    segment_ids: jax.Array, *, chunk_size: int = 8192, qarl_format: str = "",
+                    temperature: float = 1.0, logits: bool = False, values: bool = False,
+                    topk: int = 0) -> dict[str, jax.Array]:
+    """The one learner forward: per-token policy statistics aligned with `tokens` `[B, T]`.
 
-    logp[:, t] = log pi(tokens[:, t] | tokens[:, :t]) with pi = softmax(logits / temperature);
-    entropy[:, t] is that distribution's entropy. With `qarl_format` the forward uses
-    fake-quantized weights (gradients reach the master weights).
+    Entry t describes the prediction of `tokens[:, t]` from `tokens[:, :t]` (entry 0 is 0: nothing
+    predicts it) under pi = softmax(logits / temperature). Always `logp [B, T]` and `entropy [B, T]`
+    fp32 (chunked over the vocabulary: no `[B, T, V]`); with `logits`, `student_logits [B, T, V]`
+    (/ temperature); with `values`, the value head's `values [B, T]` (critic: value of the state
+    before token t); with `topk > 0`, `topk_idx [B, T, k]` / `topk_logp [B, T, k]` (chunked). With
+    `qarl_format` the forward uses fake-quantized weights (gradients reach the master weights).
     """
     if qarl_format:
         params = fake_quant_params(params, qarl_format)
     model = parts.merge(params, rest)
     _, _, hidden = model(tokens, positions, segment_ids=segment_ids, return_hidden=True, return_logits=False)
-    logp, entropy = hidden_token_stats(hidden[:, :-1], model.lm_head_weight(), tokens[:, 1:], chunk_size=chunk_size,
+    head = model.lm_head_weight()
+    logp, entropy = hidden_token_stats(hidden[:, :-1], head, tokens[:, 1:], chunk_size=chunk_size,
                                        temperature=temperature)
-    zero = jnp.zeros((tokens.shape[0], 1), jnp.float32)
-    return jnp.concatenate([zero, logp], axis=1), jnp.concatenate([zero, entropy], axis=1)
+
+    def shift(x):  # prepend the empty entry 0
+        return jnp.concatenate([jnp.zeros((x.shape[0], 1, *x.shape[2:]), x.dtype), x], axis=1)
+
+    out = {"logp": shift(logp), "entropy": shift(entropy)}
+    if logits:
+        out["student_logits"] = shift(model.logits(hidden[:, :-1]).astype(jnp.float32) / temperature)
+    if values:
+        out["values"] = shift(model.value(hidden[:, :-1]))
+    if topk:
+        idx, top = hidden_topk_logprobs(hidden[:, :-1], head, topk, chunk_size=chunk_size, temperature=temperature)
+        out["topk_idx"], out["topk_logp"] = shift(idx), shift(top)
+    return out
+
+
+def policy_token_stats(parts: ModelParts, params: Any, rest: Any, tokens: jax.Array, positions: jax.Array,
+                       segment_ids: jax.Array, *, chunk_size: int = 8192, qarl_format: str = "",
+                       temperature: float = 1.0) -> tuple[jax.Array, jax.Array]:
+    """`(logp [B, T], entropy [B, T])` fp32 of `learner_outputs` (see there)."""
+    out = learner_outputs(parts, params, rest, tokens, positions, segment_ids, chunk_size=chunk_size,
+                          qarl_format=qarl_format, temperature=temperature)
+    return out["logp"], out["entropy"]
 
 
 def make_logprob_fn(parts: ModelParts, *, chunk_size: int = 8192, qarl_format: str = "",
@@ -132,30 +167,59 @@ def make_logprob_fn(parts: ModelParts, *, chunk_size: int = 8192, qarl_format: s
     return jax.jit(fn)
 
 
+def make_pass_fn(parts: ModelParts, *, chunk_size: int = 8192, qarl_format: str = "", temperature: float = 1.0,
+                 values: bool = False, topk: int = 0) -> Callable:
+    """Jitted `(params, rest, tokens, positions, segment_ids) -> learner_outputs dict` for the extra
+    passes before an update: the critic's `values` and a teacher's `topk_idx` / `topk_logp`."""
+    def fn(params, rest, tokens, positions, segment_ids):
+        return learner_outputs(parts, params, rest, tokens, positions, segment_ids, chunk_size=chunk_size,
+                               qarl_format=qarl_format, temperature=temperature, values=values, topk=topk)
+
+    return jax.jit(fn)
+
+
+# RolloutBatch field -> the name objectives read it under (see objectives/registry.py).
+BATCH_TO_OBJECTIVE = {"old_logprobs": "old_logp", "rollout_logprobs": "rollout_logp", "ref_logprobs": "ref_logp",
+                      "teacher_logprobs": "teacher_logp", "teacher_topk_idx": "teacher_topk_idx",
+                      "teacher_topk_logp": "teacher_topk_logp", "loss_mask": "mask", "advantages": "advantages",
+                      "rewards": "rewards", "group_ids": "group_ids", "cond": "cond", "old_values": "old_values",
+                      "returns": "returns", "step_id": "step_id", "step_ok": "step_ok"}
+
+
+def objective_inputs(mb: RolloutBatch, learner: Mapping[str, jax.Array]) -> dict[str, Any]:
+    """The mapping an objective reads: the batch's fields under their objective names plus the learner's."""
+    inputs = {name: getattr(mb, field) for field, name in BATCH_TO_OBJECTIVE.items() if getattr(mb, field) is not None}
+    inputs.update({k: v for k, v in learner.items() if k in ("logp", "entropy", "student_logits", "values")})
+    return inputs
+
+
 def make_rl_loss(parts: ModelParts, options: RLUpdateOptions) -> Callable:
-    """`loss(params, rest, minibatch) -> (loss, (objective metrics, mean entropy))`."""
+    """`loss(params, rest, minibatch) -> (loss, (metrics, mean entropy))`: the objective, plus the
+    critic's clipped value loss (`value/`, weight `critic_coef`) when the critic is on."""
     objective = get_objective(options.objective)
     kwargs = options.kwargs
+    if options.num_groups:
+        kwargs = {**kwargs, "num_groups": options.num_groups}
+    critic_in_objective = options.objective == "ppo_value"
 
     def loss_fn(params, rest, mb: RolloutBatch):
-        logp, entropy = policy_token_stats(parts, params, rest, mb.tokens, mb.positions, mb.segment_ids,
-                                           chunk_size=options.logprob_chunk, qarl_format=options.qarl_format,
-                                           temperature=options.temperature)
-        inputs = {"logp": logp, "old_logp": mb.old_logprobs, "rollout_logp": mb.rollout_logprobs,
-                  "ref_logp": mb.ref_logprobs, "mask": mb.loss_mask, "advantages": mb.advantages,
-                  "entropy": entropy, "rewards": mb.rewards, "group_ids": mb.group_ids}
-        out = objective(inputs, **kwargs)
-        return out.loss, (out.metrics, masked_mean(jax.lax.stop_gradient(entropy), mb.loss_mask))
+        learner = learner_outputs(parts, params, rest, mb.tokens, mb.positions, mb.segment_ids,
+                                  chunk_size=options.logprob_chunk, qarl_format=options.qarl_format,
+                                  temperature=options.temperature, logits=options.student_logits,
+                                  values=options.critic)
+        out = objective(objective_inputs(mb, learner), **kwargs)
+        loss, metrics = out.loss, dict(out.metrics)
+        if options.critic and not critic_in_objective:
+            value = value_loss(learner["values"], mb.old_values, mb.returns, mb.loss_mask, clip=options.critic_clip)
+            loss = loss + options.critic_coef * value.loss
+            metrics.update({"value/loss": value.loss, "value/clipfrac": value.metrics["vf_clipfrac"]})
+        return loss, (metrics, masked_mean(jax.lax.stop_gradient(learner["entropy"]), mb.loss_mask))
 
     return loss_fn
 
 
 def _select(pred: jax.Array, on_true: Any, on_false: Any) -> Any:
     return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
-
-
-def _first_key(metrics: Mapping[str, Any], suffix: str) -> str | None:
-    return next((k for k in sorted(metrics) if k.endswith(suffix)), None)
 
 
 def build_update_fn(parts: ModelParts, optimizer: optax.GradientTransformation,
@@ -221,8 +285,9 @@ def summarize_steps(per_step: Mapping[str, Any], stopped: jax.Array) -> dict[str
     def mean_applied(x):
         return jnp.sum(x * applied) / n_applied
 
-    obj = {f"obj/{k}": mean_applied(v) for k, v in per_step["obj"].items()}
-    out = {"loss": mean_applied(per_step["loss"]), "entropy": mean_applied(per_step["entropy"]),
+    # Objective metrics keep their standard names (pg/clipfrac, pg/kl, ref/kl, ...; objectives/registry.py).
+    obj = {k: mean_applied(v) for k, v in per_step["obj"].items()}
+    out = {"loss": mean_applied(per_step["loss"]), "pg/entropy": mean_applied(per_step["entropy"]),
            "grad_norm": mean_applied(per_step["grad_norm"]),
            "gate/lmhead_energy": mean_applied(per_step["lmhead_energy"]),
            "gate/events": jnp.sum(per_step["gated"]), "gate/stopped": stopped.astype(jnp.float32),
@@ -230,10 +295,6 @@ def summarize_steps(per_step: Mapping[str, Any], stopped: jax.Array) -> dict[str
            "gate/z_max": jnp.max(jnp.where(executed > 0, per_step["z"], -jnp.inf)),
            "reuse/epochs_used": jnp.sum(jnp.max(applied, axis=1)),
            "reuse/steps_applied": jnp.sum(applied), "nonfinite_steps": jnp.sum(per_step["nonfinite"])}
-    kl_key = _first_key(per_step["obj"], "kl/kl") or _first_key(per_step["obj"], "ppo_kl")
-    clip_key = _first_key(per_step["obj"], "clipfrac") or _first_key(per_step["obj"], "frac_clipped_pos")
-    out["kl"] = obj[f"obj/{kl_key}"] if kl_key else jnp.float32(0.0)
-    out["clip_fraction"] = obj[f"obj/{clip_key}"] if clip_key else jnp.float32(0.0)
     return {**out, **obj}
 
 
@@ -253,9 +314,9 @@ def make_rl_update(parts: ModelParts, optimizer: optax.GradientTransformation, o
 
     `state.extras` must hold the DGG statistics (`dgg_extras(window)`) when `options.dgg`. With
     `mesh` and `state_shardings`, the state keeps its shardings and the batch rows are split over
-    the `batch` rule. Metrics (scalars): loss, kl, clip_fraction, entropy, grad_norm, gate/events,
-    gate/z, gate/z_max, gate/stopped, gate/lmhead_energy, reuse/epochs_used, reuse/steps_applied,
-    nonfinite_steps and the objective's own metrics under `obj/`.
+    the `batch` rule. Metrics (scalars): loss, pg/entropy, grad_norm, gate/events, gate/z, gate/z_max,
+    gate/stopped, gate/lmhead_energy, reuse/epochs_used, reuse/steps_applied, nonfinite_steps and
+    the objective's metrics under their standard names (pg/clipfrac, pg/kl, ref/kl, value/loss, ...).
     """
     update = build_update_fn(parts, optimizer, options)
     rest = {} if rest is None else rest
