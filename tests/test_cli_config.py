@@ -67,8 +67,8 @@ def test_bad_override_stops_the_cli_before_the_command_runs(monkeypatch, capsys)
 
 
 def test_unknown_command_and_missing_config_are_reported(capsys):
-    assert cli.main(["dpo", "--config", TINY]) == 2
-    assert "unknown command 'dpo'" in capsys.readouterr().err
+    assert cli.main(["fly", "--config", TINY]) == 2
+    assert "unknown command 'fly'" in capsys.readouterr().err
     assert cli.main(["sft"]) == 2
     assert "--config FILE is required" in capsys.readouterr().err
     assert cli.main(["sft", "--config", "nope.py"]) == 2
@@ -84,3 +84,43 @@ def test_module_entry_point_rejects_an_ill_typed_override():
     )
     assert proc.returncode == 2
     assert "config.train.batch_size expects an int; got 'big'" in proc.stderr
+
+
+QUICKSTART = os.path.join(ROOT, "configs", "quickstart.py")
+
+
+def test_a_kwargs_section_takes_a_key_it_does_not_list():
+    cfg = parse_config_args([
+        "--config", QUICKSTART, "--config.rl.objective_kwargs.clip_low=0.1",
+        "--config.rl.objective_kwargs.loss_agg_mode=token-mean", "--config.rl.advantage_kwargs.norm=false",
+        "--config.rl.advantage_kwargs.eps", "1e-6", "--config.rl.objective_kwargs.clip=(0.1, 0.3)",
+    ])
+    kwargs = cfg.rl.objective_kwargs
+    assert kwargs.clip_low == 0.1 and isinstance(kwargs.clip_low, float)
+    assert kwargs.loss_agg_mode == "token-mean"
+    assert kwargs.clip == (0.1, 0.3)
+    assert cfg.rl.advantage_kwargs.norm is False and cfg.rl.advantage_kwargs.eps == 1e-6
+    assert kwargs.entropy_coef == 0.0  # listed keys are untouched
+
+
+def test_a_listed_kwargs_key_keeps_its_type():
+    cfg = load_config_file(QUICKSTART)
+    apply_override(cfg, "rl.objective_kwargs.entropy_coef", "1")
+    assert cfg.rl.objective_kwargs.entropy_coef == 1.0 and isinstance(cfg.rl.objective_kwargs.entropy_coef, float)
+    with pytest.raises(ConfigError, match=r"config\.rl\.objective_kwargs\.entropy_coef expects a float"):
+        apply_override(cfg, "rl.objective_kwargs.entropy_coef", "big")
+
+
+@pytest.mark.parametrize(
+    "key, match",
+    [
+        ("rl.reuse_epochz", r"unknown config field config\.rl\.reuse_epochz; fields under rl: \["),
+        ("rl.dgg.tua", r"unknown config field config\.rl\.dgg\.tua; fields under rl\.dgg"),
+        ("rl.objective_kwargz.clip_low", r"unknown config field config\.rl\.objective_kwargz"),
+        ("rl.objective_kwargs.a.b", r"unknown config field config\.rl\.objective_kwargs\.a"),
+    ],
+)
+def test_a_misspelled_key_outside_a_kwargs_section_still_fails(key, match):
+    cfg = load_config_file(QUICKSTART)
+    with pytest.raises(ConfigError, match=match):
+        apply_override(cfg, key, "1")

@@ -11,7 +11,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -94,21 +94,56 @@ def plot_loss_curve(jsonl_path: str, png_path: str, *, key: str = "loss") -> str
     return png_path
 
 
-class ProgressBar:
-    """A tqdm bar showing step, loss, tokens/s and ETA; `update(n_tokens, loss)` once per step."""
+def format_postfix(loss: float | None, tokens_per_s: float, scalars: Mapping[str, Any]) -> dict[str, str]:
+    """The bar's right-hand fields in order: loss, the named `scalars`, tok_s; None values are left out
+    (so `acc=record.get("eval/accuracy")` shows only on the steps that evaluate)."""
+    fields = {} if loss is None else {"loss": f"{float(loss):.4f}"}
+    for name, value in scalars.items():
+        if value is None:
+            continue
+        value = _scalar(value)
+        fields[name] = f"{value:.4g}" if isinstance(value, float) else str(value)
+    fields["tok_s"] = f"{tokens_per_s:,.0f}"
+    return fields
 
-    def __init__(self, total_steps: int, *, initial: int = 0, disable: bool = False):
+
+class ProgressBar:
+    """A tqdm bar: phase label, step, loss and other scalars, tokens/s and ETA; `update` once per step.
+
+    `ProgressBar(total_steps, initial=step, disable=..., desc="RL")`, then per step
+    `bar.update(n_tokens, loss, reward=..., acc=...)` and finally `bar.close()`.
+
+    Tokens/s leaves out compilation: the first update's interval (bar start to first update, which
+    holds the jit compile of the step) is not counted, and from the second update on the rate is
+    tokens since the first update / time since the first update. The first update has no other
+    measurement, so it returns (and shows) the rate of that one interval.
+    """
+
+    def __init__(self, total_steps: int, *, initial: int = 0, disable: bool = False, desc: str | None = None,
+                 time_fn: Callable[[], float] = time.perf_counter, file: Any = None):
         from tqdm.auto import tqdm
 
-        self._bar = tqdm(total=total_steps, initial=initial, disable=disable, dynamic_ncols=True)
-        self._t0 = time.perf_counter()
+        self._bar = tqdm(total=total_steps, initial=initial, disable=disable, desc=desc, file=file,
+                         dynamic_ncols=True)
+        self._time = time_fn
+        self._t0 = time_fn()
+        self._t_first: float | None = None
         self._tokens = 0
 
-    def update(self, n_tokens: int, loss: float) -> float:
-        """Advance one step; returns the running tokens/s since the bar started."""
-        self._tokens += int(n_tokens)
-        rate = self._tokens / max(time.perf_counter() - self._t0, 1e-9)
-        self._bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{rate:,.0f}")
+    def set_phase(self, desc: str) -> None:
+        """Change the label at the left, e.g. to "eval" while a step evaluates."""
+        self._bar.set_description_str(desc)
+
+    def update(self, n_tokens: int, loss: float | None = None, **scalars: Any) -> float:
+        """Advance one step of `n_tokens` tokens; shows `loss` and `scalars`; returns tokens/s."""
+        now = self._time()
+        if self._t_first is None:
+            self._t_first = now
+            rate = int(n_tokens) / max(now - self._t0, 1e-9)
+        else:
+            self._tokens += int(n_tokens)
+            rate = self._tokens / max(now - self._t_first, 1e-9)
+        self._bar.set_postfix(format_postfix(loss, rate, scalars), refresh=False)
         self._bar.update(1)
         return rate
 
