@@ -51,6 +51,32 @@ _HOW = {
 }
 
 
+# Field -> config overrides of a role that produces it (for `overrides_for`).
+_ROLE_OVERRIDES = {
+    "teacher_logp": {"rl.teacher.source": "privileged"},
+    "teacher_topk_idx": {"rl.teacher.source": "privileged", "rl.teacher.topk": 4},
+    "teacher_topk_logp": {"rl.teacher.source": "privileged", "rl.teacher.topk": 4},
+    "values": {"rl.critic.enabled": True},
+    "old_values": {"rl.critic.enabled": True},
+    "returns": {"rl.critic.enabled": True, "rl.advantage": "gae"},
+    "cond": {"rl.condition.source": "privileged"},
+    "step_id": {"rl.step_labels.enabled": True},
+    "step_ok": {"rl.step_labels.enabled": True},
+}
+
+
+def overrides_for(spec: Spec, hparams: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Config overrides (`{"rl.teacher.source": "privileged", ...}`) that switch on the roles producing
+    every field `spec` reads; for an estimator of reward vectors, two scorers."""
+    out: dict[str, Any] = {}
+    fields = list(spec.required_inputs(hparams)) + list(spec.any_of[0] if spec.any_of else ())
+    for field in fields:
+        out.update(_ROLE_OVERRIDES.get(field, {}))
+    if spec.rewards == "vector":
+        out["rl.scorers"] = ("task", "eos")
+    return out
+
+
 def num_rewards(rl: Mapping[str, Any]) -> int:
     return len(tuple(rl["scorers"]))
 
@@ -91,8 +117,10 @@ def estimator_fields(rl: Mapping[str, Any]) -> set[str]:
 def _missing_error(spec: Spec, where: str, missing: list[str], available: set[str]) -> ValueError:
     field = missing[0]
     how = _HOW.get(field, "no role of this trainer")
+    fix = overrides_for(spec)
+    hint = f" Suggested: {' '.join(f'--config.{k}={v}' for k, v in fix.items())}." if fix else ""
     return ValueError(f"{where}={spec.name!r} needs batch field {field!r}, which the configured trainer does not "
-                      f"produce; it comes from {how}. Missing: {missing}; available: {sorted(available)}")
+                      f"produce; it comes from {how}. Missing: {missing}; available: {sorted(available)}.{hint}")
 
 
 def required_objective_fields(rl: Mapping[str, Any]) -> tuple[str, ...]:
