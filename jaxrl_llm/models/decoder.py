@@ -15,7 +15,7 @@ from jaxrl_llm.models.config import ModelConfig
 from jaxrl_llm.models.layers import DecoderLayer, mixer_spec
 from jaxrl_llm.models.linear import embedding_lookup, linear, weight_as
 from jaxrl_llm.models.norm import RMSNorm
-from jaxrl_llm.models.params import normal_param
+from jaxrl_llm.models.params import constant_param, normal_param
 from jaxrl_llm.models.rope import inverse_frequencies, rope_tables
 from jaxrl_llm.parallel.activations import RESIDUAL, constrain
 from jaxrl_llm.quant import QuantArray
@@ -92,6 +92,9 @@ class Decoder(nnx.Module):
                                   zero_centered=config.norm_zero_centered)
         if not config.tie_word_embeddings:
             self.lm_head = normal_param(rngs, (config.hidden_size, config.vocab_size), ("embed", "vocab"), pd)
+        if config.value_head:
+            # Zero init: the critic starts at V = 0 and its first updates do not disturb the policy.
+            self.value_head = constant_param(0.0, (config.hidden_size, 1), ("embed", None), pd)
 
     def lm_head_weight(self) -> Any:
         """`[D, V]`: the lm_head, or the embedding transposed when embeddings are tied (a quantized
@@ -102,6 +105,12 @@ class Decoder(nnx.Module):
                 return TransposedWeight(embed)
             return embed.T
         return self.lm_head.get_value()
+
+    def value(self, hidden: jax.Array) -> jax.Array:
+        """`hidden [B, T, D]` -> critic values `[B, T]` float32 (needs `config.value_head`)."""
+        if not self.config.value_head:
+            raise ValueError("this decoder has no value head; build it with ModelConfig(value_head=True)")
+        return linear(hidden, self.value_head.get_value(), out_dtype=jnp.float32)[..., 0]
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """`hidden [B, T, D]` -> `logits [B, T, V]` float32."""

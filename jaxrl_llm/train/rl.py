@@ -108,13 +108,22 @@ def check_rl_config(cfg: Any) -> None:
     update_options(cfg)  # validates reuse and gate fields
 
 
+def policy_model_section(cfg: Any) -> ConfigDict:
+    """`cfg.model`, with the value head switched on when the RL critic is (`rl.critic.enabled`)."""
+    model = copy.deepcopy(cfg.model)
+    if cfg.rl.critic.enabled:
+        model.value_head = True
+    return model
+
+
 def sft_warmup_config(cfg: Any) -> ConfigDict:
     """The SFT trainer's config for the warm-up, written under `<output_dir>/sft`."""
     c = ConfigDict()
     c.seed = int(cfg.seed)
     c.output_dir = os.path.join(cfg.output_dir, "sft")
-    for section in ("model", "mesh", "distributed", "data"):
+    for section in ("mesh", "distributed", "data"):
         c[section] = copy.deepcopy(cfg[section])
+    c.model = policy_model_section(cfg)
     c.optimizer = copy.deepcopy(cfg.sft.optimizer)
     c.train = ConfigDict({"steps": int(cfg.sft.steps), "batch_size": int(cfg.sft.batch_size),
                           "micro_batches": int(cfg.sft.micro_batches), "log_every": int(cfg.sft.log_every),
@@ -143,7 +152,7 @@ def initial_policy(cfg: Any, *, warm_up: bool) -> tuple[Any, Any, Any, Any, Any]
         return setup.mesh, setup.parts, state.params, setup.rest, shardings
     initialize_distributed(cfg.distributed)
     mesh = mesh_from_config(cfg.mesh)
-    model_config = build_model_config(cfg.model, build_tokenizer(cfg.data))
+    model_config = build_model_config(policy_model_section(cfg), build_tokenizer(cfg.data))
     parts, params, rest, shardings = init_sharded(lambda: Decoder(model_config, rngs=nnx.Rngs(int(cfg.seed))), mesh)
     return mesh, parts, params, rest, shardings
 
