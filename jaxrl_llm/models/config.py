@@ -48,6 +48,8 @@ class ModelConfig:
         `original_max_position_embeddings`.
       rms_norm_eps: epsilon inside every RMSNorm.
       tie_word_embeddings: the lm_head is the transposed embedding table.
+      value_head: a `[D, 1]` value head (the RL critic) on the final hidden states; not part of HF
+        checkpoints (never saved or loaded there).
       attention_bias: q/k/v projections carry biases (Qwen2/2.5).
       qk_norm: per-head RMSNorm on q and k before RoPE (Qwen3).
       max_position_embeddings: the longest context the checkpoint was trained for (informational).
@@ -83,6 +85,7 @@ class ModelConfig:
     rope_scaling: dict[str, float] | None = None
     rms_norm_eps: float = 1e-6
     tie_word_embeddings: bool = False
+    value_head: bool = False
     attention_bias: bool = False
     qk_norm: bool = False
     max_position_embeddings: int = 4096
