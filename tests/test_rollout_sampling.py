@@ -5,7 +5,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrl_llm.rollout.prompts import check_prompt_array, left_pad, next_power_of_two, prompt_layout, round_up
+from jaxrl_llm.rollout.prompts import (
+    check_prompt_array,
+    left_pad,
+    next_power_of_two,
+    prompt_layout,
+    right_pad_bucket,
+    right_padded_layout,
+    round_up,
+    span_layout,
+)
 from jaxrl_llm.rollout.sampling import SamplingKnobs, as_prng_key, process_logits, sample_tokens
 
 # Probabilities 0.5, 0.3, 0.15, 0.05 (token order shuffled so sorting matters).
@@ -99,6 +108,18 @@ def test_left_pad_buckets_and_layout():
     positions, segments = prompt_layout(jnp.asarray(lengths), 4)
     np.testing.assert_array_equal(positions, [[0, 0, 1, 2], [0, 0, 0, 0]])
     np.testing.assert_array_equal(segments, [[0, 1, 1, 1], [0, 0, 0, 1]])
+    wide, _ = left_pad([[5, 6, 7], [9]], length=5, pad_id=1)
+    np.testing.assert_array_equal(wide, [[1, 1, 5, 6, 7], [1, 1, 1, 1, 9]])
+
+
+def test_span_layout_is_left_padding_right_padding_and_rollout_rows():
+    # Row 0: a 2-token prompt in columns 1-2, then 2 generated tokens (3-4), then response padding.
+    positions, segments = span_layout(jnp.array([1, 0]), jnp.array([5, 2]), 6)
+    np.testing.assert_array_equal(positions, [[0, 0, 1, 2, 3, 4], [0, 1, 2, 3, 4, 5]])
+    np.testing.assert_array_equal(segments, [[0, 1, 1, 1, 1, 0], [1, 1, 0, 0, 0, 0]])
+    positions, segments = right_padded_layout(jnp.array([3]), 5)  # the engine's prefill
+    np.testing.assert_array_equal(positions, [[0, 1, 2, 3, 4]])
+    np.testing.assert_array_equal(segments, [[1, 1, 1, 0, 0]])
 
 
 def test_bad_prompts_name_the_problem():
@@ -110,3 +131,10 @@ def test_bad_prompts_name_the_problem():
         check_prompt_array(np.array([[0, 1, 2], [0, 0, 12]]), np.array([3, 1]), 10)
     with pytest.raises(ValueError, match=r"lengths must be in \[1, P=3\]"):
         check_prompt_array(np.zeros((1, 3), np.int32), np.array([4]), 10)
+
+
+def test_right_pad_bucket_rounds_to_a_power_of_two_within_the_prefill_limit():
+    np.testing.assert_array_equal(right_pad_bucket([4, 5, 6], 32, pad_id=1), [4, 5, 6] + [1] * 13)
+    assert right_pad_bucket(list(range(20)), 24).shape == (24,)  # 32 capped at the limit
+    with pytest.raises(ValueError, match="max_prefill_length is 4"):
+        right_pad_bucket([1, 2, 3, 4, 5], 4)

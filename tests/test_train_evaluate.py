@@ -4,6 +4,7 @@ import functools
 
 import jax
 import numpy as np
+import pytest
 from flax import nnx
 
 from jaxrl_llm.data.tokenizer import CharTokenizer
@@ -80,3 +81,12 @@ def test_greedy_completions_pad_the_last_batch_and_decode_text():
     for text, prompt in zip(texts, prompts):
         ids = naive_greedy(parts, params, rest, [tok.bos_id] + tok.encode(prompt), 4, valid=tok.vocab_size)
         assert text == tok.decode(truncate_at_eos(ids, tok.eos_id))
+
+
+def test_greedy_generate_rejects_an_empty_response_and_pads_prompts_like_the_sampler():
+    parts, _, _ = model_state()
+    with pytest.raises(ValueError, match="max_new_tokens must be >= 1; got 0"):
+        make_greedy_generate(parts, 0)
+    tokens, lengths = left_pad_prompts([[4, 5], [6]], pad_id=9)
+    np.testing.assert_array_equal(tokens, [[4, 5], [9, 6]])
+    np.testing.assert_array_equal(lengths, [2, 1])

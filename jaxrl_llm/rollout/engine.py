@@ -4,8 +4,9 @@ The engine owns `max_concurrent_decodes` slots. A request is prefilled alone (`p
 right-padded prompt -> a batch-1 KV cache and its first token), copied into a free slot
 (`insert`), and then advanced one token per `generate` call together with every other live slot.
 Each slot keeps its own cache write index, RoPE position, PRNG key and token count, so requests
-of different lengths join and leave independently; `generate` runs the decoder `vmap`ped over the
-slot axis with one batch-1 cache per slot.
+of different lengths join and leave independently; `generate` runs the batch sampler's
+`decode.decode_step` `vmap`ped over the slot axis with one batch-1 cache per slot, and `prefill`
+its `decode.prefill_step` on the right-padded layout of `prompts.right_padded_layout`.
 
 A request's draws depend only on its own key (`key` of `prefill`, folded with the token index),
 never on which slot it lands in or what else is running: interleaved serving reproduces serving
@@ -30,7 +31,9 @@ from flax import nnx
 from jaxrl_llm.models.config import ModelConfig
 from jaxrl_llm.models.decoder import Decoder, init_cache
 from jaxrl_llm.quant import quantize_params
-from jaxrl_llm.rollout.sampling import SamplingKnobs, as_prng_key, sample_tokens
+from jaxrl_llm.rollout.decode import decode_step, prefill_step
+from jaxrl_llm.rollout.prompts import right_padded_layout
+from jaxrl_llm.rollout.sampling import SamplingKnobs, as_prng_key
 
 _NO_STOP = -1
 
@@ -244,13 +247,10 @@ def _is_stop(token: jax.Array, stops: jax.Array) -> jax.Array:
 
 def _prefill_fn(spec: _Spec, params, tokens, true_length, key, knobs) -> Prefix:
     model = nnx.merge(spec.graphdef, params)
-    width = tokens.shape[0]
-    cols = jnp.arange(width, dtype=jnp.int32)[None, :]
-    segment_ids = (cols < true_length).astype(jnp.int32)
+    positions, segment_ids = right_padded_layout(true_length[None], tokens.shape[0])
     cache = init_cache(spec.config, 1, spec.target_len)
-    hidden, cache = model.hidden(tokens[None, :], cols, segment_ids=segment_ids, cache=cache)
-    last = jax.lax.dynamic_index_in_dim(hidden, true_length - 1, axis=1)  # [1, 1, D]
-    draw = sample_tokens(jax.random.fold_in(key, 0)[None], model.logits(last)[:, 0], knobs)
+    draw, cache = prefill_step(model, tokens[None, :], positions, segment_ids, cache, (true_length - 1)[None],
+                               jax.random.fold_in(key, 0)[None], knobs)
     return Prefix(cache=cache, position=true_length, token=draw.token[0], logprob=draw.logprob[0], key=key)
 
 
@@ -272,14 +272,14 @@ def _generate_fn(spec: _Spec, params, state: DecodeState, knobs, stops) -> tuple
     model = nnx.merge(spec.graphdef, params)
     # Finished slots still run (fixed shapes) but write padding (segment 0) in place.
     caches = state.caches._replace(index=jnp.minimum(state.caches.index, spec.target_len - 1))
+    keys = jax.vmap(jax.random.fold_in)(state.keys, state.generated)
 
-    def step(cache, token, position, live):
-        hidden, cache = model.hidden(token.reshape(1, 1), position.reshape(1, 1),
-                                     segment_ids=live.astype(jnp.int32).reshape(1, 1), cache=cache)
-        return model.logits(hidden)[0, 0], cache
+    def slot_step(cache, token, position, live, key):
+        # The batch decode step on one slot: a batch of one row over that slot's own cache.
+        draw, cache = decode_step(model, token[None], position[None], live[None], cache, key[None], knobs)
+        return jax.tree.map(lambda x: x[0], draw), cache
 
-    logits, new_caches = jax.vmap(step)(caches, state.tokens, state.positions, state.active)
-    draw = sample_tokens(jax.vmap(jax.random.fold_in)(state.keys, state.generated), logits, knobs)
+    draw, new_caches = jax.vmap(slot_step)(caches, state.tokens, state.positions, state.active, keys)
     live = state.active
     index = jnp.where(live, new_caches.index, caches.index)
     generated = state.generated + live.astype(jnp.int32)

@@ -1,4 +1,8 @@
-"""Prompt batches for the sampler: left padding, shape buckets, positions and segment ids.
+"""Prompt batches: left padding, shape buckets, positions and segment ids.
+
+The one home of the prompt layout: the sampler, greedy evaluation (`train/evaluate.py`), the
+serving engine's right-padded prefill and the learner's view of a rollout (`qarl.rollout_layout`)
+all take positions and segment ids from `span_layout`.
 
 Prompts are left-padded so that every row's last prompt token sits in the last column: the first
 response token of all rows is then predicted by the same column, and decode steps write one
@@ -48,6 +52,19 @@ def left_pad(prompts: Sequence[Sequence[int]], length: int | None = None, pad_id
     return tokens, lengths
 
 
+def right_pad_bucket(tokens: Sequence[int], max_prefill_length: int, pad_id: int = 0) -> np.ndarray:
+    """`tokens` right-padded to `[W]` int32, `W` a power-of-two bucket (>= 16, <= `max_prefill_length`).
+
+    The serving engine prefills one right-padded prompt at a time (`right_padded_layout`).
+    """
+    if len(tokens) > max_prefill_length:
+        raise ValueError(f"prompt has {len(tokens)} tokens; the engine's max_prefill_length is {max_prefill_length}")
+    width = min(next_power_of_two(len(tokens)), max_prefill_length)
+    out = np.full((width,), pad_id, np.int32)
+    out[:len(tokens)] = tokens
+    return out
+
+
 def check_prompt_array(tokens, lengths, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Validates a left-padded `tokens [B, P]` array and `lengths [B]`; returns them as int32 numpy."""
     tokens = np.asarray(tokens)
@@ -67,13 +84,31 @@ def check_prompt_array(tokens, lengths, vocab_size: int) -> tuple[np.ndarray, np
     return tokens.astype(np.int32), lengths.astype(np.int32)
 
 
+def span_layout(start: jax.Array, end: jax.Array, width: int) -> tuple[jax.Array, jax.Array]:
+    """`(positions [B, W], segment_ids [B, W])` int32 of rows whose real tokens fill columns `[start, end)`.
+
+    `start`, `end`: `[B]` int. Positions count from 0 at `start` (0 before it, and they keep
+    counting after `end`, where nothing attends); segment ids are 1 inside the span, 0 outside.
+    Left padding is `start = W - length`, right padding `start = 0, end = length`.
+    """
+    cols = jnp.arange(width, dtype=jnp.int32)[None, :]
+    start, end = start[:, None], end[:, None]
+    positions = jnp.maximum(cols - start, 0).astype(jnp.int32)
+    segment_ids = ((cols >= start) & (cols < end)).astype(jnp.int32)
+    return positions, segment_ids
+
+
 def prompt_layout(lengths: jax.Array, width: int) -> tuple[jax.Array, jax.Array]:
     """`(positions [B, P], segment_ids [B, P])` int32 of a left-padded prompt batch.
 
     Real tokens get positions `0 .. len - 1` and segment 1; padding gets position 0 and segment 0.
     """
-    start = width - lengths[:, None]  # first real column
-    cols = jnp.arange(width, dtype=jnp.int32)[None, :]
-    positions = jnp.maximum(cols - start, 0).astype(jnp.int32)
-    segment_ids = (cols >= start).astype(jnp.int32)
-    return positions, segment_ids
+    return span_layout(width - lengths, jnp.full_like(lengths, width), width)
+
+
+def right_padded_layout(lengths: jax.Array, width: int) -> tuple[jax.Array, jax.Array]:
+    """`(positions [B, P], segment_ids [B, P])` int32 of a right-padded batch (the engine's prefill).
+
+    Positions are the columns `0 .. P - 1`; segment 1 on the first `lengths[b]` columns, 0 after.
+    """
+    return span_layout(jnp.zeros_like(lengths), lengths, width)

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxrl_llm.quant import fake_quant_params
+from jaxrl_llm.rollout.prompts import span_layout
 from jaxrl_llm.rollout.sampler import Rollout
 
 
@@ -28,11 +29,8 @@ def rollout_layout(rollout: Rollout) -> tuple[jax.Array, jax.Array, jax.Array]:
     from 0; `loss_mask` is 1 on generated tokens only.
     """
     width = rollout.prompt_width
-    cols = jnp.arange(rollout.tokens.shape[1], dtype=jnp.int32)[None, :]
-    start = width - rollout.prompt_lengths[:, None]
-    end = width + rollout.lengths[:, None]
-    segment_ids = ((cols >= start) & (cols < end)).astype(jnp.int32)
-    positions = jnp.maximum(cols - start, 0).astype(jnp.int32)
+    positions, segment_ids = span_layout(width - rollout.prompt_lengths, width + rollout.lengths,
+                                         rollout.tokens.shape[1])
     loss_mask = jnp.pad(rollout.response_mask, ((0, 0), (width, 0)))
     return positions, segment_ids, loss_mask.astype(jnp.int32)
 

@@ -1,5 +1,8 @@
 """The rollout sampler: prefill + a `lax.while_loop` decode, compiled once per shape bucket.
 
+The device program is `decode.decode_loop` (the one decode loop of the package); this module
+lays prompts out (`prompts.py`), buckets shapes, shards the batch and packs the `Rollout`.
+
 `generate(graphdef, params, prompts, key=..., config=SamplingConfig(...))` returns a `Rollout`.
 `params` may hold plain arrays (fp32 / bf16) or `QuantArray` linear weights
 (`jaxrl_llm.quant.quantize_params`): the decoder dispatches in `models.linear`, so the same
@@ -26,14 +29,19 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from jaxrl_llm.models.decoder import init_cache
 from jaxrl_llm.parallel.activations import activation_mesh
 from jaxrl_llm.parallel.rules import logical_to_sharding
-from jaxrl_llm.rollout.prompts import check_prompt_array, left_pad, next_power_of_two, prompt_layout, round_up
-from jaxrl_llm.rollout.sampling import SamplingKnobs, as_prng_key, sample_tokens
+from jaxrl_llm.rollout.decode import (  # noqa: F401 (FINISH_* are part of this module's API)
+    FINISH_LENGTH,
+    FINISH_NONE,
+    FINISH_REASONS,
+    FINISH_STOP,
+    Decoded,
+    decode_loop,
+)
+from jaxrl_llm.rollout.prompts import check_prompt_array, left_pad, next_power_of_two, round_up
+from jaxrl_llm.rollout.sampling import SamplingKnobs, as_prng_key
 
-FINISH_NONE, FINISH_STOP, FINISH_LENGTH = 0, 1, 2
-FINISH_REASONS = {FINISH_NONE: "none", FINISH_STOP: "stop", FINISH_LENGTH: "length"}
 _STOP_ID_BUCKET = 8  # stop-id lists are padded (with -1) to a multiple of this many ids
 
 
@@ -105,55 +113,11 @@ class Rollout:
 
 
 def _decode(graphdef: nnx.GraphDef, params, tokens, lengths, row_ids, key, knobs, stop_ids, max_new_tokens,
-            pad_id, *, response_slots: int, mesh: Mesh | None):
-    """Prefill `tokens [B, P]` then decode up to `max_new_tokens` (<= response_slots) tokens.
-
-    Returns `(response, mask, logprobs, processed_logprobs, finish_reasons)`, each `[B, Nb]`
-    (finish reasons `[B]`).
-    """
+            pad_id, *, response_slots: int, mesh: Mesh | None) -> Decoded:
+    """`decode.decode_loop` on `nnx.merge(graphdef, params)`, its cache batch-sharded on `mesh`."""
     model = nnx.merge(graphdef, params)
-    b, width = tokens.shape
-    constrain = _batch_constraint(mesh)
-    positions, segment_ids = prompt_layout(lengths, width)
-    cache = jax.tree.map(constrain, init_cache(model.config, b, width + response_slots))
-    hidden, cache = model.hidden(tokens, positions, segment_ids=segment_ids, cache=cache)
-    logits = model.logits(hidden[:, -1:])[:, 0]
-
-    def draw(i, logits):
-        step_key = jax.random.fold_in(key, i)
-        return sample_tokens(jax.vmap(lambda r: jax.random.fold_in(step_key, r))(row_ids), logits, knobs)
-
-    def record(i, d, state):
-        out, done, finish = state
-        active = ~done
-        token = jnp.where(active, d.token, pad_id)
-        columns = (token, active.astype(jnp.int32), jnp.where(active, d.logprob, 0.0),
-                   jnp.where(active, d.processed_logprob, 0.0))
-        out = tuple(o.at[:, i].set(c) for o, c in zip(out, columns))
-        stopped = active & jnp.any(token[:, None] == stop_ids[None, :], axis=-1)
-        full = active & ~stopped & (i + 1 >= max_new_tokens)
-        finish = jnp.where(stopped, FINISH_STOP, jnp.where(full, FINISH_LENGTH, finish))
-        return out, done | stopped | full, finish
-
-    out = (jnp.full((b, response_slots), pad_id, jnp.int32), jnp.zeros((b, response_slots), jnp.int32),
-           jnp.zeros((b, response_slots), jnp.float32), jnp.zeros((b, response_slots), jnp.float32))
-    state = record(0, draw(0, logits), (out, jnp.zeros((b,), bool), jnp.zeros((b,), jnp.int32)))
-
-    def cond(carry):
-        i, _, (_, done, _) = carry
-        return (i < max_new_tokens) & ~jnp.all(done)
-
-    def body(carry):
-        i, cache, state = carry
-        (response, mask, _, _), done, _ = state
-        prev = jax.lax.dynamic_index_in_dim(response, i - 1, axis=1)  # [B, 1]
-        prev_live = jax.lax.dynamic_index_in_dim(mask, i - 1, axis=1)
-        hidden, cache = model.hidden(prev, (lengths + i - 1)[:, None], segment_ids=prev_live, cache=cache)
-        cache = jax.tree.map(constrain, cache)
-        return i + 1, cache, record(i, draw(i, model.logits(hidden)[:, 0]), state)
-
-    _, _, (out, _, finish) = jax.lax.while_loop(cond, body, (jnp.int32(1), cache, state))
-    return (*out, finish)
+    return decode_loop(model, tokens, lengths, row_ids, key, knobs, stop_ids, max_new_tokens, pad_id,
+                       response_slots=response_slots, constrain=_batch_constraint(mesh))
 
 
 def _decode_on_mesh(*args, response_slots: int, mesh: Mesh | None):

@@ -14,10 +14,9 @@ import dataclasses
 from collections.abc import Sequence
 
 import jax
-import numpy as np
 
 from jaxrl_llm.rollout.engine import EngineAPI
-from jaxrl_llm.rollout.prompts import next_power_of_two
+from jaxrl_llm.rollout.prompts import right_pad_bucket
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,16 +45,6 @@ class Completion:
     finish_reason: str = ""
 
 
-def pad_prompt(tokens: Sequence[int], max_prefill_length: int, pad_id: int = 0) -> np.ndarray:
-    """`tokens` right-padded to a power-of-two bucket (at least 16, at most `max_prefill_length`)."""
-    if len(tokens) > max_prefill_length:
-        raise ValueError(f"prompt has {len(tokens)} tokens; the engine's max_prefill_length is {max_prefill_length}")
-    width = min(next_power_of_two(len(tokens)), max_prefill_length)
-    out = np.full((width,), pad_id, np.int32)
-    out[:len(tokens)] = tokens
-    return out
-
-
 def serve(engine: EngineAPI, params, requests: Sequence[Request], *, key=None,
           stop_ids: Sequence[int] | None = None, pad_id: int = 0) -> list[Completion]:
     """Runs `requests` to completion with continuous batching; returns completions in request order.
@@ -82,7 +71,7 @@ def serve(engine: EngineAPI, params, requests: Sequence[Request], *, key=None,
     while pending or owner:
         while pending and free:
             index, request = pending.popleft()
-            padded = pad_prompt(request.tokens, engine.max_prefill_length, pad_id)
+            padded = right_pad_bucket(request.tokens, engine.max_prefill_length, pad_id)
             seed = index if request.seed is None else request.seed
             prefix, first = engine.prefill(params, padded, len(request.tokens), key=jax.random.fold_in(key, seed))
             first = first.to_numpy()

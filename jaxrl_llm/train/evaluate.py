@@ -1,8 +1,9 @@
-"""Held-out evaluation for SFT: greedy decoding over the KV cache and exact-match accuracy.
+"""Held-out evaluation: greedy completions and exact-match accuracy.
 
-Prompts are left-padded to a common length `P` (padding has segment id 0, so it is never
-attended), prefilled in one call, then `max_new_tokens` greedy steps run inside one `lax.scan`,
-each feeding the previous argmax token at the next position. Compiled once per `(B, P, N)`.
+Greedy decoding is the rollout sampler's decode loop (`rollout/decode.py`) at temperature 0 over
+prompts laid out by `rollout/prompts.py`: left-padded to a common length `P` (padding has
+segment id 0, so it is never attended), prefilled in one call, then decoded one token per step
+over the KV cache. Compiled once per `(B, P, N)`.
 """
 
 from __future__ import annotations
@@ -15,19 +16,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrl_llm.data.tokenizer import Tokenizer
-from jaxrl_llm.models.decoder import init_cache
 from jaxrl_llm.parallel.init import ModelParts
+from jaxrl_llm.rollout.decode import decode_loop
+from jaxrl_llm.rollout.prompts import left_pad
+from jaxrl_llm.rollout.sampling import SamplingKnobs
 
 
 def left_pad_prompts(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """`(tokens [B, P], lengths [B])` int32 with each prompt right-aligned (left padding)."""
-    if not prompts or any(len(p) == 0 for p in prompts):
-        raise ValueError("prompts must be a non-empty list of non-empty token lists")
-    width = max(len(p) for p in prompts)
-    tokens = np.full((len(prompts), width), pad_id, np.int32)
-    for i, p in enumerate(prompts):
-        tokens[i, width - len(p):] = p
-    return tokens, np.asarray([len(p) for p in prompts], np.int32)
+    """`(tokens [B, P], lengths [B])` int32, each prompt right-aligned (`rollout.prompts.left_pad`)."""
+    return left_pad(prompts, pad_id=pad_id)
 
 
 def make_greedy_generate(
@@ -38,32 +35,19 @@ def make_greedy_generate(
     `valid_vocab_size`: only ids below it may be chosen (a model's vocabulary is often padded
     past the tokenizer's, and those rows decode to nothing).
     """
-
-    def pick(logits: jax.Array) -> jax.Array:
-        if valid_vocab_size is not None:
-            logits = jnp.where(jnp.arange(logits.shape[-1]) < valid_vocab_size, logits, -jnp.inf)
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    max_new_tokens = int(max_new_tokens)
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1; got {max_new_tokens}")
 
     def generate(params: Any, rest: Any, tokens: jax.Array, lengths: jax.Array) -> jax.Array:
         model = parts.merge(params, rest)
-        b, p = tokens.shape
-        pad = p - lengths[:, None]
-        slot = jnp.arange(p, dtype=jnp.int32)[None, :]
-        segment_ids = (slot >= pad).astype(jnp.int32)
-        positions = jnp.maximum(slot - pad, 0).astype(jnp.int32)
-        cache = init_cache(model.config, b, p + max_new_tokens)
-        logits, cache = model(tokens, positions, segment_ids=segment_ids, cache=cache)
-        first = pick(logits[:, -1])
-
-        def decode(carry, _):
-            token, position, cache = carry
-            logits, cache = model(token[:, None], position[:, None], segment_ids=jnp.ones((b, 1), jnp.int32),
-                                  cache=cache)
-            nxt = pick(logits[:, -1])
-            return (nxt, position + 1, cache), token
-
-        _, out = jax.lax.scan(decode, (first, lengths.astype(jnp.int32), cache), None, length=max_new_tokens)
-        return out.T
+        rows = jnp.arange(tokens.shape[0], dtype=jnp.int32)
+        # No stop ids (-1 never matches): every row decodes exactly max_new_tokens tokens.
+        decoded = decode_loop(model, tokens, jnp.asarray(lengths, jnp.int32), rows, jax.random.key(0),
+                              SamplingKnobs.make(temperature=0.0), jnp.full((1,), -1, jnp.int32),
+                              jnp.int32(max_new_tokens), jnp.int32(0), response_slots=max_new_tokens,
+                              valid_vocab_size=valid_vocab_size)
+        return decoded.response
 
     return jax.jit(generate)
 
@@ -95,8 +79,7 @@ def greedy_completions(
     for start in range(0, len(encoded), batch_size):
         chunk = encoded[start:start + batch_size]
         filler = [chunk[0]] * (batch_size - len(chunk))
-        tokens, lengths = left_pad_prompts(chunk + filler, tokenizer.pad_id)
-        tokens = np.pad(tokens, ((0, 0), (width - tokens.shape[1], 0)), constant_values=tokenizer.pad_id)
+        tokens, lengths = left_pad(chunk + filler, width, pad_id=tokenizer.pad_id)
         out = np.asarray(generate(params, rest, tokens, lengths))
         texts.extend(tokenizer.decode(truncate_at_eos(row, tokenizer.eos_id)) for row in out[: len(chunk)])
     return texts
