@@ -158,26 +158,55 @@ def gated_update(optimizer: Any) -> GatedTransformation:
 
 
 class DGGWrappedState(NamedTuple):
-    """State of `dgg_wrapped`: the inner optimizer state and the gate statistics."""
+    """State of `dgg_wrapped`: the inner optimizer state and the gate statistics.
+
+    inner: the wrapped optimizer's state (bit-identical across a skipped step).
+    gate: the window and running context (`DGGState`).
+    prev_energy: `[M]` head-gradient energy at the last accepted pass over each of the M minibatches,
+      so the increment at pass k compares minibatch m with itself at pass k - 1.
+    skipped: bool, the last update was skipped (gate fired, reuse stopped, or `skip` was set).
+    """
 
     inner: Any
     gate: DGGState
+    prev_energy: Array
+    skipped: Array
 
 
 def dgg_wrapped(optimizer: Any, *, tau: float = 0.5, window: int = 20, statistic: str = "delta",
-                leaf_rule: LeafRule = None) -> GatedTransformation:
-    """Optimizer with the DGG gate inside: `update(grads, state, params=None, *, reuse_index)`.
+                num_minibatches: int = 1, leaf_rule: LeafRule = None):
+    """An optax-shaped `(init, update)` pair with the DGG gate inside, like `optax.apply_if_finite`.
 
-    The gate reads the head gradient from `grads`; the gate's logs are in `state.gate.last_*`.
+    `update(grads, state, params=None, *, reuse_index, minibatch_index=0, skip=False)`: the gate
+    reads the head gradient from `grads`; when it fires (or reuse of this batch was already
+    stopped, or `skip` is True, e.g. for a non-finite gradient) the updates are zeros and
+    `state.inner` is returned bit for bit. All statistics live in the returned state
+    (`state.gate.last_z`, `.last_gated`, `.stopped`; `state.skipped`), so the gate runs inside a
+    jitted scan over reuse passes and minibatches with no host round-trip.
+
+    `optax.GradientTransformationExtraArgs(*dgg_wrapped(...))` makes it an optax transformation
+    (`jaxrl_llm.train.optim.dgg_optimizer` does); this module imports only JAX.
+
+    Example:
+        tx = dgg_wrapped(optax.adamw(1e-4), tau=1.0, window=20, num_minibatches=4)
+        state = tx.init(params)
+        updates, state = tx.update(grads, state, params, reuse_index=k, minibatch_index=m)
     """
+    if num_minibatches < 1:
+        raise ValueError(f"num_minibatches must be >= 1; got {num_minibatches}")
 
     def init(params):
-        return DGGWrappedState(optimizer.init(params), dgg_init(window))
+        return DGGWrappedState(optimizer.init(params), dgg_init(window), jnp.zeros((num_minibatches,), jnp.float32),
+                               jnp.zeros((), bool))
 
-    def update(updates, state, params=None, *, reuse_index):
-        gated, gate_state, _ = dgg_gate(updates, state.gate, reuse_index, tau=tau, statistic=statistic,
-                                        leaf_rule=leaf_rule)
-        new_updates, inner = gated_update(optimizer).update(updates, state.inner, params, gated=gated)
-        return new_updates, DGGWrappedState(inner, gate_state)
+    def update(updates, state, params=None, *, reuse_index, minibatch_index=0, skip=False, **extra_args):
+        del extra_args
+        m = jnp.asarray(minibatch_index, jnp.int32)
+        gate_in = state.gate._replace(prev_energy=state.prev_energy[m])
+        gated, gate, _ = dgg_gate(updates, gate_in, reuse_index, tau=tau, statistic=statistic, leaf_rule=leaf_rule)
+        skipped = gated | jnp.asarray(skip, bool)
+        new_updates, inner = gated_update(optimizer).update(updates, state.inner, params, gated=skipped)
+        prev = state.prev_energy.at[m].set(gate.prev_energy)
+        return new_updates, DGGWrappedState(inner, gate, prev, skipped)
 
     return GatedTransformation(init, update)

@@ -14,6 +14,8 @@ from typing import Any
 import jax
 import optax
 
+from jaxrl_llm.objectives.dgg import dgg_wrapped
+
 
 def make_schedule(cfg: Mapping[str, Any], total_steps: int) -> optax.Schedule:
     """Linear warmup from 0 to `learning_rate` over `warmup_steps`, then cosine to the end ratio."""
@@ -53,3 +55,11 @@ def make_optimizer(cfg: Mapping[str, Any], total_steps: int) -> optax.GradientTr
     if clip < 0:
         raise ValueError(f"optimizer.grad_clip_norm must be >= 0 (0 disables); got {clip}")
     return optax.chain(optax.clip_by_global_norm(clip), adamw) if clip > 0 else adamw
+
+
+def dgg_optimizer(optimizer: optax.GradientTransformation, *, tau: float, window: int, statistic: str = "delta",
+                  num_minibatches: int = 1) -> optax.GradientTransformationExtraArgs:
+    """`optimizer` behind the DGG gate (`objectives.dgg.dgg_wrapped`): `update(grads, state, params, *,
+    reuse_index, minibatch_index=0, skip=False)`; the gate statistics live in the optimizer state."""
+    return optax.GradientTransformationExtraArgs(*dgg_wrapped(optimizer, tau=tau, window=window, statistic=statistic,
+                                                              num_minibatches=num_minibatches))

@@ -51,7 +51,7 @@ from jaxrl_llm.train.rl_batch import assemble_token_arrays, response_to_token_ax
 from jaxrl_llm.train.rl_rollout import (build_rollout_batch, condition_flags, decode_responses, encode_prompts,
                                         encode_texts, estimate, privileged_prompts, prompts_for_step,
                                         sample_responses, score_responses, score_with)
-from jaxrl_llm.train.rl_update import RLUpdateOptions, dgg_extras, make_logprob_fn, make_pass_fn, make_rl_update
+from jaxrl_llm.train.rl_update import RLUpdateOptions, make_logprob_fn, make_pass_fn, make_rl_update, rl_optimizer
 from jaxrl_llm.train.roles import check_roles, needs_reference, needs_student_logits
 from jaxrl_llm.train.builders import build_model_config, build_tokenizer, task_from_config
 from jaxrl_llm.train.sft_run import setup_sft, train_loop
@@ -67,7 +67,8 @@ def update_options(cfg: Any) -> RLUpdateOptions:
     supplied = objective_spec(rl.objective).supplied
     return RLUpdateOptions(objective=rl.objective, objective_kwargs=tuple(sorted(kwargs.items())),
                            reuse_epochs=int(rl.reuse_epochs), minibatches=int(rl.minibatches),
-                           dgg=bool(rl.dgg.enabled), dgg_tau=float(rl.dgg.tau), dgg_statistic=rl.dgg.statistic,
+                           dgg=bool(rl.dgg.enabled), dgg_tau=float(rl.dgg.tau), dgg_window=int(rl.dgg.window),
+                           dgg_statistic=rl.dgg.statistic,
                            logprob_chunk=int(rl.logprob_chunk), qarl_format=rl.rollout_quant if rl.qarl else "",
                            temperature=float(rl.temperature), student_logits=needs_student_logits(rl),
                            critic=bool(rl.critic.enabled), critic_coef=float(rl.critic.coef),
@@ -222,10 +223,9 @@ def setup_rl(cfg: Any, *, warm_up: bool = True, initial: tuple | None = None) ->
     options = update_options(cfg)
     rl = cfg.rl
     total = int(rl.steps) * options.reuse_epochs * options.minibatches
-    optimizer = make_optimizer(rl.optimizer, total)
+    optimizer = rl_optimizer(make_optimizer(rl.optimizer, total), options)
     ref_params = jax.tree.map(lambda x: x.copy(), params) if needs_reference(rl) else None
-    extras = dgg_extras(int(rl.dgg.window)) if options.dgg else {}
-    state = create_train_state(params, optimizer, mesh, shardings, seed=int(cfg.seed), extras=extras)
+    state = create_train_state(params, optimizer, mesh, shardings, seed=int(cfg.seed))
     state_shardings = jax.tree.map(lambda x: x.sharding, state)
     update_fn = make_rl_update(parts, optimizer, options, rest=rest, mesh=mesh, state_shardings=state_shardings)
     logprob_fn = make_logprob_fn(parts, chunk_size=options.logprob_chunk, qarl_format=options.qarl_format,

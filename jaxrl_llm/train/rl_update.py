@@ -15,7 +15,8 @@ the `M` minibatches of the batch; each minibatch is one optimizer step (PPO-styl
 
 The gate statistic is the increment of the head-gradient energy between consecutive passes over
 the *same* minibatch (epoch k vs k - 1), so with several minibatches the increment compares like
-with like. Gate statistics persist across batches in `state.extras` (keys `dgg_*`).
+with like. The gate is an optax transformation around the optimizer (`rl_optimizer`,
+`objectives.dgg.dgg_wrapped`): its statistics persist across batches in `state.opt_state`.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import optax
 from jax.sharding import Mesh
 
 from jaxrl_llm.objectives.core import masked_mean
-from jaxrl_llm.objectives.dgg import DGGState, dgg_gate, dgg_init, gated_update, head_gradient_energy
+from jaxrl_llm.objectives.dgg import DGGWrappedState, gated_update, head_gradient_energy
 from jaxrl_llm.objectives.registry import get_objective
 from jaxrl_llm.objectives.policy_losses import value_loss
 from jaxrl_llm.objectives.token_stats import hidden_token_stats, hidden_topk_logprobs
@@ -38,11 +39,9 @@ from jaxrl_llm.parallel.activations import activation_mesh
 from jaxrl_llm.parallel.init import ModelParts
 from jaxrl_llm.parallel.rules import logical_to_sharding, replicated
 from jaxrl_llm.quant.params import fake_quant_params
+from jaxrl_llm.train.optim import dgg_optimizer
 from jaxrl_llm.train.rl_batch import RolloutBatch, check_rollout_batch, split_minibatches
 from jaxrl_llm.train.state import TrainState
-
-_DGG_PREFIX = "dgg_"
-
 
 @dataclasses.dataclass(frozen=True)
 class RLUpdateOptions:
@@ -50,7 +49,7 @@ class RLUpdateOptions:
 
     objective: registry name; objective_kwargs: its hyperparameters (e.g. `clip_low`, `kl_coef`).
     reuse_epochs: K, passes over the batch; minibatches: M optimizer steps per pass.
-    dgg: gate on; dgg_tau: z-score threshold; dgg_statistic: "delta" or "energy".
+    dgg: gate on; dgg_tau: z-score threshold; dgg_window: statistics window; dgg_statistic: "delta" or "energy".
     logprob_chunk: vocabulary chunk of the log-prob helper; qarl_format: "" (off) or the rollout's
     weight format ("int8", "int4", "fp8") for a rollout-aligned learner forward.
     temperature: the policy is softmax(logits / temperature), the distribution rollouts sample from.
@@ -66,6 +65,7 @@ class RLUpdateOptions:
     minibatches: int = 1
     dgg: bool = True
     dgg_tau: float = 0.5
+    dgg_window: int = 20
     dgg_statistic: str = "delta"
     logprob_chunk: int = 8192
     qarl_format: str = ""
@@ -90,24 +90,6 @@ class RLUpdateOptions:
     @property
     def kwargs(self) -> dict[str, Any]:
         return dict(self.objective_kwargs)
-
-
-def dgg_extras(window: int) -> dict[str, jax.Array]:
-    """Initial gate statistics as flat `TrainState.extras` entries (`dgg_window`, `dgg_count`, ...)."""
-    # Copies: dgg_init shares one zero scalar between fields, and a donated state needs distinct buffers.
-    return {_DGG_PREFIX + k: jnp.array(v, copy=True) for k, v in dgg_init(window)._asdict().items()}
-
-
-def gate_from_extras(extras: Mapping[str, Any]) -> DGGState:
-    missing = [k for k in DGGState._fields if _DGG_PREFIX + k not in extras]
-    if missing:
-        raise ValueError(f"state.extras lacks DGG statistics {[_DGG_PREFIX + k for k in missing]}; "
-                         "create the state with extras=dgg_extras(window)")
-    return DGGState(**{k: extras[_DGG_PREFIX + k] for k in DGGState._fields})
-
-
-def gate_to_extras(extras: Mapping[str, Any], gate: DGGState) -> dict[str, Any]:
-    return {**extras, **{_DGG_PREFIX + k: v for k, v in gate._asdict().items()}}
 
 
 def learner_outputs(parts: ModelParts, params: Any, rest: Any, tokens: jax.Array, positions: jax.Array,
@@ -222,38 +204,53 @@ def _select(pred: jax.Array, on_true: Any, on_false: Any) -> Any:
     return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
 
 
+def rl_optimizer(optimizer: optax.GradientTransformation, options: RLUpdateOptions) -> optax.GradientTransformation:
+    """The optimizer an RL `TrainState` is created with: `optimizer` behind the DGG gate when `options.dgg`
+    (the gate statistics then live in `state.opt_state`, a `DGGWrappedState`)."""
+    if not options.dgg:
+        return optimizer
+    return dgg_optimizer(optimizer, tau=options.dgg_tau, window=options.dgg_window, statistic=options.dgg_statistic,
+                         num_minibatches=options.minibatches)
+
+
 def build_update_fn(parts: ModelParts, optimizer: optax.GradientTransformation,
                     options: RLUpdateOptions) -> Callable[[TrainState, Any, RolloutBatch], tuple[TrainState, dict]]:
-    """The un-jitted `update(state, rest, batch) -> (state, metrics)` (see the module docstring)."""
+    """The un-jitted `update(state, rest, batch) -> (state, metrics)` (see the module docstring).
+
+    `optimizer` is `rl_optimizer(base, options)`, the one `state.opt_state` was made by.
+    """
     grad_fn = jax.value_and_grad(make_rl_loss(parts, options), has_aux=True)
-    gated_opt = gated_update(optimizer)
+    guarded = gated_update(optimizer)  # the non-finite guard when the gate is off
     k_epochs, n_mb = options.reuse_epochs, options.minibatches
+
+    def apply(grads, opt_state, params, k, m, finite):
+        """`(updates, opt_state, gated, skipped, z)`: one guarded (and, with DGG, gated) optimizer step."""
+        if not options.dgg:
+            updates, new_opt = guarded.update(grads, opt_state, params, gated=~finite)
+            return updates, new_opt, jnp.bool_(False), ~finite, jnp.float32(0.0)
+        updates, new_opt = optimizer.update(grads, opt_state, params, reuse_index=k + 1, minibatch_index=m,
+                                            skip=~finite)
+        return updates, new_opt, new_opt.gate.last_gated, new_opt.skipped, new_opt.gate.last_z
 
     def update(state: TrainState, rest: Any, batch: RolloutBatch):
         check_rollout_batch(batch)
+        if options.dgg and not isinstance(state.opt_state, DGGWrappedState):
+            raise ValueError("options.dgg needs a state created with rl_optimizer(optimizer, options) "
+                             f"(a DGGWrappedState opt_state); got {type(state.opt_state).__name__}")
         minibatches = split_minibatches(batch, n_mb)
-        gate0 = gate_from_extras(state.extras) if options.dgg else None
 
         def run_step(carry, k, m, mb):
-            params, opt_state, gate, prev, _ = carry
+            params, opt_state, _ = carry
             (loss, (obj_metrics, entropy)), grads = grad_fn(params, rest, mb)
             grad_norm = optax.tree.norm(grads)
             energy = head_gradient_energy(grads)
             finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-            if options.dgg:
-                gated, gate, gm = dgg_gate(grads, gate._replace(prev_energy=prev[m]), k + 1, tau=options.dgg_tau,
-                                           statistic=options.dgg_statistic)
-                prev = prev.at[m].set(gate.prev_energy)
-                z = gm["dgg/z"]
-            else:
-                gated, z = jnp.bool_(False), jnp.float32(0.0)
-            skip = gated | ~finite
-            updates, new_opt = gated_opt.update(grads, opt_state, params, gated=skip)
+            updates, new_opt, gated, skip, z = apply(grads, opt_state, params, k, m, finite)
             new_params = _select(skip, params, optax.apply_updates(params, updates))
             metrics = {"loss": loss, "entropy": entropy, "grad_norm": grad_norm, "lmhead_energy": energy,
                        "z": z, "gated": gated.astype(jnp.float32), "nonfinite": (~finite).astype(jnp.float32),
                        "applied": (~skip).astype(jnp.float32), "executed": jnp.float32(1.0), "obj": obj_metrics}
-            return (new_params, new_opt, gate, prev, gated), metrics
+            return (new_params, new_opt, gated), metrics
 
         def epoch(carry, k):
             def minibatch(carry, xs):
@@ -261,14 +258,13 @@ def build_update_fn(parts: ModelParts, optimizer: optax.GradientTransformation,
                 probe = jax.eval_shape(lambda c: run_step(c, k, m, mb)[1], carry)
                 noop = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), probe)
                 # A stopped batch takes the no-op branch: no forward, no backward, no state change.
-                return jax.lax.cond(carry[4], lambda c: (c, noop), lambda c: run_step(c, k, m, mb), carry)
+                return jax.lax.cond(carry[2], lambda c: (c, noop), lambda c: run_step(c, k, m, mb), carry)
 
             return jax.lax.scan(minibatch, carry, (jnp.arange(n_mb), minibatches))
 
-        init = (state.params, state.opt_state, gate0, jnp.zeros((n_mb,), jnp.float32), jnp.bool_(False))
-        (params, opt_state, gate, _, stopped), per_step = jax.lax.scan(epoch, init, jnp.arange(k_epochs))
-        extras = gate_to_extras(state.extras, gate) if options.dgg else state.extras
-        new_state = state.replace(params=params, opt_state=opt_state, step=state.step + 1, extras=extras)
+        init = (state.params, state.opt_state, jnp.bool_(False))
+        (params, opt_state, stopped), per_step = jax.lax.scan(epoch, init, jnp.arange(k_epochs))
+        new_state = state.replace(params=params, opt_state=opt_state, step=state.step + 1)
         return new_state, summarize_steps(per_step, stopped)
 
     return update
@@ -312,7 +308,8 @@ def make_rl_update(parts: ModelParts, optimizer: optax.GradientTransformation, o
                    state_shardings: TrainState | None = None) -> Callable[[TrainState, RolloutBatch], tuple]:
     """Jitted, state-donating `rl_update(state, batch) -> (new_state, metrics)`.
 
-    `state.extras` must hold the DGG statistics (`dgg_extras(window)`) when `options.dgg`. With
+    `optimizer` is `rl_optimizer(base, options)` (the DGG gate's statistics live in the optimizer
+    state) and `state` was created with it. With
     `mesh` and `state_shardings`, the state keeps its shardings and the batch rows are split over
     the `batch` rule. Metrics (scalars): loss, pg/entropy, grad_norm, gate/events, gate/z, gate/z_max,
     gate/stopped, gate/lmhead_energy, reuse/epochs_used, reuse/steps_applied, nonfinite_steps and
