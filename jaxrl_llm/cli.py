@@ -203,10 +203,18 @@ def _rl(cfg: ConfigDict) -> dict[str, Any]:
 
 
 # Subcommand name -> runner(config) -> summary dict; the runner's docstring's first sentence is its help line.
-COMMANDS: dict[str, Callable[[ConfigDict], dict[str, Any]]] = {"sft": _sft, "rl": _rl}
+def _dpo(cfg: ConfigDict) -> dict[str, Any]:
+    """Offline preference training (DPO on JSONL or built-in-task pairs) with held-out preference accuracy."""
+    from jaxrl_llm.train.preference import run_dpo
+
+    return run_dpo(cfg)
+
+
+COMMANDS: dict[str, Callable[[ConfigDict], dict[str, Any]]] = {"sft": _sft, "rl": _rl, "dpo": _dpo}
 
 # Config a command's `--help` describes when no --config is given, relative to the repo root.
-DEFAULT_CONFIGS: dict[str, str] = {"sft": "configs/sft_tiny.py", "rl": "configs/quickstart.py"}
+DEFAULT_CONFIGS: dict[str, str] = {"sft": "configs/sft_tiny.py", "rl": "configs/quickstart.py",
+                                   "dpo": "configs/dpo_tiny.py"}
 
 
 def first_sentence(doc: str | None) -> str:

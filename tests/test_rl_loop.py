@@ -61,7 +61,7 @@ def test_resume_continues_the_run_exactly(tmp_path):
     assert sorted(lines[0]) == ["eval/accuracy", "eval/greedy_accuracy", "step"] and lines[0]["step"] == 0
     assert lines[0]["eval/accuracy"] == full["accuracy_before"]
     assert [r["step"] for r in lines if "eval/accuracy" in r] == [0, 1, 2]
-    for key in ("reward/mean", "reward/std", "accuracy", "response_length", "kl", "clip_fraction", "entropy",
+    for key in ("reward/mean", "reward/std", "accuracy", "response_length", "pg/kl", "pg/clipfrac", "pg/entropy",
                 "gate/events", "gate/z", "reuse/epochs_used", "rollout/tokens_per_s", "update/tokens_per_s"):
         assert key in full["records"][0], key
     assert (tmp_path / "full" / "rl.png").stat().st_size > 0

@@ -98,9 +98,11 @@ def test_every_estimator_trains_two_steps_from_the_cli(tmp_path, name):
 @pytest.mark.parametrize("name", [n for n in list_objectives() if objective_spec(n).trainer == "dpo"])
 def test_every_preference_objective_trains_two_steps_from_the_cli(tmp_path, name):
     out = tmp_path / "run"
-    args = ["dpo", "--config", "configs/dpo_tiny.py", f"--config.output_dir={out}", f"--config.objective={name}",
-            "--config.train.steps=2", "--config.model.num_layers=1", "--config.model.hidden_size=32",
-            "--config.model.intermediate_size=64", "--config.model.head_dim=8", "--config.train.progress_bar=false"]
+    overrides = {"output_dir": out, "dpo.objective": name, "dpo.steps": 2, "dpo.batch_size": 4, "sft.steps": 0,
+                 "data.num_pairs": 8, "eval.num_pairs": 4, "eval.num_problems": 4, "eval.batch_size": 4,
+                 "model.num_layers": 1, "model.hidden_size": 32, "model.intermediate_size": 64,
+                 "model.head_dim": 8, "mesh.fsdp": 1, "dpo.progress_bar": False}
+    args = ["dpo", "--config", "configs/dpo_tiny.py", *[f"--config.{k}={v}" for k, v in overrides.items()]]
     assert cli.main(args) == 0
     records = [r for r in read_records(out) if "loss" in r]
     assert [r["step"] for r in records][-1] == 2 and all(np.isfinite(r["loss"]) for r in records)

@@ -23,7 +23,7 @@ def test_reduced_quickstart_learns_and_writes_metrics_plot_and_checkpoint(tmp_pa
     ])
     assert code == 0
     out = capsys.readouterr().out
-    assert "held-out exact-match accuracy:" in out
+    assert "held-out greedy exact-match accuracy:" in out
 
     records = [r for r in read_jsonl(str(run_dir / "metrics.jsonl")) if "loss" in r]
     assert [r["step"] for r in records][:2] == [5, 10] and records[-1]["step"] == 120

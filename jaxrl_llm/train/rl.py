@@ -112,7 +112,7 @@ def check_rl_config(cfg: Any) -> None:
 def policy_model_section(cfg: Any) -> ConfigDict:
     """`cfg.model`, with the value head switched on when the RL critic is (`rl.critic.enabled`)."""
     model = copy.deepcopy(cfg.model)
-    if cfg.rl.critic.enabled:
+    if cfg.get("rl", {}).get("critic", {}).get("enabled", False):
         model.value_head = True
     return model
 
@@ -128,7 +128,7 @@ def sft_warmup_config(cfg: Any) -> ConfigDict:
     c.optimizer = copy.deepcopy(cfg.sft.optimizer)
     c.train = ConfigDict({"steps": int(cfg.sft.steps), "batch_size": int(cfg.sft.batch_size),
                           "micro_batches": int(cfg.sft.micro_batches), "log_every": int(cfg.sft.log_every),
-                          "progress_bar": bool(cfg.rl.progress_bar)})
+                          "progress_bar": bool(cfg.get("rl", {}).get("progress_bar", True))})
     c.eval = ConfigDict({"num_problems": 0, "batch_size": int(cfg.eval.batch_size),
                          "max_new_tokens": int(cfg.eval.max_new_tokens)})
     c.checkpoint = ConfigDict({"every": 0, "max_to_keep": 1, "resume": False})
@@ -145,7 +145,7 @@ def initial_policy(cfg: Any, *, warm_up: bool) -> tuple[Any, Any, Any, Any, Any]
         try:
             state, _ = train_loop(setup.state, setup.step_fn, setup.iterator, int(sft_cfg.train.steps),
                                   writer=writer, log_every=int(sft_cfg.train.log_every),
-                                  progress=primary and bool(sft_cfg.train.progress_bar))
+                                  progress=primary and bool(sft_cfg.train.progress_bar), phase="warm-up")
         finally:
             if writer is not None:
                 writer.close()
@@ -419,7 +419,7 @@ def rl_train_loop(setup: RLSetup, state: TrainState, num_steps: int, *, writer: 
     cfg = setup.cfg
     start, last = int(state.step), int(cfg.rl.steps)
     eval_every, ckpt_every = int(cfg.eval.every), int(cfg.checkpoint.every)
-    bar = ProgressBar(min(last, start + num_steps), initial=start, disable=not progress)
+    bar = ProgressBar(min(last, start + num_steps), initial=start, disable=not progress, desc="RL")
     records = []
     try:
         for _ in range(num_steps):
@@ -429,8 +429,11 @@ def rl_train_loop(setup: RLSetup, state: TrainState, num_steps: int, *, writer: 
                 # Those optimizer steps were skipped on device; stop rather than train on garbage.
                 raise FloatingPointError(f"non-finite RL loss or gradient at step {step}")
             if setup.eval_problems and ((eval_every and step % eval_every == 0) or step == last):
+                bar.set_phase("RL eval")
                 record.update(evaluate_policy(setup, state.params))
-            bar.update(int(record["rollout/tokens"]), record["loss"])
+                bar.set_phase("RL")
+            bar.update(int(record["rollout/tokens"]), record["loss"], reward=record["reward/mean"],
+                       acc=record["accuracy"], eval_acc=record.get("eval/accuracy"))
             records.append({"step": step, **record})
             if writer is not None and (step % int(cfg.rl.log_every) == 0 or "eval/accuracy" in record):
                 writer.write(step, record)

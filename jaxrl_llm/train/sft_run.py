@@ -113,14 +113,15 @@ def train_loop(
     checkpoint_every: int = 0,
     log_every: int = 1,
     progress: bool = False,
+    phase: str = "SFT",
 ) -> tuple[TrainState, list[dict[str, float]]]:
     """Run `num_steps` updates from `state`; returns the final state and the logged records.
 
-    Raises `NonFiniteLossError` (with the global step) as soon as a step's loss or gradient norm
+    `phase` labels the progress bar ("SFT", "warm-up", "DPO"). Raises `NonFiniteLossError` (with the global step) as soon as a step's loss or gradient norm
     is not finite; that step's update was not applied and no checkpoint is written for it.
     """
     start = int(state.step)
-    bar = ProgressBar(start + num_steps, initial=start, disable=not progress)
+    bar = ProgressBar(start + num_steps, initial=start, disable=not progress, desc=phase)
     records: list[dict[str, float]] = []
     t_last = time.perf_counter()
     try:
