@@ -12,7 +12,7 @@ objective. Every role but the rollout is optional and configured under `rl`:
 | reference pass  | runs when the objective reads ref_logp  | ref_logp                                   |
 | teacher pass    | `rl.teacher.source` ("privileged", "hf:PATH") | teacher_logp                         |
 | teacher top-k   | `rl.teacher.topk > 0`                   | teacher_topk_idx, teacher_topk_logp        |
-| critic          | `rl.critic.enabled`                     | values (learner), old_values, returns      |
+| critic          | `rl.critic.enabled`                     | values (learner), old_values, returns (GAE's, or the outcome reward per token) |
 | condition flags | `rl.condition.source = "privileged"`    | cond                                       |
 | step labels     | `rl.step_labels.enabled`                | step_id, step_ok                           |
 | estimator       | `rl.advantage`                          | advantages (and returns for GAE)           |
@@ -94,9 +94,8 @@ def objective_fields(rl: Mapping[str, Any]) -> set[str]:
         if int(rl["teacher"]["topk"]) > 0:
             fields |= {"teacher_topk_idx", "teacher_topk_logp"}
     if rl["critic"]["enabled"]:
-        fields |= {"values", "old_values"}
-        if rl["advantage"] == "gae":
-            fields.add("returns")
+        # returns: GAE's with rl.advantage = "gae", else the outcome reward at every response token.
+        fields |= {"values", "old_values", "returns"}
     if rl["condition"]["source"]:
         fields.add("cond")
     if rl["step_labels"]["enabled"]:
