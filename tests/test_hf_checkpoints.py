@@ -14,8 +14,11 @@ transformers = pytest.importorskip("transformers")
 safetensors_torch = pytest.importorskip("safetensors.torch")
 
 from jaxrl_llm.models import functional  # noqa: E402
+from jaxrl_llm.models.config import tiny  # noqa: E402
+from jaxrl_llm.models.decoder import Decoder  # noqa: E402
 from jaxrl_llm.models.hf import load_pretrained, save_pretrained  # noqa: E402
 from jaxrl_llm.models.safetensors_io import CheckpointReader  # noqa: E402
+from jaxrl_llm.parallel import make_mesh, rules  # noqa: E402
 
 forward = jax.jit(functional.forward, static_argnums=0)
 TOKENS = np.random.RandomState(0).randint(0, 96, (2, 7))
@@ -142,7 +145,6 @@ def test_load_onto_mesh_places_sharded_arrays(checkpoints):
 
 
 def test_load_onto_mesh_with_project_sharding_rules(checkpoints):
-    rules = pytest.importorskip("jaxrl_llm.parallel.rules")
     _, path, hf_logits = checkpoints["qwen3_tied"]
     mesh = jax.make_mesh((2, 4), ("fsdp", "tensor"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
     model, _ = load_pretrained(path, mesh=mesh)
@@ -152,6 +154,17 @@ def test_load_onto_mesh_with_project_sharding_rules(checkpoints):
         assert value.sharding == rules.logical_to_sharding(names, mesh, shape=value.shape)
     assert not model.embed.get_value().sharding.is_fully_replicated
     assert np.abs(_our_logits(model) - hf_logits).max() < 1e-4
+
+
+def test_a_parameter_the_mesh_does_not_divide_fails_naming_the_tensor(tmp_path):
+    config = tiny(vocab_size=99, architecture="LlamaForCausalLM", attention_bias=False)
+    save_pretrained(Decoder(config, rngs=nnx.Rngs(0)), config, tmp_path)
+    with pytest.raises(ValueError, match=r"tensor 'model.embed_tokens.weight': dimension 0 \(logical 'vocab', "
+                                         r"size 99\) is not divisible by mesh axes \('tensor',\) of size 2"):
+        load_pretrained(tmp_path, mesh=make_mesh(1, 4, 2))
+    # On a size-1 tensor axis the 99 rows divide: only the model width is split (over fsdp).
+    model, _ = load_pretrained(tmp_path, mesh=make_mesh(1, 8, 1))
+    assert model.embed.get_value().sharding.spec == P(None, "fsdp")
 
 
 def _copy_checkpoint(src, dst):

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxrl_llm.models import Decoder, KVCache, ModelConfig, init_cache, preset
+from jaxrl_llm.models import Decoder, KVCache, init_cache, preset
 from jaxrl_llm.models.config import hybrid_layer_types
+from jaxrl_llm.models.hf_config import from_hf_config, to_hf_config
 from jaxrl_llm.models.hybrid import DeltaCache
 from jaxrl_llm.models.norm import RMSNorm
 from jaxrl_llm.models.rope import apply_rope, inverse_frequencies, rope_tables
@@ -81,10 +82,10 @@ def test_init_cache_holds_fixed_shape_delta_state_next_to_kv():
 
 def test_qwen3_next_config_json_round_trips():
     config = preset("hybrid-tiny", tie_word_embeddings=True)
-    hf = config.to_hf_config()
+    hf = to_hf_config(config)
     assert hf["layer_types"] == ["linear_attention"] * 3 + ["full_attention"]
     assert hf["rope_parameters"]["partial_rotary_factor"] == 0.5 and hf["num_experts"] == 0
-    assert ModelConfig.from_hf_config(hf) == config.replace(delta_chunk_size=64)
+    assert from_hf_config(hf) == config.replace(delta_chunk_size=64)
 
 
 def test_qwen3_next_config_json_defaults_follow_transformers():
@@ -92,7 +93,7 @@ def test_qwen3_next_config_json_defaults_follow_transformers():
     hf = {"architectures": ["Qwen3NextForCausalLM"], "vocab_size": 64, "hidden_size": 32, "intermediate_size": 48,
           "num_hidden_layers": 8, "num_attention_heads": 2, "num_key_value_heads": 1, "rope_theta": 1e6,
           "partial_rotary_factor": 0.25, "num_experts": 0}
-    config = ModelConfig.from_hf_config(hf)
+    config = from_hf_config(hf)
     assert config.layer_types == hybrid_layer_types(8)
     assert (config.head_dim, config.rotary_dim, config.linear_num_value_heads, config.linear_value_head_dim) == (
         256, 64, 32, 128)
@@ -100,15 +101,15 @@ def test_qwen3_next_config_json_defaults_follow_transformers():
 
 
 def test_qwen3_next_moe_and_foreign_layers_are_refused():
-    hf = preset("hybrid-tiny").to_hf_config()
+    hf = to_hf_config(preset("hybrid-tiny"))
     del hf["num_experts"], hf["mlp_only_layers"]  # transformers' default: 512 experts on every layer
     with pytest.raises(ValueError, match=r"layers \[0, 1, 2, 3\] are sparse mixture-of-experts"):
-        ModelConfig.from_hf_config(hf)
+        from_hf_config(hf)
     with pytest.raises(ValueError, match="Qwen3NextForCausalLM has only .* layers; got \\['kda'\\]"):
-        preset("hybrid-tiny", layer_types=hybrid_layer_types(4, mixer="kda")).to_hf_config()
+        to_hf_config(preset("hybrid-tiny", layer_types=hybrid_layer_types(4, mixer="kda")))
     with pytest.raises(ValueError, match="partial_rotary_factor=0.5 does not exist in Qwen3ForCausalLM"):
-        preset("tiny", partial_rotary_factor=0.5, architecture="Qwen3ForCausalLM", qk_norm=True,
-               attention_bias=False).to_hf_config()
+        to_hf_config(preset("tiny", partial_rotary_factor=0.5, architecture="Qwen3ForCausalLM", qk_norm=True,
+                            attention_bias=False))
 
 
 def test_partial_rope_rotates_only_the_leading_channels():

@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrl_llm.models.config import ModelConfig, preset
+from jaxrl_llm.models.config import preset
+from jaxrl_llm.models.hf_config import from_hf_config, to_hf_config
 from jaxrl_llm.models.linear import linear
 
 
@@ -57,8 +58,8 @@ def _hf(**extra):
 def test_from_hf_config_reads_old_and_new_rope_layouts():
     llama3 = {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
               "original_max_position_embeddings": 64}
-    new = ModelConfig.from_hf_config(_hf(rope_parameters={"rope_type": "llama3", "rope_theta": 5e5, **llama3}))
-    old = ModelConfig.from_hf_config(_hf(rope_theta=5e5, rope_scaling={"rope_type": "llama3", **llama3}))
+    new = from_hf_config(_hf(rope_parameters={"rope_type": "llama3", "rope_theta": 5e5, **llama3}))
+    old = from_hf_config(_hf(rope_theta=5e5, rope_scaling={"rope_type": "llama3", **llama3}))
     assert new == old
     assert new.rope_theta == 5e5 and new.rope_scaling == llama3 and new.head_dim == 8
     assert (new.num_layers, new.num_kv_heads, new.rms_norm_eps, new.tie_word_embeddings) == (3, 2, 1e-5, True)
@@ -68,29 +69,29 @@ def test_from_hf_config_reads_old_and_new_rope_layouts():
 def test_hf_config_round_trip_per_architecture():
     for arch, model_type in [("Qwen2ForCausalLM", "qwen2"), ("Qwen3ForCausalLM", "qwen3"),
                              ("LlamaForCausalLM", "llama")]:
-        config = ModelConfig.from_hf_config(_hf(architectures=[arch], model_type=model_type, head_dim=16))
+        config = from_hf_config(_hf(architectures=[arch], model_type=model_type, head_dim=16))
         assert config.attention_bias == (arch == "Qwen2ForCausalLM")
         assert config.qk_norm == (arch == "Qwen3ForCausalLM")
         assert config.head_dim == 16
-        hf = config.to_hf_config()
+        hf = to_hf_config(config)
         assert hf["architectures"] == [arch] and hf["model_type"] == model_type
-        assert ModelConfig.from_hf_config(hf) == config
+        assert from_hf_config(hf) == config
 
 
 def test_architecture_from_model_type_when_architectures_absent():
     hf = _hf(model_type="qwen3")
     del hf["architectures"]
-    assert ModelConfig.from_hf_config(hf).architecture == "Qwen3ForCausalLM"
+    assert from_hf_config(hf).architecture == "Qwen3ForCausalLM"
 
 
 def test_unsupported_architecture_is_named_with_the_supported_list():
     with pytest.raises(ValueError, match="unsupported architecture 'MistralForCausalLM'; supported: "
                                          "Qwen2ForCausalLM, Qwen3ForCausalLM, LlamaForCausalLM"):
-        ModelConfig.from_hf_config(_hf(architectures=["MistralForCausalLM"]))
+        from_hf_config(_hf(architectures=["MistralForCausalLM"]))
     with pytest.raises(ValueError, match="rope_type must be 'default' or 'llama3'; got 'yarn'"):
-        ModelConfig.from_hf_config(_hf(rope_parameters={"rope_type": "yarn", "rope_theta": 1e4}))
+        from_hf_config(_hf(rope_parameters={"rope_type": "yarn", "rope_theta": 1e4}))
     with pytest.raises(ValueError, match="attention_bias=True"):
-        ModelConfig.from_hf_config(_hf(attention_bias=True))
+        from_hf_config(_hf(attention_bias=True))
 
 
 class _Int8Weight:

@@ -50,6 +50,49 @@ def test_gae_skips_masked_observation_tokens():
     np.testing.assert_allclose(obs[:, [0, 1, 3]], plain, atol=1e-6)
 
 
+def test_gae_masked_tokens_get_zero_advantage_and_return_their_value():
+    # Row 0: a masked observation in the middle and a masked tail; row 1: a prompt token and a tail.
+    # Values on masked tokens are junk that must not leak into the valid tokens.
+    rewards = jnp.array([[0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 1.0, 0.0]])
+    values = jnp.array([[0.5, 99.0, 0.7, -7.0], [3.0, 0.2, 0.4, 5.0]])
+    mask = jnp.array([[1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 1.0, 0.0]])
+    adv, ret = obj.gae_advantages(rewards, values, mask, gamma=0.9, lam=0.8, whiten=False)
+    # Row 0: A_2 = 1 - 0.7 = 0.3; A_0 = (0.9 * 0.7 - 0.5) + 0.9 * 0.8 * 0.3 = 0.13 + 0.216.
+    # Row 1: A_2 = 1 - 0.4 = 0.6; A_1 = (0.9 * 0.4 - 0.2) + 0.72 * 0.6 = 0.16 + 0.432.
+    np.testing.assert_allclose(adv, [[0.346, 0.0, 0.3, 0.0], [0.0, 0.592, 0.6, 0.0]], atol=1e-6)
+    np.testing.assert_allclose(ret, [[0.846, 99.0, 1.0, -7.0], [3.0, 0.792, 1.0, 5.0]], atol=1e-6)
+    white, _ = obj.gae_advantages(rewards, values, mask, gamma=0.9, lam=0.8)
+    np.testing.assert_array_equal(np.asarray(white)[np.asarray(mask) == 0], 0.0)
+
+
+def _gae_reference(rewards, values, mask, gamma, lam):
+    """Float64 loop over each row, skipping masked tokens."""
+    adv = np.zeros_like(rewards, np.float64)
+    for b in range(rewards.shape[0]):
+        next_value = next_adv = 0.0
+        for t in reversed(range(rewards.shape[1])):
+            if not mask[b, t]:
+                continue
+            next_adv = rewards[b, t] + gamma * next_value - values[b, t] + gamma * lam * next_adv
+            next_value = values[b, t]
+            adv[b, t] = next_adv
+    return adv, adv + values
+
+
+@settings(max_examples=8, deadline=None)
+@given(st.integers(0, 100_000))
+def test_gae_matches_a_float64_reference_loop(seed):
+    rng = np.random.default_rng(seed)
+    rewards, values = rng.normal(size=(3, 9)), rng.normal(size=(3, 9))
+    mask = rng.random((3, 9)) < 0.6
+    gamma, lam = rng.uniform(0.5, 1.0), rng.uniform(0.5, 1.0)
+    adv, ret = obj.gae_advantages(jnp.asarray(rewards, jnp.float32), jnp.asarray(values, jnp.float32),
+                                  jnp.asarray(mask), gamma=gamma, lam=lam, whiten=False)
+    want_adv, want_ret = _gae_reference(rewards, values, mask, gamma, lam)
+    np.testing.assert_allclose(adv, want_adv, atol=1e-5)
+    np.testing.assert_allclose(ret, want_ret, atol=1e-5)
+
+
 def test_dapo_filter_and_overlong_cases_b3():
     r = jnp.array([1.0, 1.0, 1.0, 1.0, 0.0, 1.0, 0.0, 0.0])
     g = jnp.array([0, 0, 0, 0, 1, 1, 1, 1])

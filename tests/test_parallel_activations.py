@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from jaxrl_llm.parallel import make_mesh
-from jaxrl_llm.parallel.activations import RESIDUAL, activation_mesh, constrain, current_mesh
+from jaxrl_llm.parallel.activations import MAY_REPLICATE, RESIDUAL, activation_mesh, constrain, current_mesh
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -47,6 +47,17 @@ def test_constrain_pins_the_batch_layout_and_restores_the_outer_context():
     with pytest.raises(ValueError, match=r"2 logical names .* shape \(8, 3, 4\)"):
         with activation_mesh(mesh):
             constrain(x, ("batch", None))
+
+
+def test_constrain_replicates_only_the_dimensions_it_opts_in():
+    mesh = make_mesh(2, 2, 2)
+    with activation_mesh(mesh):
+        # 3 vocab rows over tensor=2 run whole, as a batch of 3 rows does.
+        table = jax.jit(lambda t: constrain(t, ("vocab", None)))(jnp.ones((3, 4)))
+        assert table.sharding.is_fully_replicated
+        with pytest.raises(ValueError, match=r"dimension 2 \(logical 'mlp', size 5\) is not divisible by mesh "
+                                             r"axes \('tensor',\) of size 2"):
+            constrain(jnp.ones((8, 3, 5)), ("batch", None, "mlp"))
 
 
 def test_sharded_sft_step_compiles_without_full_rematerialization(capfd):

@@ -1,5 +1,7 @@
 """Mesh construction and the logical-axis rules table."""
 
+import re
+
 import jax
 import pytest
 from hypothesis import given, settings
@@ -76,22 +78,54 @@ def test_rules_table_maps_logical_names_without_a_mesh():
     assert DEFAULT_RULES["embed"] == "fsdp"
 
 
-def test_a_non_dividing_axis_falls_back_to_replication_for_that_dim_only():
+def test_a_dimension_its_mesh_axes_do_not_divide_fails_naming_both():
+    mesh = make_mesh(1, 1, 8)
+    assert logical_to_sharding(("embed", "mlp"), mesh, shape=(64, 128)).spec == P(None, "tensor")
+    with pytest.raises(ValueError, match=re.escape(
+            "dimension 1 (logical 'mlp', size 100) is not divisible by mesh axes ('tensor',) of size 8")):
+        logical_to_sharding(("embed", "mlp"), mesh, shape=(64, 100))
+    with pytest.raises(ValueError, match=re.escape(
+            "dimension 0 (logical 'batch', size 6) is not divisible by mesh axes ('data', 'fsdp') of size 4 "
+            "(data=2, fsdp=2)")):
+        logical_to_sharding(("batch", None), make_mesh(2, 2, 2), shape=(6, 3))
+
+
+def test_replication_of_a_non_dividing_dimension_is_an_explicit_opt_in():
     mesh = make_mesh(2, 2, 2)
-    # 99 rows do not split over tensor=2: only the embed dim stays sharded.
-    assert logical_to_sharding(("vocab", "embed"), mesh, shape=(99, 64)).spec == P(None, "fsdp")
-    assert logical_to_sharding(("vocab", "embed"), mesh, shape=(128, 64)).spec == P("tensor", "fsdp")
-    # batch over data x fsdp = 4: 6 rows cannot be split, 8 can.
-    assert logical_to_sharding(("batch", None), mesh, shape=(6, 3)).spec == P()
+    # 99 rows do not split over tensor=2: with the opt-in only the embed dim stays sharded.
+    assert logical_to_sharding(("vocab", "embed"), mesh, shape=(99, 64), allow_replicate=("vocab",)).spec == P(
+        None, "fsdp")
+    assert logical_to_sharding(("vocab", "embed"), mesh, shape=(128, 64), allow_replicate=("vocab",)).spec == P(
+        "tensor", "fsdp")
+    assert logical_to_sharding(("batch", None), mesh, shape=(6, 3), allow_replicate=("batch",)).spec == P()
     assert logical_to_sharding(("batch", None), mesh, shape=(8, 3)).spec == P(("data", "fsdp"))
+    # The opt-in names one logical axis; another one that does not divide still fails.
+    with pytest.raises(ValueError, match=r"dimension 1 \(logical 'embed', size 63\)"):
+        logical_to_sharding(("vocab", "embed"), mesh, shape=(99, 63), allow_replicate=("vocab",))
 
 
-def test_size_one_mesh_axes_are_dropped_and_an_axis_is_used_once():
+def test_two_dimensions_on_one_mesh_axis_fail_naming_both():
+    mesh = make_mesh(2, 2, 2)
+    with pytest.raises(ValueError, match=re.escape(
+            "dimension 1 (logical 'kv_heads') maps to mesh axes ('tensor',) of size 2, but dimension 0 "
+            "(logical 'heads') already uses ['tensor']")):
+        logical_to_sharding(("heads", "kv_heads"), mesh, shape=(8, 8))
+    # batch takes fsdp, so embed cannot have it; the opt-in is for divisibility only.
+    with pytest.raises(ValueError, match=r"dimension 1 \(logical 'embed'\) maps to mesh axes \('fsdp',\)"):
+        logical_to_sharding(("batch", "embed"), mesh, shape=(8, 8), allow_replicate=("batch", "embed"))
+    # Without a mesh the table alone shows the clash.
+    with pytest.raises(ValueError, match=r"dimension 1 \(logical 'embed'\) maps to mesh axes \('fsdp',\), but"):
+        logical_to_spec(("embed", "embed"))
+
+
+def test_size_one_mesh_axes_divide_everything_and_never_collide():
     mesh = make_mesh(1, 8, 1)
-    assert logical_to_sharding(("embed", "mlp"), mesh, shape=(64, 128)).spec == P("fsdp")
+    assert logical_to_sharding(("embed", "mlp"), mesh, shape=(64, 100)).spec == P("fsdp")
     assert logical_to_sharding(("batch", None), mesh, shape=(8, 4)).spec == P("fsdp")
-    # Two dims asking for the same mesh axis: the first keeps it.
-    assert logical_to_spec(("embed", "embed")) == P("fsdp")
+    # heads and kv_heads share tensor, which has size 1 here: no clash, nothing sharded.
+    assert logical_to_sharding(("heads", "kv_heads"), mesh, shape=(7, 5)).spec == P()
+    one = make_mesh(1, 1, 1)
+    assert logical_to_sharding(("vocab", "embed"), one, shape=(99, 63)).spec == P()
 
 
 def test_custom_rules_table_replaces_the_default():

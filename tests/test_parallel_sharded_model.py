@@ -88,6 +88,17 @@ def test_parameters_carry_the_rule_table_specs(shape):
     assert state_shardings(abstract_model(factory).abstract_params, mesh)["embed"].spec == expected[("embed",)]
 
 
+def test_a_parameter_rule_that_cannot_apply_fails_naming_the_parameter():
+    odd = tiny(vocab_size=128, intermediate_size=100, num_layers=1)
+    parts = abstract_model(lambda: Decoder(odd, rngs=nnx.Rngs(0)))
+    with pytest.raises(ValueError, match=r"^layers\.0\.mlp\.down_proj: dimension 0 \(logical 'mlp', size 100\) is "
+                                         r"not divisible by mesh axes \('tensor',\) of size 8"):
+        state_shardings(parts.abstract_params, make_mesh(1, 1, 8))
+    # A table that puts two of a weight's dimensions on one mesh axis fails the same way.
+    with pytest.raises(ValueError, match=r"^embed: dimension 1 \(logical 'embed'\) maps to mesh axes \('tensor',\)"):
+        state_shardings(parts.abstract_params, make_mesh(1, 1, 2), {"vocab": "tensor", "embed": "tensor"})
+
+
 @pytest.mark.parametrize("shape", MESHES.values(), ids=MESHES.keys())
 def test_sharded_init_matches_single_device_init(shape):
     _, _, params, _, _ = sharded(shape)

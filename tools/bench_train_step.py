@@ -9,7 +9,7 @@ Shared machines are noisy, so the speed figures are ratios taken in the same run
 
 * `speedup_vs_torch`: JAX tokens/s over PyTorch tokens/s for the same work. `--compare-torch`
   (default `auto`: on when torch and transformers import, the mesh has one device and the model is
-  float32) builds the same model in `transformers` (`ModelConfig.to_hf_config()` ->
+  float32) builds the same model in `transformers` (`hf_config.to_hf_config(config)` ->
   `AutoConfig.for_model` -> `AutoModelForCausalLM.from_config`, fp32, eager) with our initial
   weights, and runs the same step: forward, the same masked next-token loss on the same batch,
   backward, global-norm clipping and AdamW with the same hyperparameters and learning-rate

@@ -24,8 +24,10 @@ def torch_blocker(config: Any, num_devices: int, mode: str) -> str | None:
     if config.param_dtype != "float32" or config.dtype != "float32":
         return (f"the torch reference is float32; the model has param_dtype={config.param_dtype!r}, "
                 f"dtype={config.dtype!r}")
+    from jaxrl_llm.models.hf_config import to_hf_config  # noqa: PLC0415
+
     try:
-        config.to_hf_config()
+        to_hf_config(config)
     except ValueError as err:
         return f"the model has no transformers equivalent: {err}"
     try:
@@ -57,7 +59,9 @@ def build_torch_model(config: Any, params: dict):
     import torch  # noqa: PLC0415
     import transformers  # noqa: PLC0415
 
-    hf = config.to_hf_config()
+    from jaxrl_llm.models.hf_config import to_hf_config  # noqa: PLC0415
+
+    hf = to_hf_config(config)
     model_type = hf.pop("model_type")
     for key in ("architectures", "torch_dtype", "rope_theta", "rope_scaling"):
         hf.pop(key, None)

@@ -1,10 +1,6 @@
-"""`ModelConfig`: the shape and numerics of a decoder, and its Hugging Face `config.json` mapping.
+"""`ModelConfig`: the shape and numerics of a decoder, and its presets.
 
-Supported Hugging Face architectures: `Qwen2ForCausalLM`, `Qwen3ForCausalLM`, `LlamaForCausalLM`,
-`Qwen3NextForCausalLM` (dense MLP only). Qwen2 always has q/k/v biases; Qwen3 adds per-head RMSNorm
-on q and k (`qk_norm`); Llama 3 may use the `llama3` RoPE frequency scaling; Qwen3-Next mixes Gated
-DeltaNet layers with gated, partially rotary attention and uses zero-centred RMSNorm weights (its
-conversion lives in `models.qwen3_next`).
+Conversion to and from a Hugging Face `config.json` lives in `models.hf_config`.
 """
 
 from __future__ import annotations
@@ -17,15 +13,8 @@ import jax.numpy as jnp
 ATTENTION = "attention"
 QWEN3_NEXT = "Qwen3NextForCausalLM"
 SUPPORTED_ARCHITECTURES = ("Qwen2ForCausalLM", "Qwen3ForCausalLM", "LlamaForCausalLM", QWEN3_NEXT)
-_MODEL_TYPE_TO_ARCH = {
-    "qwen2": "Qwen2ForCausalLM",
-    "qwen3": "Qwen3ForCausalLM",
-    "llama": "LlamaForCausalLM",
-    "qwen3_next": QWEN3_NEXT,
-}
-_ARCH_TO_MODEL_TYPE = {v: k for k, v in _MODEL_TYPE_TO_ARCH.items()}
 _DTYPES = ("float32", "bfloat16", "float16")
-_LLAMA3_ROPE_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+LLAMA3_ROPE_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
 # The kernels' implementations (`jaxrl_llm.kernels.delta_rule.IMPLS`), repeated so that configs stay
 # importable without the kernels.
 DELTA_IMPLS = ("recurrent", "chunked", "pallas", "auto")
@@ -57,7 +46,7 @@ class ModelConfig:
       dtype: compute dtype of activations and matmuls; softmax and norms always run in float32.
       layer_types: one mixer name per layer (default: all "attention"); see `models.layers` and,
         for the delta-rule types ("gated_deltanet", "kda", "fg2_gdn", "fg2_gdn_plus"), `models.hybrid`.
-      architecture: the Hugging Face architecture name written by `to_hf_config`.
+      architecture: the Hugging Face architecture name (`hf_config.to_hf_config` writes it).
       partial_rotary_factor: fraction of each head's Dh channels that RoPE rotates (Qwen3-Next:
         0.25); `rotary_dim = int(head_dim * partial_rotary_factor)` must be even.
       attention_output_gate: q_proj also yields a per-head gate; attention output is multiplied by
@@ -125,10 +114,10 @@ class ModelConfig:
             if getattr(self, name) not in _DTYPES:
                 raise ValueError(f"ModelConfig.{name} must be one of {_DTYPES}; got {getattr(self, name)!r}")
         if self.rope_scaling is not None:
-            missing = [k for k in _LLAMA3_ROPE_KEYS if k not in self.rope_scaling]
+            missing = [k for k in LLAMA3_ROPE_KEYS if k not in self.rope_scaling]
             if missing:
                 raise ValueError(
-                    f"ModelConfig.rope_scaling must be a llama3 dict with keys {_LLAMA3_ROPE_KEYS}; "
+                    f"ModelConfig.rope_scaling must be a llama3 dict with keys {LLAMA3_ROPE_KEYS}; "
                     f"missing {missing}")
             # A frozen dataclass must stay hashable (it is a static jit argument): store items sorted.
             object.__setattr__(self, "rope_scaling", _FrozenDict(self.rope_scaling))
@@ -138,8 +127,7 @@ class ModelConfig:
                 raise ValueError(
                     f"ModelConfig.layer_types must have num_layers={self.num_layers} entries; got {len(types)}")
             object.__setattr__(self, "layer_types", types)
-        if self.architecture not in SUPPORTED_ARCHITECTURES:
-            raise ValueError(_unsupported(self.architecture))
+        check_architecture(self.architecture)
 
     def _resolve_delta_fields(self) -> None:
         """Fills the delta-rule defaults (from the attention shapes) and validates them."""
@@ -184,102 +172,6 @@ class ModelConfig:
         """A copy with `changes` applied (e.g. `config.replace(dtype="bfloat16")`)."""
         return dataclasses.replace(self, **changes)
 
-    @classmethod
-    def from_hf_config(cls, hf: dict[str, Any], **overrides: Any) -> "ModelConfig":
-        """Builds a config from a Hugging Face `config.json` dict (transformers 4.x or 5.x layout).
-
-        `overrides` (e.g. `param_dtype="bfloat16"`) replace fields after conversion.
-        """
-        arch = _architecture_of(hf)
-        if hf.get("hidden_act", "silu") != "silu":
-            raise ValueError(f"hidden_act must be 'silu' for {arch}; got {hf['hidden_act']!r}")
-        if hf.get("mlp_bias", False):
-            raise ValueError(f"mlp_bias=True is not supported ({arch})")
-        if hf.get("use_sliding_window", False):
-            raise ValueError(f"use_sliding_window=True is not supported ({arch})")
-        if arch != "Qwen2ForCausalLM" and hf.get("attention_bias", False):
-            raise ValueError(f"attention_bias=True (which also biases o_proj) is not supported for {arch}")
-        rope_theta, rope_scaling = _rope_from_hf(hf)
-        num_heads = hf["num_attention_heads"]
-        head_dim = hf.get("head_dim") or hf["hidden_size"] // num_heads
-        fields = dict(
-            vocab_size=hf["vocab_size"],
-            hidden_size=hf["hidden_size"],
-            intermediate_size=hf["intermediate_size"],
-            num_layers=hf["num_hidden_layers"],
-            num_heads=num_heads,
-            num_kv_heads=hf.get("num_key_value_heads") or num_heads,
-            head_dim=head_dim,
-            rope_theta=float(rope_theta),
-            rope_scaling=rope_scaling,
-            rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-            tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
-            attention_bias=arch == "Qwen2ForCausalLM",
-            qk_norm=arch == "Qwen3ForCausalLM",
-            max_position_embeddings=int(hf.get("max_position_embeddings", 4096)),
-            architecture=arch,
-        )
-        if arch == QWEN3_NEXT:
-            from jaxrl_llm.models import qwen3_next  # noqa: PLC0415
-
-            fields.update(qwen3_next.fields_from_hf(hf))
-        fields.update(overrides)
-        return cls(**fields)
-
-    def to_hf_config(self) -> dict[str, Any]:
-        """The `config.json` dict that `transformers.AutoConfig` reads back into this model."""
-        if self.architecture == QWEN3_NEXT:
-            from jaxrl_llm.models import qwen3_next  # noqa: PLC0415
-
-            return qwen3_next.to_hf_config(self, self._hf_common())
-        if set(self.resolved_layer_types) != {ATTENTION}:
-            raise ValueError(
-                f"to_hf_config: only all-attention models map to {self.architecture}; "
-                f"layer_types={self.layer_types}")
-        if self.architecture == "Qwen2ForCausalLM" and not self.attention_bias:
-            raise ValueError("Qwen2ForCausalLM always has q/k/v biases; set attention_bias=True")
-        if self.architecture != "Qwen2ForCausalLM" and self.attention_bias:
-            raise ValueError(f"{self.architecture} with attention_bias also biases o_proj; not supported")
-        if self.qk_norm != (self.architecture == "Qwen3ForCausalLM"):
-            raise ValueError(f"qk_norm={self.qk_norm} does not match {self.architecture}")
-        for name in ("attention_output_gate", "norm_zero_centered"):
-            if getattr(self, name):
-                raise ValueError(f"{name}=True does not exist in {self.architecture}")
-        if self.partial_rotary_factor != 1.0:
-            raise ValueError(
-                f"partial_rotary_factor={self.partial_rotary_factor} does not exist in {self.architecture}")
-        hf = self._hf_common()
-        if self.architecture != "Qwen2ForCausalLM":
-            hf["attention_bias"] = False
-        return hf
-
-    def _hf_common(self) -> dict[str, Any]:
-        """The `config.json` entries every supported architecture shares."""
-        rope: dict[str, Any] = {"rope_theta": self.rope_theta, "rope_type": "default"}
-        if self.rope_scaling is not None:
-            rope.update({k: self.rope_scaling[k] for k in _LLAMA3_ROPE_KEYS}, rope_type="llama3")
-        hf: dict[str, Any] = {
-            "architectures": [self.architecture],
-            "model_type": _ARCH_TO_MODEL_TYPE[self.architecture],
-            "vocab_size": self.vocab_size,
-            "hidden_size": self.hidden_size,
-            "intermediate_size": self.intermediate_size,
-            "num_hidden_layers": self.num_layers,
-            "num_attention_heads": self.num_heads,
-            "num_key_value_heads": self.num_kv_heads,
-            "head_dim": self.head_dim,
-            "hidden_act": "silu",
-            "max_position_embeddings": self.max_position_embeddings,
-            "rms_norm_eps": self.rms_norm_eps,
-            "tie_word_embeddings": self.tie_word_embeddings,
-            "rope_parameters": rope,
-            # transformers 4.x reads these two instead of rope_parameters.
-            "rope_theta": self.rope_theta,
-            "rope_scaling": None if self.rope_scaling is None else dict(rope),
-            "torch_dtype": self.param_dtype,
-        }
-        return hf
-
 
 class _FrozenDict(dict):
     """A dict that hashes by its items, so that `ModelConfig` stays hashable."""
@@ -288,32 +180,11 @@ class _FrozenDict(dict):
         return hash(tuple(sorted(self.items())))
 
 
-def _unsupported(arch: Any) -> str:
-    return f"unsupported architecture {arch!r}; supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
-
-
-def _architecture_of(hf: dict[str, Any]) -> str:
-    archs = hf.get("architectures") or []
-    if archs:
-        arch = archs[0]
-    else:
-        arch = _MODEL_TYPE_TO_ARCH.get(hf.get("model_type"), hf.get("model_type"))
+def check_architecture(arch: Any) -> str:
+    """`arch` if it is one of `SUPPORTED_ARCHITECTURES`; otherwise a `ValueError` listing them."""
     if arch not in SUPPORTED_ARCHITECTURES:
-        raise ValueError(_unsupported(arch))
+        raise ValueError(f"unsupported architecture {arch!r}; supported: {', '.join(SUPPORTED_ARCHITECTURES)}")
     return arch
-
-
-def _rope_from_hf(hf: dict[str, Any]) -> tuple[float, dict[str, float] | None]:
-    """(rope_theta, llama3 scaling or None) from `rope_parameters` (5.x) or `rope_scaling` (4.x)."""
-    params = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-    theta = params.get("rope_theta", hf.get("rope_theta", 10000.0))
-    rope_type = params.get("rope_type", params.get("type", "default"))
-    if rope_type == "default":
-        return theta, None
-    if rope_type != "llama3":
-        raise ValueError(f"rope_type must be 'default' or 'llama3'; got {rope_type!r}")
-    return theta, {k: float(params[k]) if k != "original_max_position_embeddings" else int(params[k])
-                   for k in _LLAMA3_ROPE_KEYS}
 
 
 def tiny(**overrides: Any) -> ModelConfig:

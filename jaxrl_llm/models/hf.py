@@ -20,8 +20,10 @@ from jax.sharding import Mesh, NamedSharding
 
 from jaxrl_llm.models.config import ATTENTION, QWEN3_NEXT, ModelConfig
 from jaxrl_llm.models.decoder import Decoder
+from jaxrl_llm.models.hf_config import from_hf_config, to_hf_config
 from jaxrl_llm.models.qwen3_next import GATED_DELTANET
 from jaxrl_llm.models.safetensors_io import SINGLE_FILE, CheckpointReader
+from jaxrl_llm.parallel.rules import logical_to_sharding
 
 ShardingRules = Callable[[tuple[str | None, ...], Mesh], NamedSharding]
 StatePath = tuple[Any, ...]
@@ -83,16 +85,6 @@ def hf_shape(shape: tuple[int, ...], layout: str) -> tuple[int, ...]:
     return shape
 
 
-def _default_sharding_for(mesh: Mesh) -> Callable[[tuple, tuple[int, ...]], NamedSharding] | None:
-    """Shardings from `jaxrl_llm.parallel.rules.logical_to_sharding` when that module is available."""
-    try:
-        from jaxrl_llm.parallel.rules import logical_to_sharding  # noqa: PLC0415
-    except ImportError:
-        return None
-    # With the shape, dimensions a mesh axis does not divide are replicated instead of failing.
-    return lambda axes, shape: logical_to_sharding(axes, mesh, shape=shape)
-
-
 def load_pretrained(path: str | Path, *, dtype: str | None = None, param_dtype: str | None = None,
                     mesh: Mesh | None = None, sharding_rules: ShardingRules | None = None
                     ) -> tuple[Decoder, ModelConfig]:
@@ -103,7 +95,8 @@ def load_pretrained(path: str | Path, *, dtype: str | None = None, param_dtype: 
       dtype: compute dtype (default float32).
       param_dtype: parameter dtype (default: `dtype`, else float32).
       mesh: place each parameter as a sharded array on this mesh, using `sharding_rules`
-        (default: `jaxrl_llm.parallel.rules.logical_to_sharding`) on its logical axis names.
+        (default: `jaxrl_llm.parallel.rules.logical_to_sharding`, which raises on a dimension its
+        mesh axes do not divide) on its logical axis names.
     Returns:
       `(model, config)`; `model(tokens [B, T], positions [B, T])` gives `(logits [B, T, V], None)`.
     """
@@ -112,16 +105,13 @@ def load_pretrained(path: str | Path, *, dtype: str | None = None, param_dtype: 
     overrides: dict[str, Any] = {"param_dtype": param_dtype or dtype or "float32"}
     if dtype is not None:
         overrides["dtype"] = dtype
-    config = ModelConfig.from_hf_config(hf_config, **overrides)
+    config = from_hf_config(hf_config, **overrides)
     sharding_for = None
-    if mesh is not None:
-        if sharding_rules is not None:
-            sharding_for = lambda axes, shape: sharding_rules(axes, mesh)  # noqa: E731
-        else:
-            sharding_for = _default_sharding_for(mesh)
-        if sharding_for is None:
-            raise ValueError("load_pretrained: a mesh was given but no sharding_rules, and "
-                             "jaxrl_llm.parallel.rules.logical_to_sharding is not available")
+    if mesh is not None and sharding_rules is not None:
+        sharding_for = lambda axes, shape: sharding_rules(axes, mesh)  # noqa: E731
+    elif mesh is not None:
+        # The same shardings `parallel.init.init_sharded` gives a fresh model, and the same errors.
+        sharding_for = lambda axes, shape: logical_to_sharding(axes, mesh, shape=shape)  # noqa: E731
     graphdef, state = nnx.split(nnx.eval_shape(lambda: Decoder(config, rngs=nnx.Rngs(0))))
     flat = dict(nnx.to_flat_state(state))
     reader = CheckpointReader(path)
@@ -137,8 +127,11 @@ def load_pretrained(path: str | Path, *, dtype: str | None = None, param_dtype: 
         source = reader.array(name)
         if layout == CONV:
             source = source[:, 0, :]
-        value = _materialise(source, layout == TRANSPOSED, shape, config.jnp_param_dtype,
-                             variable.get_metadata("out_sharding", None), sharding_for)
+        try:
+            value = _materialise(source, layout == TRANSPOSED, shape, config.jnp_param_dtype,
+                                 variable.get_metadata("out_sharding", None), sharding_for)
+        except ValueError as err:  # a sharding rule that cannot apply: say which tensor
+            raise ValueError(f"tensor {name!r}: {err}") from None
         flat[state_path] = variable.replace(value)
     model = nnx.merge(graphdef, nnx.from_flat_state(flat))
     return model, config
@@ -172,7 +165,7 @@ def save_pretrained(model: Decoder, config: ModelConfig, path: str | Path, *, dt
 
     path = Path(path)
     out_dtype = np.dtype(jnp.dtype(dtype or config.param_dtype))
-    hf_config = config.to_hf_config()
+    hf_config = to_hf_config(config)
     hf_config["torch_dtype"] = hf_config["dtype"] = str(out_dtype)
     flat = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
     tensors = {}

@@ -1,9 +1,8 @@
 """Delta-rule layer types for `Decoder`: Gated DeltaNet, KDA, FG2-GDN and FG2-GDN+ as token mixers.
 
-Importing this module registers `"gated_deltanet"`, `"kda"`, `"fg2_gdn"` and `"fg2_gdn_plus"` with
-`models.layers.register_mixer` (the decoder imports it on first use of an unknown layer type), so a
-`ModelConfig.layer_types` may mix them with `"attention"` in any pattern
-(`config.hybrid_layer_types`, `preset("hybrid-tiny")`).
+`models.layers` registers `"gated_deltanet"`, `"kda"`, `"fg2_gdn"` and `"fg2_gdn_plus"` (the keys of
+`DELTA_LAYER_TYPES`) as `DeltaMixer`s, so a `ModelConfig.layer_types` may mix them with `"attention"`
+in any pattern (`config.hybrid_layer_types`, `preset("hybrid-tiny")`).
 
 Each mixer wraps a `models.delta_layers` module (the `delta` attribute) and keeps a fixed-shape
 `DeltaCache` per layer, so prefill and one-token decode run through the same `Decoder` call and
@@ -25,7 +24,6 @@ from flax import nnx
 from jaxrl_llm.models.attention import MixerContext
 from jaxrl_llm.models.config import ModelConfig, hybrid_layer_types
 from jaxrl_llm.models.delta_layers import FG2GatedDeltaNet, GatedDeltaNet, KimiDeltaAttention
-from jaxrl_llm.models.layers import register_mixer
 
 __all__ = ["DELTA_LAYER_TYPES", "DeltaCache", "DeltaMixer", "hybrid_layer_types", "init_delta_cache"]
 
@@ -132,12 +130,3 @@ def _first_and_last_real(segment_ids: jax.Array, last_segment: jax.Array) -> tup
     return (jnp.where(has_real, pick(first_col), last_segment),
             jnp.where(has_real, pick(last_col), last_segment))
 
-
-def _register() -> None:
-    for layer_type in DELTA_LAYER_TYPES:
-        register_mixer(layer_type,
-                       lambda config, rngs, layer_type=layer_type: DeltaMixer(config, layer_type, rngs=rngs),
-                       init_delta_cache)
-
-
-_register()

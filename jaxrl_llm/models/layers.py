@@ -2,29 +2,24 @@
 
 A mixer is an `nnx.Module` called as `mixer(x [B, T, D], ctx: MixerContext, layer_cache)` that
 returns `(y [B, T, D], new_layer_cache)` (`layer_cache` is None without a cache). Each layer type
-registers how to build its mixer and how to make its empty cache entry; `"attention"` is built in,
-other types (the delta-rule mixers of `models.hybrid`) register themselves with `register_mixer`
-when their module is imported.
+registers how to build its mixer and how to make its empty cache entry. `"attention"` and the
+delta-rule types of `models.hybrid` are registered here; users add theirs with `register_mixer`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from typing import Any, Callable
 
 import jax
 from flax import nnx
 
+from jaxrl_llm.models import hybrid
 from jaxrl_llm.models.attention import Attention, MixerContext
 from jaxrl_llm.models.cache import init_kv_cache
 from jaxrl_llm.models.config import ATTENTION, ModelConfig
 from jaxrl_llm.models.mlp import SwiGLU
 from jaxrl_llm.models.norm import RMSNorm
-
-# Modules that register further layer types when imported.
-_PLUGIN_MODULES = ("jaxrl_llm.models.hybrid",)
-
 
 @dataclasses.dataclass(frozen=True)
 class MixerSpec:
@@ -44,14 +39,7 @@ def register_mixer(layer_type: str, build: Callable[[ModelConfig, nnx.Rngs], nnx
 
 
 def mixer_spec(layer_type: str) -> MixerSpec:
-    """The registered spec of `layer_type`; imports the known plugin modules on a miss."""
-    if layer_type not in _MIXERS:
-        for module in _PLUGIN_MODULES:
-            try:
-                importlib.import_module(module)
-            except ModuleNotFoundError as err:
-                if err.name != module:  # a plugin that exists but fails to import is a real error
-                    raise
+    """The registered spec of `layer_type`."""
     if layer_type not in _MIXERS:
         raise ValueError(f"unknown layer type {layer_type!r} in ModelConfig.layer_types; "
                          f"registered: {sorted(_MIXERS)}")
@@ -59,6 +47,9 @@ def mixer_spec(layer_type: str) -> MixerSpec:
 
 
 register_mixer(ATTENTION, lambda config, rngs: Attention(config, rngs=rngs), init_kv_cache)
+for _layer_type in hybrid.DELTA_LAYER_TYPES:
+    register_mixer(_layer_type, lambda config, rngs, t=_layer_type: hybrid.DeltaMixer(config, t, rngs=rngs),
+                   hybrid.init_delta_cache)
 
 
 class DecoderLayer(nnx.Module):

@@ -1,4 +1,4 @@
-"""Qwen3-Next (`Qwen3NextForCausalLM`) `config.json` <-> `ModelConfig` fields.
+"""Qwen3-Next (`Qwen3NextForCausalLM`) `config.json` <-> `ModelConfig` fields, for `models.hf_config`.
 
 A Qwen3-Next decoder is a hybrid: `linear_attention` layers are Gated DeltaNet mixers (our
 `"gated_deltanet"` layer type) and `full_attention` layers are softmax attention with q/k RMSNorm, a
@@ -10,12 +10,9 @@ fails the conversion.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from jaxrl_llm.models.config import ATTENTION
-
-if TYPE_CHECKING:
-    from jaxrl_llm.models.config import ModelConfig
+from jaxrl_llm.models.config import ATTENTION, ModelConfig
 
 GATED_DELTANET = "gated_deltanet"
 # Hugging Face `layer_types` entry -> our layer type.
@@ -79,7 +76,7 @@ def fields_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
-def to_hf_config(config: ModelConfig, common: dict[str, Any]) -> dict[str, Any]:
+def extend_hf_config(config: ModelConfig, common: dict[str, Any]) -> dict[str, Any]:
     """`common` (the entries every architecture shares) plus Qwen3-Next's, for a dense checkpoint."""
     layer_types = config.resolved_layer_types
     unknown = sorted(set(layer_types) - set(_OUR_LAYER_TYPES))

@@ -67,31 +67,33 @@ def gae_advantages(token_rewards: Array, values: Array, mask: Array, *, gamma: f
                    lam: float = 0.95, whiten: bool = True) -> tuple[Array, Array]:
     """GAE (arXiv 1506.02438): delta_t = r_t + gamma V_{t+1} - V_t, A_t = delta_t + gamma lam A_{t+1}.
 
-    token_rewards, values, mask: [B, T]. Returns `(advantages [B, T], returns [B, T])` with
-    returns = A + V computed before whitening. Masked (observation) tokens are skipped: they pass
-    the running next-value and advantage through unchanged. `whiten` normalises the advantages
-    over valid tokens (returns are never whitened).
+    token_rewards, values, mask: [B, T] (mask: 1 on generated tokens). Returns
+    `(advantages [B, T], returns [B, T])`. Masked tokens (prompt, observations between turns, the
+    tail after a response ends) are skipped: V_{t+1} and A_{t+1} are those of the next valid token
+    (0 past the last one), their own rewards and values are ignored, and they get advantage 0 and
+    return V_t. Returns are A + V before whitening; `whiten` normalises the advantages over valid
+    tokens (returns are never whitened).
     """
     check_token_inputs(token_rewards=token_rewards, values=values, mask=mask)
     dtype = jnp.result_type(token_rewards, values, jnp.float32)
     r = jnp.asarray(token_rewards, dtype).T
     v = jnp.asarray(values, dtype).T
-    m = jnp.asarray(mask, dtype).T
+    valid = (jnp.asarray(mask) != 0).T
 
     def step(carry, xs):
         next_value, next_adv = carry
-        r_t, v_t, m_t = xs
-        delta = r_t + gamma * next_value - v_t
-        adv = delta + gamma * lam * next_adv
-        carry = (v_t * m_t + (1 - m_t) * next_value, adv * m_t + (1 - m_t) * next_adv)
-        return carry, adv
+        r_t, v_t, valid_t = xs
+        adv = r_t + gamma * next_value - v_t + gamma * lam * next_adv
+        # `where`, not arithmetic with the mask: a NaN value on a skipped token must not leak.
+        carry = (jnp.where(valid_t, v_t, next_value), jnp.where(valid_t, adv, next_adv))
+        return carry, jnp.where(valid_t, adv, 0.0)
 
     zeros = jnp.zeros(r.shape[1], dtype)
-    _, adv = jax.lax.scan(step, (zeros, zeros), (r, v, m), reverse=True)
+    _, adv = jax.lax.scan(step, (zeros, zeros), (r, v, valid), reverse=True)
     adv = adv.T
-    returns = adv + jnp.asarray(values, dtype)
+    returns = adv + v.T
     if whiten:
-        adv = masked_whiten(adv, jnp.asarray(mask, dtype))
+        adv = masked_whiten(adv, valid.T.astype(dtype))
     return jax.lax.stop_gradient(adv), jax.lax.stop_gradient(returns)
 
 

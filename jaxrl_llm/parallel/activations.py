@@ -24,6 +24,10 @@ from jaxrl_llm.parallel.rules import MeshAxes, logical_to_sharding
 
 # Logical names of the residual stream [B, T, D]: rows over the batch axes, the rest whole.
 RESIDUAL = ("batch", None, None)
+# A constraint is a layout hint, so these dimensions run whole where their mesh axes do not divide
+# them rather than failing: a batch of any size (a 3-row eval or decode step on 4 batch shards) and
+# the rows of a quantized table's scales (V / group_size, fewer than the tensor shards).
+MAY_REPLICATE = ("batch", "vocab")
 
 _ACTIVE: contextvars.ContextVar[tuple[Mesh, Mapping[str, MeshAxes] | None] | None] = (
     contextvars.ContextVar("activation_mesh", default=None))
@@ -52,7 +56,8 @@ def current_mesh() -> Mesh | None:
 def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
     """`with_sharding_constraint(x, names -> mesh axes)` inside `activation_mesh`; `x` otherwise.
 
-    A dimension the mesh axes do not divide is left whole (see `rules.logical_to_spec`).
+    A `MAY_REPLICATE` dimension its mesh axes do not divide is left whole; any other rule that
+    cannot apply raises (see `rules.logical_to_spec`).
     """
     active = _ACTIVE.get()
     if active is None:
@@ -60,4 +65,5 @@ def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
     if len(names) != x.ndim:
         raise ValueError(f"constrain: {len(names)} logical names {tuple(names)} for an array of shape {x.shape}")
     mesh, rules = active
-    return jax.lax.with_sharding_constraint(x, logical_to_sharding(names, mesh, shape=x.shape, rules=rules))
+    sharding = logical_to_sharding(names, mesh, shape=x.shape, rules=rules, allow_replicate=MAY_REPLICATE)
+    return jax.lax.with_sharding_constraint(x, sharding)

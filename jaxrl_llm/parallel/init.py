@@ -80,13 +80,20 @@ def abstract_model(factory: Callable[[], nnx.Module]) -> ModelParts:
 def state_shardings(
     abstract_state: nnx.State, mesh: Mesh, rules: Mapping[str, MeshAxes] | None = None
 ) -> PureDict:
-    """Pure dict of `NamedSharding` per variable from its logical names (undeclared: replicated)."""
+    """Pure dict of `NamedSharding` per variable from its logical names (undeclared: replicated).
 
-    def to_sharding(variable: nnx.Variable) -> NamedSharding:
+    A rule that cannot apply (see `rules.logical_to_spec`) raises `ValueError` naming the variable.
+    """
+
+    def to_sharding(path, variable: nnx.Variable) -> NamedSharding:
         shape = variable.get_value().shape
-        return logical_to_sharding(logical_names(variable), mesh, shape=shape, rules=rules)
+        try:
+            return logical_to_sharding(logical_names(variable), mesh, shape=shape, rules=rules)
+        except ValueError as err:
+            raise ValueError(f"{jax.tree_util.keystr(path, simple=True, separator='.')}: {err}") from None
 
-    shardings = jax.tree.map(to_sharding, abstract_state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    shardings = jax.tree_util.tree_map_with_path(to_sharding, abstract_state,
+                                                 is_leaf=lambda x: isinstance(x, nnx.Variable))
     return nnx.to_pure_dict(shardings, extract_fn=lambda x: x)
 
 

@@ -4,13 +4,17 @@ Parameters and activations name their dimensions logically (`embed`, `heads`, `m
 `batch`, ...); only this table knows how those names land on the mesh. Changing a parallelism
 strategy means editing `DEFAULT_RULES` (or passing another table), nothing else.
 
-When a mesh axis does not divide a dimension (e.g. 2 KV heads over a tensor axis of 4) that
-dimension is replicated instead: the rule stays in the table and simply does not apply there.
+A rule that cannot apply fails loudly, naming the dimension, its logical name and size, and the
+mesh axes with their sizes: two dimensions mapped to the same mesh axis, or a dimension that its
+mesh axes do not divide. Mesh axes of size 1 (or absent from the mesh) are ignored, so every rule
+applies on one device. A caller that means to replicate a dimension its axes do not divide names
+that logical axis in `allow_replicate`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Collection, Mapping, Sequence
 
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -33,18 +37,36 @@ def _as_tuple(axes: MeshAxes) -> tuple[str, ...]:
     return (axes,) if isinstance(axes, str) else tuple(axes)
 
 
+def _describe(axes: tuple[str, ...], mesh: Mesh | None) -> str:
+    """`mesh axes ('tensor',) of size 8`, or `... of size 8 (data=2, fsdp=4)` for several."""
+    if mesh is None:
+        return f"mesh axes {axes}"
+    size = math.prod(mesh.shape[a] for a in axes)
+    parts = f" ({', '.join(f'{a}={mesh.shape[a]}' for a in axes)})" if len(axes) > 1 else ""
+    return f"mesh axes {axes} of size {size}{parts}"
+
+
 def logical_to_spec(
     names: Sequence[str | None] | None,
     rules: Mapping[str, MeshAxes] | None = None,
     *,
     shape: Sequence[int] | None = None,
     mesh: Mesh | None = None,
+    allow_replicate: Collection[str] = (),
 ) -> PartitionSpec:
     """Translate logical axis `names` (one per dimension) into a `PartitionSpec` of mesh axes.
 
-    With `shape` and `mesh`, a dimension whose size is not divisible by the product of its mesh
-    axis sizes is replicated. A mesh axis is used at most once: a later dimension that maps to an
-    axis already taken is replicated (the first dimension keeps it).
+    Args:
+      names: one logical name (or None: replicated) per dimension; None means all replicated.
+      rules: logical name -> mesh axis or axes (default `DEFAULT_RULES`); unlisted names replicate.
+      shape: the array's shape; with `mesh`, every sharded dimension must be divisible by the
+        product of its mesh axis sizes.
+      mesh: drops mesh axes it lacks or that have size 1, and sizes the error messages.
+      allow_replicate: logical names whose dimension is replicated, instead of failing, when its
+        mesh axes do not divide it.
+    Raises:
+      ValueError: a mesh axis is used by two dimensions, or a dimension is not divisible by its
+        mesh axes (outside `allow_replicate`); the message names both.
     """
     rules = DEFAULT_RULES if rules is None else rules
     if names is None:
@@ -54,23 +76,29 @@ def logical_to_spec(
         raise ValueError(
             f"logical axis names {names} must have one entry per dimension of shape {tuple(shape)}"
         )
-    if (shape is None) != (mesh is None):
-        raise ValueError("logical_to_spec needs both shape and mesh (or neither)")
-    used: set[str] = set()
+    if shape is not None and mesh is None:
+        raise ValueError("logical_to_spec: divisibility by shape needs the mesh")
+    owner: dict[str, int] = {}  # mesh axis -> the dimension that uses it
     entries: list[MeshAxes] = []
     for dim, name in enumerate(names):
         axes = _as_tuple(rules.get(name)) if name is not None else ()
         if mesh is not None:
-            axes = tuple(a for a in axes if a in mesh.shape and mesh.shape[a] > 1)
-        if any(a in used for a in axes):
-            axes = ()
-        if axes and mesh is not None and shape is not None:
-            size = 1
-            for a in axes:
-                size *= mesh.shape[a]
-            if shape[dim] % size != 0:
+            axes = tuple(a for a in axes if mesh.shape.get(a, 1) > 1)
+        taken = [a for a in axes if a in owner]
+        if taken:
+            other = owner[taken[0]]
+            raise ValueError(
+                f"dimension {dim} (logical {name!r}) maps to {_describe(axes, mesh)}, but dimension "
+                f"{other} (logical {names[other]!r}) already uses {taken}; logical names {names}")
+        if axes and shape is not None:
+            size = math.prod(mesh.shape[a] for a in axes)
+            if shape[dim] % size:
+                if name not in allow_replicate:
+                    raise ValueError(
+                        f"dimension {dim} (logical {name!r}, size {shape[dim]}) is not divisible by "
+                        f"{_describe(axes, mesh)}; logical names {names}, shape {tuple(shape)}")
                 axes = ()
-        used.update(axes)
+        owner.update((a, dim) for a in axes)
         entries.append(None if not axes else axes[0] if len(axes) == 1 else axes)
     # Trailing None entries are dropped so that specs compare equal to their canonical form.
     while entries and entries[-1] is None:
@@ -84,11 +112,11 @@ def logical_to_sharding(
     *,
     shape: Sequence[int] | None = None,
     rules: Mapping[str, MeshAxes] | None = None,
+    allow_replicate: Collection[str] = (),
 ) -> NamedSharding:
-    """`NamedSharding` on `mesh` for logical axis `names`; see `logical_to_spec`."""
-    if shape is None:
-        return NamedSharding(mesh, logical_to_spec(names, rules))
-    return NamedSharding(mesh, logical_to_spec(names, rules, shape=shape, mesh=mesh))
+    """`NamedSharding` on `mesh` for logical axis `names`; see `logical_to_spec` (and its errors)."""
+    return NamedSharding(mesh, logical_to_spec(names, rules, shape=shape, mesh=mesh,
+                                               allow_replicate=allow_replicate))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

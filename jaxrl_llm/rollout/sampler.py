@@ -30,7 +30,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from jaxrl_llm.parallel.activations import activation_mesh
-from jaxrl_llm.parallel.rules import logical_to_sharding
+from jaxrl_llm.parallel.batch import constrain_rows, place_rows, row_shards
 from jaxrl_llm.rollout.decode import (  # noqa: F401 (FINISH_* are part of this module's API)
     FINISH_LENGTH,
     FINISH_NONE,
@@ -131,26 +131,7 @@ _decode_jit = jax.jit(_decode_on_mesh, static_argnums=(0,), static_argnames=("re
 
 def _batch_constraint(mesh: Mesh | None):
     """Shards the leading (batch) axis of arrays over the mesh axes of the logical `batch` axis."""
-    if mesh is None:
-        return lambda x: x
-
-    def constrain(x):
-        if x.ndim == 0:
-            return x
-        names = ("batch",) + (None,) * (x.ndim - 1)
-        return jax.lax.with_sharding_constraint(x, logical_to_sharding(names, mesh, shape=x.shape))
-
-    return constrain
-
-
-def _batch_shards(mesh: Mesh | None) -> int:
-    """How many ways the batch is split on `mesh` (1 without a mesh)."""
-    if mesh is None:
-        return 1
-    spec = logical_to_sharding(("batch",), mesh).spec
-    axes = spec[0] if spec else None
-    axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
-    return int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
+    return lambda x: constrain_rows(x, mesh)
 
 
 def _bucket_rows(tokens: np.ndarray, lens: np.ndarray, config: SamplingConfig, shards: int
@@ -192,13 +173,12 @@ def generate(graphdef: nnx.GraphDef, params, prompts: Sequence[Sequence[int]] | 
     else:
         tokens, lens = check_prompt_array(prompts, lengths, vocab_size)
         tokens = tokens[:, tokens.shape[1] - int(lens.max()):]  # drop all-padding columns
-    tokens, lens, rows = _bucket_rows(tokens, lens, config, _batch_shards(mesh))
+    tokens, lens, rows = _bucket_rows(tokens, lens, config, row_shards(mesh))
     stop = np.full(round_up(len(config.stop_ids), _STOP_ID_BUCKET), -1, np.int32)
     stop[:len(config.stop_ids)] = config.stop_ids
     inputs = (jnp.asarray(tokens), jnp.asarray(lens), jnp.arange(tokens.shape[0], dtype=jnp.int32))
     if mesh is not None:
-        inputs = tuple(jax.device_put(x, logical_to_sharding(("batch",) + (None,) * (x.ndim - 1), mesh,
-                                                             shape=x.shape)) for x in inputs)
+        inputs = place_rows(inputs, mesh)
     response, mask, logp, plogp, finish = _decode_jit(
         graphdef, params, *inputs, as_prng_key(key), config.knobs(), jnp.asarray(stop),
         jnp.int32(config.max_new_tokens), jnp.int32(config.pad_id),

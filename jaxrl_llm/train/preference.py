@@ -50,7 +50,8 @@ from jaxrl_llm.train.evaluate import exact_match_accuracy, greedy_completions, m
 from jaxrl_llm.train.metrics import MetricsWriter
 from jaxrl_llm.train.rl import initial_policy
 from jaxrl_llm.train.rl_update import make_logprob_fn, policy_token_stats
-from jaxrl_llm.train.sft import batch_sharding, shard_batch, split_micro_batches
+from jaxrl_llm.parallel.batch import constrain_rows
+from jaxrl_llm.train.sft import shard_batch, split_micro_batches
 from jaxrl_llm.train.sft_run import train_loop
 from jaxrl_llm.train.state import TrainState, create_train_state
 
@@ -217,7 +218,7 @@ def make_dpo_step(parts: ModelParts, optimizer: optax.GradientTransformation, sc
 
         def accumulate(grads, mb):
             # Slicing the scanned axis can lose the batch layout; pin it back to the batch rule.
-            mb = {k: jax.lax.with_sharding_constraint(v, batch_sharding(mesh, v.shape)) for k, v in mb.items()}
+            mb = constrain_rows(mb, mesh)
             ref = pair_sequence_logps(parts, ref_params, rest, mb, chunk_size=chunk_size)
             (loss, metrics), g = grad_fn(state.params, rest, mb, ref)
             grads = jax.tree.map(lambda a, b: a + b.astype(jnp.float32) / m, grads, g)

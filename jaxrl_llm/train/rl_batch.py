@@ -16,6 +16,7 @@ import numpy as np
 from flax import struct
 
 from jaxrl_llm.data.batch import TokenBatch
+from jaxrl_llm.parallel.batch import split_strided
 
 Array = Any  # jax.Array or np.ndarray: the batch is built on the host and used on device
 
@@ -92,11 +93,7 @@ def split_minibatches(batch: RolloutBatch, num_minibatches: int) -> RolloutBatch
 
     Strided rows spread each minibatch over the batch-sharded devices and over prompt groups.
     """
-    b = batch.shape[0]
-    if num_minibatches < 1 or b % num_minibatches:
-        raise ValueError(f"rl.minibatches={num_minibatches} must divide the rollout batch size {b}")
-    m = num_minibatches
-    return jax.tree.map(lambda x: jnp.swapaxes(x.reshape(b // m, m, *x.shape[1:]), 0, 1), batch)
+    return split_strided(batch, num_minibatches, field="rl.minibatches")
 
 
 def assemble_token_arrays(prompt_tokens: np.ndarray, prompt_lengths: np.ndarray, response: np.ndarray,

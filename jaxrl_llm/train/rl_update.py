@@ -37,7 +37,8 @@ from jaxrl_llm.objectives.policy_losses import value_loss
 from jaxrl_llm.objectives.token_stats import hidden_token_stats, hidden_topk_logprobs
 from jaxrl_llm.parallel.activations import activation_mesh
 from jaxrl_llm.parallel.init import ModelParts
-from jaxrl_llm.parallel.rules import logical_to_sharding, replicated
+from jaxrl_llm.parallel.batch import place_rows
+from jaxrl_llm.parallel.rules import replicated
 from jaxrl_llm.quant.params import fake_quant_params
 from jaxrl_llm.train.optim import dgg_optimizer
 from jaxrl_llm.train.rl_batch import RolloutBatch, check_rollout_batch, split_minibatches
@@ -294,15 +295,6 @@ def summarize_steps(per_step: Mapping[str, Any], stopped: jax.Array) -> dict[str
     return {**out, **obj}
 
 
-def rollout_batch_shardings(mesh: Mesh, batch: RolloutBatch) -> RolloutBatch:
-    """Rows over the `batch` rule (data x fsdp), everything else replicated."""
-    def one(x):
-        names = ("batch",) + (None,) * (len(jnp.shape(x)) - 1)
-        return logical_to_sharding(names, mesh, shape=jnp.shape(x))
-
-    return jax.tree.map(one, batch)
-
-
 def make_rl_update(parts: ModelParts, optimizer: optax.GradientTransformation, options: RLUpdateOptions, *,
                    rest: Any = None, mesh: Mesh | None = None,
                    state_shardings: TrainState | None = None) -> Callable[[TrainState, RolloutBatch], tuple]:
@@ -333,7 +325,7 @@ def make_rl_update(parts: ModelParts, optimizer: optax.GradientTransformation, o
                          out_shardings=(state_shardings, replicated(mesh)), donate_argnums=(0,))
 
         def rl_update(state, batch):
-            batch = jax.device_put(batch, rollout_batch_shardings(mesh, batch))
+            batch = place_rows(batch, mesh)
             return jitted(state, rest, batch)
 
     rl_update.jitted = jitted  # type: ignore[attr-defined]

@@ -19,10 +19,12 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding
 
-from jaxrl_llm.data.pipeline import BATCH_KEYS
+from jaxrl_llm.data.batch import TokenBatch
+from jaxrl_llm.objectives.dgg import gated_update
 from jaxrl_llm.parallel.activations import activation_mesh
+from jaxrl_llm.parallel.batch import constrain_rows, place_rows, row_sharding, split_strided
 from jaxrl_llm.parallel.init import ModelParts
-from jaxrl_llm.parallel.rules import logical_to_sharding, replicated
+from jaxrl_llm.parallel.rules import replicated
 from jaxrl_llm.train.loss import masked_next_token_loss, next_token_weights
 from jaxrl_llm.train.state import TrainState
 
@@ -31,36 +33,22 @@ Batch = Mapping[str, Any]
 
 def batch_sharding(mesh: Mesh, shape: tuple[int, int]) -> NamedSharding:
     """`[B, T]` arrays split over the `batch` rule (data x fsdp), T replicated."""
-    return logical_to_sharding(("batch", None), mesh, shape=shape)
+    return row_sharding(mesh, shape)
 
 
 def shard_batch(batch: Batch, mesh: Mesh) -> dict[str, jax.Array]:
     """Place this process's rows of a host batch (`{key: [B, T]}`) on `mesh` as global arrays."""
-    missing = [k for k in BATCH_KEYS if k not in batch]
-    if missing:
-        raise ValueError(f"batch is missing keys {missing}; expected {BATCH_KEYS}")
-    out = {}
-    for key in BATCH_KEYS:
-        local = np.asarray(batch[key], np.int32)
-        if local.ndim != 2:
-            raise ValueError(f"batch[{key!r}] must be [B, T]; got {local.shape}")
-        global_shape = (local.shape[0] * jax.process_count(), local.shape[1])
-        out[key] = jax.make_array_from_process_local_data(batch_sharding(mesh, global_shape), local, global_shape)
-    return out
+    tokens = TokenBatch.from_mapping(batch)
+    for key, value in tokens.token_arrays().items():
+        if np.ndim(value) != 2:
+            raise ValueError(f"batch[{key!r}] must be [B, T]; got {np.shape(value)}")
+    local = {k: np.asarray(v, np.int32) for k, v in tokens.token_arrays().items()}
+    return place_rows(local, mesh, process_local=True)
 
 
 def split_micro_batches(batch: Batch, num_micro_batches: int) -> dict[str, jax.Array]:
-    """`{key: [B, T]}` -> `{key: [M, B / M, T]}`; micro-batch m holds rows m, m + M, m + 2M, ...
-
-    Strided rows keep each micro-batch spread over the batch-sharded devices.
-    """
-    b = batch["tokens"].shape[0]
-    if num_micro_batches < 1 or b % num_micro_batches:
-        raise ValueError(f"train.micro_batches={num_micro_batches} must divide the batch size {b}")
-    return {
-        k: jnp.swapaxes(v.reshape(b // num_micro_batches, num_micro_batches, *v.shape[1:]), 0, 1)
-        for k, v in batch.items()
-    }
+    """`{key: [B, T]}` -> `{key: [M, B / M, T]}`; micro-batch m holds rows m, m + M, m + 2M, ..."""
+    return split_strided(dict(batch), num_micro_batches, field="train.micro_batches")
 
 
 def make_sft_loss(parts: ModelParts) -> Callable[..., tuple[jax.Array, tuple[jax.Array, jax.Array]]]:
@@ -93,6 +81,7 @@ def make_sft_step(
     """
     loss_fn = make_sft_loss(parts)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    guarded = gated_update(optimizer)
     rest = {} if rest is None else rest
     rep = replicated(mesh)
 
@@ -104,7 +93,7 @@ def make_sft_step(
         def accumulate(carry, mb):
             grads, loss, count, correct = carry
             # Slicing the scanned axis can lose the batch layout; pin it back to the batch rule.
-            mb = {k: jax.lax.with_sharding_constraint(v, batch_sharding(mesh, v.shape)) for k, v in mb.items()}
+            mb = constrain_rows(mb, mesh)
             with activation_mesh(mesh):
                 (l, (c, k)), g = grad_fn(state.params, rest, mb, denom)
             grads = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), grads, g)
@@ -115,17 +104,11 @@ def make_sft_step(
         grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        updates, new_opt = optimizer.update(grads, state.opt_state, state.params)
-        new_params = optax.apply_updates(state.params, updates)
-
-        def keep(new, old):
-            return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-
-        new_state = state.replace(
-            params=keep(new_params, state.params),
-            opt_state=keep(new_opt, state.opt_state),
-            step=state.step + 1,
-        )
+        # The one non-finite guard (objectives/dgg.py): zero updates and the old optimizer state.
+        updates, new_opt = guarded.update(grads, state.opt_state, state.params, gated=~finite)
+        new_params = jax.tree.map(lambda n, o: jnp.where(finite, n, o), optax.apply_updates(state.params, updates),
+                                  state.params)
+        new_state = state.replace(params=new_params, opt_state=new_opt, step=state.step + 1)
         metrics = {
             "loss": loss,
             "token_accuracy": correct / jnp.maximum(count, 1.0),
