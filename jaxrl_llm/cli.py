@@ -422,11 +422,13 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
     for label, stem, count_key, unit in _ACCURACIES:
         if summary.get(f"{stem}_after") is None:
             continue
-        before = summary.get(f"{stem}_before")
-        line = f"held-out {label}: {summary[f'{stem}_after']:.3f}"
-        line += f" (before {before:.3f})" if before is not None else ""
-        line += f", {summary[count_key]} {unit}" if summary.get(count_key) is not None else ""
-        lines.append(line)
+        before, after = summary.get(f"{stem}_before"), summary[f"{stem}_after"]
+        count = f"{summary[count_key]} {unit}" if summary.get(count_key) is not None else ""
+        if before is None:
+            lines.append(f"held-out {label}: {after:.3f}" + (f" ({count})" if count else ""))
+        else:
+            detail = ", ".join(x for x in (f"{100 * (after - before):+.1f} points", count) if x)
+            lines.append(f"held-out {label} before: {before:.3f}, after: {after:.3f} ({detail})")
     if not lines and "eval_accuracy" in summary:  # SFT: greedy decoding, exact match
         n = summary.get("eval_num_problems")
         lines.append(f"held-out greedy exact-match accuracy: {summary['eval_accuracy']:.3f}"

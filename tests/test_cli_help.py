@@ -146,13 +146,13 @@ def test_rl_summary_lines_name_sampled_and_greedy_accuracy():
     summary = {"accuracy_before": 0.25, "accuracy_after": 0.5, "greedy_accuracy_before": 0.3,
                "greedy_accuracy_after": 0.625, "eval_accuracy": 0.5, "eval_num_problems": 200, "wall_time_s": 12.34}
     assert cli.summary_lines(summary) == [
-        "held-out sampled accuracy: 0.500 (before 0.250), 200 problems",
-        "held-out greedy accuracy: 0.625 (before 0.300), 200 problems",
+        "held-out sampled accuracy before: 0.250, after: 0.500 (+25.0 points, 200 problems)",
+        "held-out greedy accuracy before: 0.300, after: 0.625 (+32.5 points, 200 problems)",
         "wall time 12.3 s",
     ]
     resumed = {**summary, "accuracy_before": None, "greedy_accuracy_before": None}
-    assert cli.summary_lines(resumed)[:2] == ["held-out sampled accuracy: 0.500, 200 problems",
-                                              "held-out greedy accuracy: 0.625, 200 problems"]
+    assert cli.summary_lines(resumed)[:2] == ["held-out sampled accuracy: 0.500 (200 problems)",
+                                              "held-out greedy accuracy: 0.625 (200 problems)"]
 
 
 def test_sft_summary_line_names_greedy_exact_match():
@@ -166,8 +166,8 @@ def test_preference_summary_lines_count_pairs():
     summary = {"pref_accuracy_before": 0.5, "pref_accuracy_after": 0.75, "eval_num_pairs": 64,
                "greedy_accuracy_before": 0.2, "greedy_accuracy_after": 0.3, "eval_accuracy": 0.3,
                "eval_num_problems": 100}
-    assert cli.summary_lines(summary) == ["held-out greedy accuracy: 0.300 (before 0.200), 100 problems",
-                                          "held-out preference accuracy: 0.750 (before 0.500), 64 pairs"]
+    assert cli.summary_lines(summary) == ["held-out greedy accuracy before: 0.200, after: 0.300 (+10.0 points, 100 problems)",
+                                          "held-out preference accuracy before: 0.500, after: 0.750 (+25.0 points, 64 pairs)"]
 
 
 def test_main_prints_the_summary_lines_after_the_json(capsys, monkeypatch):
@@ -176,8 +176,8 @@ def test_main_prints_the_summary_lines_after_the_json(capsys, monkeypatch):
     monkeypatch.setitem(cli.COMMANDS, "rl", lambda cfg: summary)
     code, out, _ = run_main(capsys, "rl", "--config", QUICKSTART)
     assert code == 0
-    assert out.rstrip().endswith("held-out sampled accuracy: 0.500, 8 problems\n"
-                                 "held-out greedy accuracy: 0.750, 8 problems\nwall time 1.0 s")
+    assert out.rstrip().endswith("held-out sampled accuracy: 0.500 (8 problems)\n"
+                                 "held-out greedy accuracy: 0.750 (8 problems)\nwall time 1.0 s")
     assert "exact-match" not in out
 
 

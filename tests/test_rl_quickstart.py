@@ -24,7 +24,7 @@ def test_reduced_quickstart_improves_held_out_accuracy(tmp_path, capsys):
     args += [f"--config.{k}={v}" for k, v in REDUCED.items()]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "held-out accuracy before RL" in out and "held-out greedy accuracy before RL" in out
+    assert "held-out sampled accuracy before: " in out and "held-out greedy accuracy before: " in out
     with open(tmp_path / "metrics.jsonl") as f:
         lines = [json.loads(line) for line in f]
     evals = [(r["step"], r["eval/accuracy"]) for r in lines if "eval/accuracy" in r]

@@ -513,10 +513,4 @@ def run_rl(cfg: Any, *, stop_after: int | None = None, initial: tuple | None = N
         summary["plot"] = plot_rl_curves(jsonl, os.path.join(run_dir, "rl.png"))
     summary["checkpoint_dir"] = ckpt_dir
     summary["wall_time_s"] = time.perf_counter() - t0
-    if summary.get("accuracy_before") is not None and "accuracy_after" in summary:
-        n = len(setup.eval_problems)
-        for label, key in (("accuracy", "accuracy"), ("greedy accuracy", "greedy_accuracy")):
-            before, after = summary[f"{key}_before"], summary[f"{key}_after"]
-            print(f"held-out {label} before RL: {before:.3f}, after RL: {after:.3f} "
-                  f"({100 * (after - before):+.1f} points, {n} problems)")
     return summary
