@@ -35,11 +35,12 @@ def get_config() -> ConfigDict:
     # SFT warm-up on data.jsonl_path / the task's problems (0 steps: DPO from the random init).
     # Cut off while the learning rate is still high, as in configs/quickstart.py: the model knows the
     # answer format and gets some answers right, which leaves DPO something to improve.
+    # The SFT config's own `train` and `optimizer` sections (configs/sft_tiny.py), embedded as is:
+    # the warm-up runs the SFT trainer with them on this config's model, mesh and data.
     c.sft = ConfigDict()
-    c.sft.steps = 450
-    c.sft.batch_size = 64
-    c.sft.micro_batches = 1
-    c.sft.log_every = 20
+    c.sft.train = copy.deepcopy(base.train)
+    c.sft.train.steps = 450  # 0: no warm-up
+    c.sft.train.log_every = 20
     c.sft.optimizer = copy.deepcopy(base.optimizer)
     c.sft.optimizer.decay_steps = 1000  # > steps: the schedule is cut off at steps
 

@@ -30,11 +30,12 @@ def get_config() -> ConfigDict:
     # schedule, stopped while the learning rate is still high: every seed has the answer format and
     # a middling accuracy (about 13-40% sampled, 20-55% greedy), so RL has room to help. A warm-up
     # decayed to its end instead is all-or-nothing per seed (this tiny model learns carries abruptly).
+    # The SFT config's own `train` and `optimizer` sections (configs/sft_tiny.py), embedded as is:
+    # the warm-up runs the SFT trainer with them on this config's model, mesh and data.
     c.sft = ConfigDict()
-    c.sft.steps = 450
-    c.sft.batch_size = 64
-    c.sft.micro_batches = 1
-    c.sft.log_every = 20
+    c.sft.train = copy.deepcopy(base.train)
+    c.sft.train.steps = 450  # 0: no warm-up
+    c.sft.train.log_every = 20
     c.sft.optimizer = copy.deepcopy(base.optimizer)
     c.sft.optimizer.decay_steps = 1000  # > steps: the schedule is cut off at steps
 

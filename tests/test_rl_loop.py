@@ -20,7 +20,7 @@ TIMING = ("tokens_per_s", "time_s")
 
 SMALL = {
     "model.hidden_size": 32, "model.intermediate_size": 64, "model.num_layers": 1, "model.head_dim": 8,
-    "mesh.fsdp": 1, "data.level": 0, "sft.steps": 0, "rl.objective_kwargs.entropy_coef": 0.01,
+    "mesh.fsdp": 1, "data.level": 0, "sft.train.steps": 0, "rl.objective_kwargs.entropy_coef": 0.01,
     "rl.steps": 2, "rl.prompts_per_step": 4, "rl.samples_per_prompt": 4, "rl.max_new_tokens": 3,
     "rl.reuse_epochs": 2, "rl.dgg.window": 2, "rl.progress_bar": False, "rl.optimizer.learning_rate": 1e-3,
     "eval.num_problems": 4, "eval.samples_per_prompt": 4, "eval.batch_size": 4, "eval.max_new_tokens": 3,

@@ -22,7 +22,7 @@ from jaxrl_llm.train.roles import overrides_for
 
 TINY = {
     "model.hidden_size": 32, "model.intermediate_size": 64, "model.num_layers": 1, "model.head_dim": 8,
-    "mesh.fsdp": 1, "data.level": 0, "sft.steps": 0, "rl.steps": 2, "rl.prompts_per_step": 2,
+    "mesh.fsdp": 1, "data.level": 0, "sft.train.steps": 0, "rl.steps": 2, "rl.prompts_per_step": 2,
     "rl.samples_per_prompt": 4, "rl.max_new_tokens": 3, "rl.reuse_epochs": 1, "rl.dgg.window": 2,
     "rl.progress_bar": False, "rl.optimizer.learning_rate": 1e-3, "rl.optimizer.warmup_steps": 0,
     "rl.scorers": ("parity",), "eval.num_problems": 0, "checkpoint.every": 0,
@@ -98,7 +98,7 @@ def test_every_estimator_trains_two_steps_from_the_cli(tmp_path, name):
 @pytest.mark.parametrize("name", [n for n in list_objectives() if objective_spec(n).trainer == "dpo"])
 def test_every_preference_objective_trains_two_steps_from_the_cli(tmp_path, name):
     out = tmp_path / "run"
-    overrides = {"output_dir": out, "dpo.objective": name, "dpo.steps": 2, "dpo.batch_size": 4, "sft.steps": 0,
+    overrides = {"output_dir": out, "dpo.objective": name, "dpo.steps": 2, "dpo.batch_size": 4, "sft.train.steps": 0,
                  "data.num_pairs": 8, "eval.num_pairs": 4, "eval.num_problems": 4, "eval.batch_size": 4,
                  "model.num_layers": 1, "model.hidden_size": 32, "model.intermediate_size": 64,
                  "model.head_dim": 8, "mesh.fsdp": 1, "dpo.progress_bar": False}
@@ -120,7 +120,7 @@ def no_warm_up(monkeypatch):
 
 
 def tiny_cfg(tmp_path, **overrides):
-    cfg = cli.parse_config_args([*cli_args(write_config(tmp_path), tmp_path / "run", {"sft.steps": 450,
+    cfg = cli.parse_config_args([*cli_args(write_config(tmp_path), tmp_path / "run", {"sft.train.steps": 450,
                                                                                       **overrides})])
     return cfg
 
@@ -157,7 +157,7 @@ def test_recipes_cover_every_registered_objective_and_estimator(tmp_path):
 
 
 def test_privileged_teacher_equals_the_learner_when_the_privileged_prompt_is_the_prompt(tmp_path, monkeypatch):
-    cfg = tiny_cfg(tmp_path, **{"sft.steps": 0, "rl.objective": "sdar", "rl.teacher.source": "privileged",
+    cfg = tiny_cfg(tmp_path, **{"sft.train.steps": 0, "rl.objective": "sdar", "rl.teacher.source": "privileged",
                                 "rl.teacher.topk": 3})
     setup = setup_rl(cfg, warm_up=False)
     batch, _ = collect_rollout_batch(setup, setup.state)

@@ -22,7 +22,7 @@ from jaxrl_llm.train.state import create_train_state
 
 SMALL = {
     "model.hidden_size": 32, "model.intermediate_size": 64, "model.num_layers": 1, "model.head_dim": 8,
-    "mesh.fsdp": 1, "data.seq_len": 16, "data.num_pairs": 256, "sft.steps": 0,
+    "mesh.fsdp": 1, "data.seq_len": 16, "data.num_pairs": 256, "sft.train.steps": 0,
     "dpo.steps": 30, "dpo.batch_size": 32, "dpo.log_every": 5, "dpo.progress_bar": False,
     "dpo.optimizer.learning_rate": 3e-3, "dpo.optimizer.warmup_steps": 0,
     "eval.num_pairs": 64, "eval.num_problems": 16, "eval.batch_size": 16, "eval.max_new_tokens": 4,
@@ -194,7 +194,7 @@ def test_a_non_finite_loss_leaves_params_and_optimizer_state_unchanged():
 def short_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("dpo") / "run"
     # A few SFT warm-up steps (still at the start of their learning-rate warmup) exercise the warm-up path.
-    warm_up = {"sft.steps": 4, "sft.batch_size": 16, "sft.log_every": 2, "data.num_train": 256}
+    warm_up = {"sft.train.steps": 4, "sft.train.batch_size": 16, "sft.train.log_every": 2, "data.num_train": 256}
     return run_dir, run_dpo(small_config(run_dir, **warm_up))
 
 

@@ -327,18 +327,10 @@ def load_pairs(cfg: Any, task: Any | None) -> tuple[list[dict[str, str]], list[d
     return train, held_out
 
 
-def warmup_config(cfg: Any) -> ConfigDict:
-    """`cfg` plus the `rl` fields the shared SFT warm-up (`rl.initial_policy`) reads: its progress bar,
-    and no critic (a preference run trains no value head)."""
-    view = copy.deepcopy(cfg)
-    view.rl = ConfigDict({"progress_bar": bool(cfg.dpo.progress_bar), "critic": {"enabled": False}})
-    return view
-
-
 def preference_policy(cfg: Any, tokenizer: Tokenizer) -> tuple[Any, Any, Any, Any, Any]:
-    """`(mesh, parts, params, rest, params_shardings)`: after the SFT warm-up if `sft.steps > 0`, else fresh."""
-    if int(cfg.sft.steps) > 0:
-        return initial_policy(warmup_config(cfg), warm_up=True)
+    """`(mesh, parts, params, rest, params_shardings)`: after the SFT warm-up if `sft.train.steps > 0`, else fresh."""
+    if int(cfg.sft.train.steps) > 0:
+        return initial_policy(cfg, warm_up=True)
     return build_policy(cfg, tokenizer)
 
 

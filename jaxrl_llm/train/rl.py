@@ -118,17 +118,19 @@ def policy_model_section(cfg: Any) -> ConfigDict:
 
 
 def sft_warmup_config(cfg: Any) -> ConfigDict:
-    """The SFT trainer's config for the warm-up, written under `<output_dir>/sft`."""
+    """The SFT trainer's config for the warm-up, written under `<output_dir>/sft`.
+
+    `cfg.sft` embeds the SFT config's `train` and `optimizer` sections as they are; the model, mesh,
+    multi-host and data sections are this run's own (the warm-up trains the policy RL starts from).
+    """
     c = ConfigDict()
     c.seed = int(cfg.seed)
     c.output_dir = os.path.join(cfg.output_dir, "sft")
     for section in ("mesh", "distributed", "data"):
         c[section] = copy.deepcopy(cfg[section])
     c.model = policy_model_section(cfg)
+    c.train = copy.deepcopy(cfg.sft.train)
     c.optimizer = copy.deepcopy(cfg.sft.optimizer)
-    c.train = ConfigDict({"steps": int(cfg.sft.steps), "batch_size": int(cfg.sft.batch_size),
-                          "micro_batches": int(cfg.sft.micro_batches), "log_every": int(cfg.sft.log_every),
-                          "progress_bar": bool(cfg.get("rl", {}).get("progress_bar", True))})
     c.eval = ConfigDict({"num_problems": 0, "batch_size": int(cfg.eval.batch_size),
                          "max_new_tokens": int(cfg.eval.max_new_tokens)})
     c.checkpoint = ConfigDict({"every": 0, "max_to_keep": 1, "resume": False})
@@ -137,7 +139,7 @@ def sft_warmup_config(cfg: Any) -> ConfigDict:
 
 def initial_policy(cfg: Any, *, warm_up: bool) -> tuple[Any, Any, Any, Any, Any]:
     """`(mesh, parts, params, rest, params_shardings)`: after the SFT warm-up, or freshly initialised."""
-    if warm_up and int(cfg.sft.steps) > 0:
+    if warm_up and int(cfg.sft.train.steps) > 0:
         sft_cfg = sft_warmup_config(cfg)
         setup = setup_sft(sft_cfg)
         primary = is_primary_process()
