@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from jaxrl_llm.parallel import make_mesh
-from jaxrl_llm.parallel.activations import MAY_REPLICATE, RESIDUAL, activation_mesh, constrain, current_mesh
+from jaxrl_llm.parallel.activations import RESIDUAL, activation_mesh, constrain, current_mesh
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 

@@ -19,7 +19,6 @@ log pi(y_w) > log pi(y_l); for the built-in task also greedy exact-match accurac
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import os
@@ -33,7 +32,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.sharding import Mesh
-from ml_collections import ConfigDict
 
 from jaxrl_llm.data.pipeline import BATCH_KEYS, pad_example, tokenize_record
 from jaxrl_llm.data.tokenizer import Tokenizer
@@ -41,6 +39,7 @@ from jaxrl_llm.objectives.dgg import gated_update
 from jaxrl_llm.objectives.preference import sequence_logp
 from jaxrl_llm.objectives.registry import get_objective, list_objectives, objective_spec
 from jaxrl_llm.parallel.activations import activation_mesh
+from jaxrl_llm.parallel.batch import constrain_rows
 from jaxrl_llm.parallel.distributed import initialize_distributed, is_primary_process
 from jaxrl_llm.parallel.init import ModelParts
 from jaxrl_llm.parallel.rules import replicated
@@ -50,7 +49,6 @@ from jaxrl_llm.train.evaluate import exact_match_accuracy, greedy_completions, m
 from jaxrl_llm.train.metrics import MetricsWriter
 from jaxrl_llm.train.rl import initial_policy
 from jaxrl_llm.train.rl_update import make_logprob_fn, policy_token_stats
-from jaxrl_llm.parallel.batch import constrain_rows
 from jaxrl_llm.train.sft import shard_batch, split_micro_batches
 from jaxrl_llm.train.sft_run import train_loop
 from jaxrl_llm.train.state import TrainState, create_train_state

@@ -33,27 +33,38 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from ml_collections import ConfigDict
 
-from jaxrl_llm.models.decoder import Decoder
-from jaxrl_llm.parallel.distributed import initialize_distributed, is_primary_process
-from jaxrl_llm.parallel.init import init_sharded
-from jaxrl_llm.parallel.mesh import mesh_from_config
-from jaxrl_llm.rollout.sampler import FINISH_STOP, SamplingConfig
-from jaxrl_llm.train.checkpoint import Checkpointer
-from jaxrl_llm.train.evaluate import exact_match_accuracy, greedy_completions, make_greedy_generate
-from jaxrl_llm.train.metrics import MetricsWriter, ProgressBar, read_jsonl
-from jaxrl_llm.train.optim import make_optimizer
-from jaxrl_llm.train.rl_plot import plot_rl_curves
 from jaxrl_llm.envs.rewards import prefix_step_labels
+from jaxrl_llm.models.decoder import Decoder
 from jaxrl_llm.models.hf import load_pretrained
 from jaxrl_llm.objectives.registry import objective_spec
-from jaxrl_llm.parallel.init import abstract_model, split_module
+from jaxrl_llm.parallel.distributed import initialize_distributed, is_primary_process
+from jaxrl_llm.parallel.init import abstract_model, init_sharded, split_module
+from jaxrl_llm.parallel.mesh import mesh_from_config
+from jaxrl_llm.rollout.prompts import left_pad
+from jaxrl_llm.rollout.sampler import FINISH_STOP, SamplingConfig
+from jaxrl_llm.train.builders import build_model_config, build_tokenizer, task_from_config
+from jaxrl_llm.train.checkpoint import Checkpointer
+from jaxrl_llm.train.evaluate import exact_match_accuracy, greedy_completions, make_greedy_generate
+from jaxrl_llm.train.loop import drive
+from jaxrl_llm.train.metrics import MetricsWriter, read_jsonl
+from jaxrl_llm.train.optim import make_optimizer
 from jaxrl_llm.train.rl_batch import assemble_token_arrays, response_to_token_axis, token_rewards
-from jaxrl_llm.train.rl_rollout import (build_rollout_batch, condition_flags, decode_responses, encode_prompts,
-                                        encode_texts, estimate, privileged_prompts, prompts_for_step,
-                                        sample_responses, score_responses, score_with)
+from jaxrl_llm.train.rl_plot import plot_rl_curves
+from jaxrl_llm.train.rl_rollout import (
+    build_rollout_batch,
+    condition_flags,
+    decode_responses,
+    encode_prompts,
+    encode_texts,
+    estimate,
+    privileged_prompts,
+    prompts_for_step,
+    sample_responses,
+    score_responses,
+    score_with,
+)
 from jaxrl_llm.train.rl_update import RLUpdateOptions, make_logprob_fn, make_pass_fn, make_rl_update, rl_optimizer
 from jaxrl_llm.train.roles import check_roles, needs_reference, needs_student_logits
-from jaxrl_llm.train.builders import build_model_config, build_tokenizer, task_from_config
 from jaxrl_llm.train.sft_run import setup_sft, train_loop
 from jaxrl_llm.train.state import TrainState, create_train_state
 
@@ -303,13 +314,10 @@ def teacher_pass(setup: RLSetup, state: TrainState, batch: Any, rollout: Any, pr
     else:
         texts = privileged_prompts(setup.task, problems)
         ids = encode_texts(setup.tokenizer, texts, max_tokens=int(rl.teacher.max_prompt_tokens))
-        rows = [ids[i // n] for i in range(batch.shape[0])]
         pad = setup.tokenizer.pad_id
-        t_width = max(len(r) for r in rows)
-        prompt = np.full((len(rows), t_width), pad, np.int32)
-        for i, r in enumerate(rows):
-            prompt[i, t_width - len(r):] = r
-        arrays = assemble_token_arrays(prompt, np.asarray([len(r) for r in rows]), np.asarray(rollout.response),
+        prompt, prompt_lengths = left_pad([ids[i // n] for i in range(batch.shape[0])], pad_id=pad)
+        t_width = prompt.shape[1]
+        arrays = assemble_token_arrays(prompt, prompt_lengths, np.asarray(rollout.response),
                                        np.asarray(rollout.lengths), pad)
         out = setup.teacher_fn(state.params, setup.rest, arrays["tokens"], arrays["positions"], arrays["segment_ids"])
         response = {k: np.asarray(v)[:, t_width:] for k, v in out.items()}
@@ -417,33 +425,28 @@ def rl_step(setup: RLSetup, state: TrainState) -> tuple[TrainState, dict[str, fl
 
 def rl_train_loop(setup: RLSetup, state: TrainState, num_steps: int, *, writer: MetricsWriter | None = None,
                   checkpointer: Checkpointer | None = None, progress: bool = False) -> tuple[TrainState, list[dict]]:
-    """Run `num_steps` iterations from `state`; returns the final state and the per-step records."""
+    """Run `num_steps` iterations from `state` (`train/loop.py: drive`); returns the final state and
+    the per-step records. Raises `NonFiniteLossError` on a non-finite loss or gradient."""
     cfg = setup.cfg
-    start, last = int(state.step), int(cfg.rl.steps)
+    last = int(cfg.rl.steps)
     eval_every, ckpt_every = int(cfg.eval.every), int(cfg.checkpoint.every)
-    bar = ProgressBar(min(last, start + num_steps), initial=start, disable=not progress, desc="RL")
-    records = []
-    try:
-        for _ in range(num_steps):
-            state, record = rl_step(setup, state)
-            step = int(state.step)
-            if record["nonfinite_steps"] or not np.isfinite(record["loss"]):
-                # Those optimizer steps were skipped on device; stop rather than train on garbage.
-                raise FloatingPointError(f"non-finite RL loss or gradient at step {step}")
-            if setup.eval_problems and ((eval_every and step % eval_every == 0) or step == last):
-                bar.set_phase("RL eval")
-                record.update(evaluate_policy(setup, state.params))
-                bar.set_phase("RL")
-            bar.update(int(record["rollout/tokens"]), record["loss"], reward=record["reward/mean"],
-                       acc=record["accuracy"], eval_acc=record.get("eval/accuracy"))
-            records.append({"step": step, **record})
-            if writer is not None and (step % int(cfg.rl.log_every) == 0 or "eval/accuracy" in record):
-                writer.write(step, record)
-            if checkpointer is not None and ((ckpt_every and step % ckpt_every == 0) or step == last):
-                checkpointer.save(step, state)
-    finally:
-        bar.close()
-    return state, records
+
+    def step(state):
+        state, record = rl_step(setup, state)
+        return state, record, int(record["rollout/tokens"])
+
+    def after_step(state, record):
+        at = int(state.step)
+        if setup.eval_problems and ((eval_every and at % eval_every == 0) or at == last):
+            record.update(evaluate_policy(setup, state.params))
+
+    def bar_fields(record):
+        return {"reward": record["reward/mean"], "acc": record["accuracy"], "eval_acc": record.get("eval/accuracy")}
+
+    return drive(state, step, num_steps, phase="RL", progress=progress, total=min(last, int(state.step) + num_steps),
+                 writer=writer, log_every=int(cfg.rl.log_every), checkpointer=checkpointer,
+                 checkpoint_at=lambda s: (bool(ckpt_every) and s % ckpt_every == 0) or s == last,
+                 after_step=after_step, bar_fields=bar_fields)
 
 
 def _save_reference(path: str, params: Any) -> None:

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
 from jaxrl_llm.data.batch import TokenBatch
 from jaxrl_llm.parallel.batch import split_strided
+from jaxrl_llm.rollout.prompts import span_layout
 
 Array = Any  # jax.Array or np.ndarray: the batch is built on the host and used on device
 
@@ -106,15 +105,16 @@ def assemble_token_arrays(prompt_tokens: np.ndarray, prompt_lengths: np.ndarray,
     """
     b, p = prompt_tokens.shape
     n = response.shape[1]
-    slot = np.arange(p + n)[None, :]
-    start = (p - prompt_lengths)[:, None]
-    end = (p + response_lengths)[:, None]
-    valid = (slot >= start) & (slot < end)
+    start = (p - np.asarray(prompt_lengths)).astype(np.int32)
+    end = (p + np.asarray(response_lengths)).astype(np.int32)
+    positions, segment_ids = (np.asarray(x) for x in span_layout(start, end, p + n))  # the one layout
+    valid = segment_ids > 0
     tokens = np.concatenate([prompt_tokens, response], axis=1).astype(np.int32)
     tokens = np.where(valid, tokens, pad_id).astype(np.int32)
-    positions = np.where(valid, slot - start, 0).astype(np.int32)
-    loss_mask = (valid & (slot >= p)).astype(np.float32)
-    return {"tokens": tokens, "positions": positions, "segment_ids": valid.astype(np.int32), "loss_mask": loss_mask}
+    positions = np.where(valid, positions, 0).astype(np.int32)
+    loss_mask = (valid & (np.arange(p + n)[None, :] >= p)).astype(np.float32)
+    return {"tokens": tokens, "positions": positions, "segment_ids": segment_ids.astype(np.int32),
+            "loss_mask": loss_mask}
 
 
 def response_to_token_axis(values: np.ndarray, prompt_width: int, loss_mask: np.ndarray,

@@ -22,8 +22,8 @@ import numpy as np
 from flax import nnx
 
 from jaxrl_llm.data.tokenizer import Tokenizer
-from jaxrl_llm.envs.task import Problem
 from jaxrl_llm.envs.rewards import get_scorer
+from jaxrl_llm.envs.task import Problem
 from jaxrl_llm.objectives.registry import advantage_spec
 from jaxrl_llm.parallel.init import ModelParts
 from jaxrl_llm.quant.params import quantize_params

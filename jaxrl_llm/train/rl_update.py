@@ -32,17 +32,18 @@ from jax.sharding import Mesh
 
 from jaxrl_llm.objectives.core import masked_mean
 from jaxrl_llm.objectives.dgg import DGGWrappedState, gated_update, head_gradient_energy
-from jaxrl_llm.objectives.registry import get_objective
 from jaxrl_llm.objectives.policy_losses import value_loss
+from jaxrl_llm.objectives.registry import get_objective
 from jaxrl_llm.objectives.token_stats import hidden_token_stats, hidden_topk_logprobs
 from jaxrl_llm.parallel.activations import activation_mesh
-from jaxrl_llm.parallel.init import ModelParts
 from jaxrl_llm.parallel.batch import place_rows
+from jaxrl_llm.parallel.init import ModelParts
 from jaxrl_llm.parallel.rules import replicated
 from jaxrl_llm.quant.params import fake_quant_params
 from jaxrl_llm.train.optim import dgg_optimizer
 from jaxrl_llm.train.rl_batch import RolloutBatch, check_rollout_batch, split_minibatches
 from jaxrl_llm.train.state import TrainState
+
 
 @dataclasses.dataclass(frozen=True)
 class RLUpdateOptions:

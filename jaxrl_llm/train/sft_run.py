@@ -9,7 +9,6 @@ and returns a summary dict.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import time
 from collections.abc import Iterator, Mapping
@@ -30,19 +29,11 @@ from jaxrl_llm.parallel.mesh import mesh_from_config
 from jaxrl_llm.train.builders import build_model_config, build_tokenizer, task_from_config
 from jaxrl_llm.train.checkpoint import Checkpointer
 from jaxrl_llm.train.evaluate import exact_match_accuracy, greedy_completions, make_greedy_generate
-from jaxrl_llm.train.metrics import MetricsWriter, ProgressBar, plot_loss_curve
+from jaxrl_llm.train.loop import NonFiniteLossError, drive  # noqa: F401  (NonFiniteLossError: the public name)
+from jaxrl_llm.train.metrics import MetricsWriter, plot_loss_curve
 from jaxrl_llm.train.optim import make_optimizer, make_schedule
 from jaxrl_llm.train.sft import make_sft_step
 from jaxrl_llm.train.state import TrainState, create_train_state
-
-
-class NonFiniteLossError(FloatingPointError):
-    """Training produced a NaN/inf loss or gradient; `step` is the 1-based step that did."""
-
-    def __init__(self, step: int, loss: float):
-        super().__init__(f"non-finite loss {loss} at step {step}; stopping (no checkpoint written for it)")
-        self.step = step
-        self.loss = loss
 
 
 def training_records(data_cfg: Mapping[str, Any], seed: int) -> list[dict[str, str]] | str:
@@ -115,40 +106,22 @@ def train_loop(
     progress: bool = False,
     phase: str = "SFT",
 ) -> tuple[TrainState, list[dict[str, float]]]:
-    """Run `num_steps` updates from `state`; returns the final state and the logged records.
+    """Run `num_steps` updates of `step_fn(state, batch)` over `iterator` (`train/loop.py: drive`).
 
-    `phase` labels the progress bar ("SFT", "warm-up", "DPO"). Raises `NonFiniteLossError` (with the global step) as soon as a step's loss or gradient norm
-    is not finite; that step's update was not applied and no checkpoint is written for it.
+    `phase` labels the progress bar ("SFT", "warm-up", "DPO"). Raises `NonFiniteLossError` (with
+    the global step) as soon as a step's loss or gradient norm is not finite; that step's update
+    was not applied and no checkpoint is written for it.
     """
-    start = int(state.step)
-    bar = ProgressBar(start + num_steps, initial=start, disable=not progress, desc=phase)
-    records: list[dict[str, float]] = []
-    t_last = time.perf_counter()
-    try:
-        for _ in range(num_steps):
-            batch = next(iterator)
-            state, metrics = step_fn(state, batch)
-            step = int(state.step)
-            loss = float(metrics["loss"])
-            if not (math.isfinite(loss) and float(metrics["finite"]) == 1.0):
-                if writer is not None:
-                    writer.write(step, metrics)
-                raise NonFiniteLossError(step, loss)
-            n_tokens = int(np.asarray(batch["segment_ids"] > 0).sum())
-            now = time.perf_counter()
-            tokens_per_s = bar.update(n_tokens, loss)
-            record = {k: float(v) for k, v in metrics.items()}
-            record.update(tokens_per_s=tokens_per_s, step_time_s=now - t_last)
-            t_last = now
-            records.append({"step": step, **record})
-            if writer is not None and (step % log_every == 0 or step == start + num_steps):
-                writer.write(step, record)
-            if checkpointer is not None and checkpoint_every and step % checkpoint_every == 0:
-                # Only checkpointable (grain) iterators are saved alongside the state.
-                checkpointer.save(step, state, iterator if hasattr(iterator, "get_state") else None)
-    finally:
-        bar.close()
-    return state, records
+    def step(state):
+        batch = next(iterator)
+        state, metrics = step_fn(state, batch)
+        n_tokens = int(np.asarray(batch["segment_ids"] > 0).sum())
+        return state, {k: float(v) for k, v in metrics.items()}, n_tokens
+
+    # Only checkpointable (grain) iterators are saved alongside the state.
+    return drive(state, step, num_steps, phase=phase, progress=progress, writer=writer, log_every=log_every,
+                 checkpointer=checkpointer, checkpoint_at=lambda s: bool(checkpoint_every) and s % checkpoint_every == 0,
+                 checkpoint_iterator=iterator if hasattr(iterator, "get_state") else None)
 
 
 def evaluate_sft(setup: SFTSetup, state: TrainState) -> dict[str, Any]:
