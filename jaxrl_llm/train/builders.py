@@ -61,13 +61,16 @@ def build_schedule(opt_cfg: Mapping[str, Any], total_steps: int):
     return make_schedule(opt_cfg, total_steps)
 
 
-def build_policy(cfg: Any, tokenizer: Tokenizer | None = None) -> tuple[Any, Any, Any, Any, Any]:
-    """`(mesh, parts, params, rest, params_shardings)`: the decoder of `cfg.model`, sharded on `cfg.mesh`.
+def build_policy(cfg: Any, tokenizer: Tokenizer | None = None, *,
+                 model_cfg: Mapping[str, Any] | None = None) -> tuple[Any, Any, Any, Any, Any]:
+    """`(mesh, parts, params, rest, params_shardings)`: the decoder of `cfg.model` (or `model_cfg`),
+    randomly initialised with `cfg.seed` and sharded on `cfg.mesh`.
 
     Starts `jax.distributed` first when `cfg.distributed.enabled`.
     """
     initialize_distributed(cfg.distributed)
     mesh = mesh_from_config(cfg.mesh)
-    model_config = build_model_config(cfg.model, tokenizer or build_tokenizer(cfg.data))
+    model_config = build_model_config(cfg.model if model_cfg is None else model_cfg,
+                                      tokenizer or build_tokenizer(cfg.data))
     parts, params, rest, shardings = init_sharded(lambda: Decoder(model_config, rngs=nnx.Rngs(int(cfg.seed))), mesh)
     return mesh, parts, params, rest, shardings

@@ -37,12 +37,11 @@ from jaxrl_llm.envs.rewards import prefix_step_labels
 from jaxrl_llm.models.decoder import Decoder
 from jaxrl_llm.models.hf import load_pretrained
 from jaxrl_llm.objectives.registry import objective_spec
-from jaxrl_llm.parallel.distributed import initialize_distributed, is_primary_process
-from jaxrl_llm.parallel.init import abstract_model, init_sharded, split_module
-from jaxrl_llm.parallel.mesh import mesh_from_config
+from jaxrl_llm.parallel.distributed import is_primary_process
+from jaxrl_llm.parallel.init import abstract_model, split_module
 from jaxrl_llm.rollout.prompts import left_pad
 from jaxrl_llm.rollout.sampler import FINISH_STOP, SamplingConfig
-from jaxrl_llm.train.builders import build_model_config, build_tokenizer, task_from_config
+from jaxrl_llm.train.builders import build_policy, build_tokenizer, task_from_config
 from jaxrl_llm.train.checkpoint import Checkpointer
 from jaxrl_llm.train.evaluate import exact_match_accuracy, greedy_completions, make_greedy_generate
 from jaxrl_llm.train.loop import drive
@@ -164,11 +163,7 @@ def initial_policy(cfg: Any, *, warm_up: bool) -> tuple[Any, Any, Any, Any, Any]
                 writer.close()
         shardings = jax.tree.map(lambda x: x.sharding, state.params)
         return setup.mesh, setup.parts, state.params, setup.rest, shardings
-    initialize_distributed(cfg.distributed)
-    mesh = mesh_from_config(cfg.mesh)
-    model_config = build_model_config(policy_model_section(cfg), build_tokenizer(cfg.data))
-    parts, params, rest, shardings = init_sharded(lambda: Decoder(model_config, rngs=nnx.Rngs(int(cfg.seed))), mesh)
-    return mesh, parts, params, rest, shardings
+    return build_policy(cfg, model_cfg=policy_model_section(cfg))
 
 
 @dataclasses.dataclass

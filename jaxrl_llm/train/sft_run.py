@@ -16,22 +16,19 @@ from typing import Any
 
 import jax
 import numpy as np
-from flax import nnx
 from jax.sharding import Mesh
 
 from jaxrl_llm.data.pipeline import build_sft_dataset
 from jaxrl_llm.data.tokenizer import Tokenizer
 from jaxrl_llm.models.config import ModelConfig
-from jaxrl_llm.models.decoder import Decoder
-from jaxrl_llm.parallel.distributed import initialize_distributed, is_primary_process
-from jaxrl_llm.parallel.init import ModelParts, init_sharded
-from jaxrl_llm.parallel.mesh import mesh_from_config
-from jaxrl_llm.train.builders import build_model_config, build_tokenizer, task_from_config
+from jaxrl_llm.parallel.distributed import is_primary_process
+from jaxrl_llm.parallel.init import ModelParts
+from jaxrl_llm.train.builders import (build_model_config, build_optimizer, build_policy, build_schedule,
+                                      build_tokenizer, task_from_config)
 from jaxrl_llm.train.checkpoint import Checkpointer
 from jaxrl_llm.train.evaluate import exact_match_accuracy, greedy_completions, make_greedy_generate
 from jaxrl_llm.train.loop import NonFiniteLossError, drive  # noqa: F401  (NonFiniteLossError: the public name)
 from jaxrl_llm.train.metrics import MetricsWriter, plot_loss_curve
-from jaxrl_llm.train.optim import make_optimizer, make_schedule
 from jaxrl_llm.train.sft import make_sft_step
 from jaxrl_llm.train.state import TrainState, create_train_state
 
@@ -64,16 +61,12 @@ class SFTSetup:
 
 def setup_sft(cfg: Any) -> SFTSetup:
     """Build mesh, tokenizer, sharded model, optimizer, `TrainState`, data iterator and step."""
-    initialize_distributed(cfg.distributed)
-    mesh = mesh_from_config(cfg.mesh)
     tokenizer = build_tokenizer(cfg.data)
     model_config = build_model_config(cfg.model, tokenizer)
-    parts, params, rest, params_shardings = init_sharded(
-        lambda: Decoder(model_config, rngs=nnx.Rngs(int(cfg.seed))), mesh
-    )
+    mesh, parts, params, rest, params_shardings = build_policy(cfg, tokenizer)
     steps = int(cfg.train.steps)
-    optimizer = make_optimizer(cfg.optimizer, steps)
-    schedule = make_schedule(cfg.optimizer, steps)
+    optimizer = build_optimizer(cfg.optimizer, steps)
+    schedule = build_schedule(cfg.optimizer, steps)
     state = create_train_state(params, optimizer, mesh, params_shardings, seed=int(cfg.seed))
     shardings = jax.tree.map(lambda x: x.sharding, state)
     step_fn = make_sft_step(
