@@ -5,6 +5,7 @@ import json
 import textwrap
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -209,3 +210,27 @@ def test_rl_batch_fields_reach_the_objective_under_their_registry_names():
     learner = {"logp", "entropy", "student_logits", "values"}
     preference = {"policy_chosen_logp", "policy_rejected_logp", "ref_chosen_logp", "ref_rejected_logp"}
     assert declared - learner - preference - {"teacher_logits"} <= set(BATCH_TO_OBJECTIVE.values())
+
+
+def test_the_teacher_top_k_pass_of_a_decoder_stays_below_one_fp32_btv():
+    """The whole teacher pass (decoder forward + chunked top-k), compiled: temporaries < one [B, T, V] fp32."""
+    from flax import nnx
+
+    from jaxrl_llm.models.config import preset
+    from jaxrl_llm.models.decoder import Decoder
+    from jaxrl_llm.parallel.init import abstract_model, split_module
+    from jaxrl_llm.train.rl_update import make_pass_fn
+
+    b, t, v = 2, 32, 16384
+    config = preset("tiny", vocab_size=v, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2,
+                    num_kv_heads=1, head_dim=16)
+    parts = abstract_model(lambda: Decoder(config, rngs=nnx.Rngs(0)))
+    params, rest = split_module(Decoder(config, rngs=nnx.Rngs(0)))
+    fn = make_pass_fn(parts, chunk_size=1024, topk=8)
+    tokens = jnp.ones((b, t), jnp.int32)
+    positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    compiled = fn.lower(params, rest, tokens, positions, jnp.ones((b, t), jnp.int32)).compile()
+    temp = compiled.memory_analysis().temp_size_in_bytes
+    assert temp < b * t * v * 4, (temp, b * t * v * 4)
+    out = fn(params, rest, tokens, positions, jnp.ones((b, t), jnp.int32))
+    assert out["topk_idx"].shape == (b, t, 8) and np.all(np.asarray(out["topk_logp"])[:, 1:] <= 0)
