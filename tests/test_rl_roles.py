@@ -11,7 +11,12 @@ import pytest
 
 from jaxrl_llm import cli
 from jaxrl_llm.envs.rewards import prefix_step_labels, register_scorer
-from jaxrl_llm.objectives.registry import advantage_spec, list_advantages, list_objectives, objective_spec
+from jaxrl_llm.objectives.registry import (
+    advantage_spec,
+    list_advantages,
+    list_objectives,
+    objective_spec,
+)
 from jaxrl_llm.objectives.token_stats import hidden_topk_logprobs
 from jaxrl_llm.train import rl as rl_module
 from jaxrl_llm.train import sft_run
