@@ -67,6 +67,12 @@ def get_config() -> ConfigDict:
     c.rl.condition = ConfigDict()
     c.rl.condition.source = ""  # "privileged": a share of each group sees the privileged prompt (cond = 1)
     c.rl.condition.fraction = 0.5
+    c.rl.dynamic_sampling = ConfigDict()
+    c.rl.dynamic_sampling.enabled = False  # DAPO: refill the step with groups whose rewards differ
+    c.rl.dynamic_sampling.max_rounds = 4  # refill draws of rl.prompts_per_step fresh prompts at most
+    c.rl.overlong = ConfigDict()
+    c.rl.overlong.cache_length = 0  # > 0: DAPO's soft overlong penalty over the last this many tokens
+    c.rl.overlong.filter = False  # truncated responses (no eos) leave the loss
     c.rl.step_labels = ConfigDict()
     c.rl.step_labels.enabled = False  # step_id / step_ok from the reference answer's prefix (bcpg_nsa)
     c.rl.step_labels.delimiter = ""  # a step ends at a token containing this ("" = every token)

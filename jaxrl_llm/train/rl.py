@@ -33,7 +33,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from ml_collections import ConfigDict
 
-from jaxrl_llm.envs.rewards import prefix_step_labels
+from jaxrl_llm.envs.rewards import overlong_penalty, prefix_step_labels
 from jaxrl_llm.models.decoder import Decoder
 from jaxrl_llm.models.hf import load_pretrained
 from jaxrl_llm.objectives.registry import objective_spec
@@ -51,16 +51,19 @@ from jaxrl_llm.train.rl_batch import assemble_token_arrays, response_to_token_ax
 from jaxrl_llm.train.rl_plot import plot_rl_curves
 from jaxrl_llm.train.rl_rollout import (
     build_rollout_batch,
+    concat_rollouts,
     condition_flags,
     decode_responses,
     encode_prompts,
     encode_texts,
     estimate,
+    pick_groups,
     privileged_prompts,
     prompts_for_step,
     sample_responses,
     score_responses,
     score_with,
+    select_rows,
 )
 from jaxrl_llm.train.rl_update import RLUpdateOptions, make_logprob_fn, make_pass_fn, make_rl_update, rl_optimizer
 from jaxrl_llm.train.roles import check_roles, needs_reference, needs_student_logits
@@ -74,7 +77,12 @@ def update_options(cfg: Any) -> RLUpdateOptions:
     kwargs = dict(rl.objective_kwargs)
     if float(rl.kl_coef):
         kwargs["kl_coef"] = float(rl.kl_coef)
-    supplied = objective_spec(rl.objective).supplied
+    spec = objective_spec(rl.objective)
+    supplied = spec.supplied
+    hparams = {**(spec.hparams or {}), **kwargs}
+    if hparams.get("loss_agg_mode") == "seq-mean-token-sum-norm" and hparams.get("norm_length") is None:
+        # Dr.GRPO's constant L_norm is the longest generation, not the padded bucket's width.
+        kwargs["norm_length"] = float(rl.max_new_tokens)
     return RLUpdateOptions(objective=rl.objective, objective_kwargs=tuple(sorted(kwargs.items())),
                            reuse_epochs=int(rl.reuse_epochs), minibatches=int(rl.minibatches),
                            dgg=bool(rl.dgg.enabled), dgg_tau=float(rl.dgg.tau), dgg_window=int(rl.dgg.window),
@@ -105,6 +113,11 @@ def check_rl_config(cfg: Any) -> None:
     rows = int(rl.prompts_per_step) * int(rl.samples_per_prompt)
     if rows % int(rl.minibatches):
         raise ValueError(f"rl.minibatches={rl.minibatches} must divide prompts_per_step x samples_per_prompt = {rows}")
+    if int(rl.dynamic_sampling.max_rounds) < 0:
+        raise ValueError(f"rl.dynamic_sampling.max_rounds must be >= 0; got {rl.dynamic_sampling.max_rounds}")
+    if not 0 <= int(rl.overlong.cache_length) <= int(rl.max_new_tokens):
+        raise ValueError(f"rl.overlong.cache_length must be in [0, rl.max_new_tokens={rl.max_new_tokens}]; "
+                         f"got {rl.overlong.cache_length}")
     if rl.qarl and not rl.rollout_quant:
         raise ValueError("rl.qarl needs rl.rollout_quant ('int8', 'int4' or 'fp8'): the format to align with")
     if int(cfg.eval.samples_per_prompt) < 0:
@@ -337,30 +350,83 @@ def step_label_fields(setup: RLSetup, rollout: Any, problems: list, mask: np.nda
     return {"step_id": response_to_token_axis(step_id, rollout.prompt_width, mask, fill=-1), "step_ok": step_ok}
 
 
+def mixed_groups(rewards: np.ndarray, n: int) -> np.ndarray:
+    """`[G]` bool: the groups of `n` consecutive rows whose rewards are not all equal."""
+    grouped = np.asarray(rewards).reshape(-1, n)
+    return grouped.max(1) > grouped.min(1)
+
+
+def sample_round(setup: RLSetup, state: TrainState, step: int, round_index: int) -> dict[str, Any]:
+    """One draw of `rl.prompts_per_step` prompts and their samples, scored.
+
+    Round 0 is the step's batch; refill rounds (dynamic sampling) use fresh prompts and keys.
+    Returns `problems`, `rollout`, `cond` (or None), `rewards` (`[B]` or `[B, R]`, overlong
+    shaping added to the first column) and `task_reward` (the first scorer's, unshaped).
+    """
+    cfg, rl = setup.cfg, setup.cfg.rl
+    n = int(rl.samples_per_prompt)
+    problems = prompts_for_step(setup.task, int(rl.prompts_per_step), int(cfg.seed), step, round_index)
+    prompt_ids, cond = rollout_prompts(setup, problems)
+    sampling = setup.sampling if cond is None else dataclasses.replace(setup.sampling, n=1)
+    key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), step)
+    if round_index:
+        key = jax.random.fold_in(key, round_index)
+    rollout = sample_responses(setup.parts, state.params, setup.rest, prompt_ids, key=key, config=sampling,
+                               quant_format=rl.rollout_quant, mesh=setup.mesh)
+    lengths = np.asarray(rollout.lengths)
+    texts = decode_responses(setup.tokenizer, rollout)
+    finished = np.asarray(rollout.finish_reasons) == FINISH_STOP
+    rewards = score_with(tuple(rl.scorers), setup.task, problems, texts, n, lengths=lengths, finished=finished,
+                         max_length=int(rl.max_new_tokens))
+    task_reward = (rewards if rewards.ndim == 1 else rewards[:, 0]).copy()
+    if int(rl.overlong.cache_length):
+        # DAPO's soft overlong punishment, with L_max = rl.max_new_tokens.
+        penalty = overlong_penalty(lengths, max_length=int(rl.max_new_tokens),
+                                   cache_length=int(rl.overlong.cache_length)).astype(np.float32)
+        rewards = rewards.copy()
+        if rewards.ndim == 1:
+            rewards += penalty
+        else:
+            rewards[:, 0] += penalty  # the shaping goes into the first scorer's column
+    return {"problems": problems, "rollout": rollout, "cond": cond, "rewards": rewards, "task_reward": task_reward}
+
+
 def collect_rollout_batch(setup: RLSetup, state: TrainState) -> tuple[Any, dict[str, float]]:
     """Stages 1-5 of an iteration: the `RolloutBatch` for step `state.step` and rollout metrics.
 
     prompts -> rollout -> scorers -> proximal / reference / teacher / critic passes -> advantages.
     """
-    cfg, rl = setup.cfg, setup.cfg.rl
+    rl = setup.cfg.rl
     step = int(state.step)
     n_prompts, n = int(rl.prompts_per_step), int(rl.samples_per_prompt)
-    problems = prompts_for_step(setup.task, n_prompts, int(cfg.seed), step)
-    prompt_ids, cond = rollout_prompts(setup, problems)
-    sampling = setup.sampling if cond is None else dataclasses.replace(setup.sampling, n=1)
-    key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), step)
     t0 = time.perf_counter()
-    rollout = sample_responses(setup.parts, state.params, setup.rest, prompt_ids, key=key, config=sampling,
-                               quant_format=rl.rollout_quant, mesh=setup.mesh)
-    lengths = np.asarray(rollout.lengths)
+    drawn = [sample_round(setup, state, step, 0)]
+    if rl.dynamic_sampling.enabled:
+        # DAPO: groups whose rewards are all equal carry no advantage; draw fresh prompts until the
+        # step has `prompts_per_step` informative groups (or `max_rounds` refills were drawn).
+        while (sum(int(mixed_groups(d["task_reward"], n).sum()) for d in drawn) < n_prompts
+               and len(drawn) <= int(rl.dynamic_sampling.max_rounds)):
+            drawn.append(sample_round(setup, state, step, len(drawn)))
     rollout_s = time.perf_counter() - t0
-    texts = decode_responses(setup.tokenizer, rollout)
-    finished = np.asarray(rollout.finish_reasons) == FINISH_STOP
-    rewards = score_with(tuple(rl.scorers), setup.task, problems, texts, n, lengths=lengths, finished=finished,
-                         max_length=int(rl.max_new_tokens))
+    informative = np.concatenate([mixed_groups(d["task_reward"], n) for d in drawn])
+    groups, kept = (pick_groups(informative, n_prompts) if rl.dynamic_sampling.enabled
+                    else (np.arange(n_prompts), np.ones(n_prompts, bool)))
+    rows = (groups[:, None] * n + np.arange(n)[None, :]).reshape(-1)
+    rollout = select_rows(concat_rollouts([d["rollout"] for d in drawn], setup.tokenizer.pad_id), rows)
+    all_problems = [p for d in drawn for p in d["problems"]]
+    problems = [all_problems[g] for g in groups]
+    pick = {k: np.concatenate([d[k] for d in drawn])[rows] for k in ("rewards", "task_reward")}
+    rewards, task_reward = pick["rewards"], pick["task_reward"]
+    cond = None if drawn[0]["cond"] is None else np.concatenate([d["cond"] for d in drawn])[rows]
+    lengths = np.asarray(rollout.lengths)
+    truncated = np.asarray(rollout.finish_reasons) != FINISH_STOP
     group_ids = np.repeat(np.arange(n_prompts, dtype=np.int32), n)
-    batch = build_rollout_batch(rollout, rewards, group_ids, np.zeros(len(texts), np.float32),
+    batch = build_rollout_batch(rollout, rewards, group_ids, np.zeros(len(rows), np.float32),
                                 pad_id=setup.tokenizer.pad_id)
+    if rl.dynamic_sampling.enabled or rl.overlong.filter:
+        # Filled-up uninformative groups and (overlong filtering) truncated responses leave the loss.
+        drop = ~np.repeat(kept, n) | (truncated if rl.overlong.filter else False)
+        batch = batch.replace(loss_mask=np.where(drop[:, None], 0.0, batch.loss_mask).astype(np.float32))
     arrays = (batch.tokens, batch.positions, batch.segment_ids)
     mask = batch.loss_mask
     old, _ = setup.logprob_fn(state.params, setup.rest, *arrays)
@@ -386,7 +452,7 @@ def collect_rollout_batch(setup: RLSetup, state: TrainState) -> tuple[Any, dict[
     grouped = scalar.reshape(n_prompts, n)
     metrics = {
         "reward/mean": float(scalar.mean()), "reward/std": float(scalar.std()),
-        "accuracy": float((scalar >= 1.0).mean()),
+        "accuracy": float((task_reward >= 1.0).mean()),
         "reward/mixed_groups": float(np.mean(grouped.max(1) > grouped.min(1))),
         "response_length": float(lengths.mean()),
         "rollout/mismatch_abs_logp": float(np.sum(np.abs(batch.old_logprobs - batch.rollout_logprobs) * mask)
@@ -398,6 +464,12 @@ def collect_rollout_batch(setup: RLSetup, state: TrainState) -> tuple[Any, dict[
     }
     if rewards.ndim == 2:
         metrics.update({f"reward/{name}": float(rewards[:, i].mean()) for i, name in enumerate(rl.scorers)})
+    if rl.dynamic_sampling.enabled:
+        metrics.update({"dapo/rounds": float(len(drawn)), "dapo/kept_groups": float(kept.sum()),
+                        "rollout/drawn_samples": float(len(drawn) * n_prompts * n),
+                        "dapo/informative_first_round": float(informative[:n_prompts].mean())})
+    if float(rl.overlong.cache_length) or rl.overlong.filter:
+        metrics["overlong/truncated"] = float(truncated.mean())
     if cond is not None:
         metrics["reward/cond1"] = float(scalar[cond == 1].mean())
         metrics["reward/cond0"] = float(scalar[cond == 0].mean())

@@ -34,9 +34,45 @@ from jaxrl_llm.train.rl_batch import RolloutBatch, assemble_token_arrays, respon
 _STEP_SEED_STRIDE = 1_000_003  # a prime: (seed, step) pairs map to distinct task seeds
 
 
-def prompts_for_step(task: Any, num_prompts: int, seed: int, step: int) -> list[Problem]:
-    """`num_prompts` training problems for RL step `step` (deterministic in `seed` and `step`)."""
-    return task.sample_batch(num_prompts, seed * _STEP_SEED_STRIDE + step, "train")
+_ROUND_SEED_STRIDE = 7_919_111  # a prime above any step count: refill rounds draw fresh prompts
+
+
+def prompts_for_step(task: Any, num_prompts: int, seed: int, step: int, round_index: int = 0) -> list[Problem]:
+    """`num_prompts` training problems for RL step `step` (deterministic in `seed`, `step` and the
+    refill round: round 0 is the step's batch, later rounds refill it under dynamic sampling)."""
+    return task.sample_batch(num_prompts, seed * _STEP_SEED_STRIDE + step + round_index * _ROUND_SEED_STRIDE,
+                             "train")
+
+
+def concat_rollouts(rollouts: Sequence[Rollout], pad_id: int) -> Rollout:
+    """Rows of several rollouts (same response width) as one: prompts left-padded to the widest."""
+    width = max(r.prompt_width for r in rollouts)
+
+    def widen(r: Rollout) -> np.ndarray:
+        tokens = np.asarray(r.tokens)
+        return np.pad(tokens, ((0, 0), (width - r.prompt_width, 0)), constant_values=pad_id)
+
+    fields = {f: np.concatenate([np.asarray(getattr(r, f)) for r in rollouts])
+              for f in ("response", "response_mask", "logprobs", "processed_logprobs", "lengths", "prompt_lengths",
+                        "finish_reasons")}
+    return Rollout(tokens=np.concatenate([widen(r) for r in rollouts]), **fields)
+
+
+def select_rows(rollout: Rollout, rows: np.ndarray) -> Rollout:
+    """The rollout's rows `rows` (an index array), in that order."""
+    return jax.tree.map(lambda x: np.asarray(x)[rows], rollout)
+
+
+def pick_groups(informative: np.ndarray, num_groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """DAPO dynamic sampling's choice: the first `num_groups` informative groups (mixed rewards), in
+    draw order, topped up with uninformative ones when there are too few.
+
+    informative: `[G]` bool over all drawn groups. Returns `(groups [num_groups], kept [num_groups] bool)`.
+    """
+    good = np.flatnonzero(informative)[:num_groups]
+    rest = np.flatnonzero(~informative)[:num_groups - len(good)]
+    groups = np.concatenate([good, rest]).astype(np.int64)
+    return groups, np.arange(num_groups) < len(good)
 
 
 def encode_texts(tokenizer: Tokenizer, texts: Sequence[str], *, max_tokens: int = 0) -> list[list[int]]:
