@@ -74,6 +74,11 @@ def get_config() -> ConfigDict:
     c.eval.batch_size = 100
     c.eval.max_new_tokens = 5
 
+    # After training, also write a Hugging Face checkpoint (config.json + model.safetensors) here;
+    # "" = none. E.g. the teacher of an OPD / AOPD run: rl.teacher.source=hf:DIR.
+    c.export = ConfigDict()
+    c.export.hf_dir = ""
+
     c.checkpoint = ConfigDict()
     c.checkpoint.every = 500  # 0: only at the end
     c.checkpoint.max_to_keep = 2

@@ -21,6 +21,7 @@ from jax.sharding import Mesh
 from jaxrl_llm.data.pipeline import build_sft_dataset
 from jaxrl_llm.data.tokenizer import Tokenizer
 from jaxrl_llm.models.config import ModelConfig
+from jaxrl_llm.models.hf import save_pretrained
 from jaxrl_llm.parallel.distributed import is_primary_process
 from jaxrl_llm.parallel.init import ModelParts
 from jaxrl_llm.train.builders import (build_model_config, build_optimizer, build_policy, build_schedule,
@@ -176,6 +177,12 @@ def run_sft(cfg: Any) -> dict[str, Any]:
         if writer is not None:
             writer.close()
         checkpointer.close()
+    export = cfg.get("export", {}).get("hf_dir", "")
+    if export:
+        # A Hugging Face checkpoint of the trained model: e.g. the teacher of an RL run
+        # (`rl.teacher.source = "hf:DIR"`), or for `transformers`.
+        summary["hf_dir"] = str(save_pretrained(setup.parts.merge(state.params, setup.rest), setup.model_config,
+                                                export))
     summary["wall_time_s"] = time.perf_counter() - t0
     summary["checkpoint_dir"] = checkpointer.directory
     return summary
