@@ -1,15 +1,11 @@
 """The RL loop: prompts -> n samples each -> rewards -> advantages -> K DGG-gated updates -> log/checkpoint.
 
-`run_rl(cfg)` (the `rl` CLI command) optionally warms a model up with the SFT trainer, then runs
-`cfg.rl.steps` RL iterations. One iteration (`rl_step`):
-
-1. the step's prompts (`prompts_for_step`, a pure function of seed and step);
-2. `n` samples per prompt from `jaxrl_llm.rollout.generate` (on quantized weights if
-   `rl.rollout_quant`), with a key folded from the state's RNG and the step;
-3. task rewards, then advantages from the registered estimator;
-4. the learner's own log-probs of the sampled tokens (`old_logprobs`; QaRL-aligned if `rl.qarl`)
-   and, with `rl.kl_coef > 0`, the frozen reference's (`ref_logprobs`);
-5. one jitted `rl_update` (K reuse epochs, DGG gate inside).
+`run_rl(cfg)` (the `rl` CLI command) checks the config against the roles the objective and
+estimator read (`train/roles.py`), optionally warms a model up with the SFT trainer, then runs
+`cfg.rl.steps` iterations of `train/rl_step.py`: the step's prompts (a pure function of seed,
+step and refill round), `n` samples each (on quantized weights if `rl.rollout_quant`), the
+scorers, the proximal / reference / teacher / critic passes, advantages from the registered
+estimator, and one jitted `rl_update` (K reuse epochs, DGG gate inside).
 
 Every step is logged to `metrics.jsonl` / TensorBoard. Held-out evaluation runs at step 0, every
 `eval.every` steps and at the end: `eval/accuracy` is the policy's accuracy, the mean reward of
@@ -33,39 +29,38 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from ml_collections import ConfigDict
 
-from jaxrl_llm.envs.rewards import overlong_penalty, prefix_step_labels
 from jaxrl_llm.models.decoder import Decoder
 from jaxrl_llm.models.hf import load_pretrained
 from jaxrl_llm.objectives.registry import objective_spec
 from jaxrl_llm.parallel.distributed import is_primary_process
 from jaxrl_llm.parallel.init import abstract_model, split_module
-from jaxrl_llm.rollout.prompts import left_pad
-from jaxrl_llm.rollout.sampler import FINISH_STOP, SamplingConfig
+from jaxrl_llm.rollout.sampler import SamplingConfig
 from jaxrl_llm.train.builders import build_policy, build_tokenizer, task_from_config
 from jaxrl_llm.train.checkpoint import Checkpointer
-from jaxrl_llm.train.evaluate import exact_match_accuracy, greedy_completions, make_greedy_generate
+from jaxrl_llm.train.evaluate import (
+    exact_match_accuracy,
+    greedy_completions,
+    make_greedy_generate,
+)
 from jaxrl_llm.train.loop import drive
 from jaxrl_llm.train.metrics import MetricsWriter, read_jsonl
 from jaxrl_llm.train.optim import make_optimizer
-from jaxrl_llm.train.rl_batch import assemble_token_arrays, response_to_token_axis, token_rewards
 from jaxrl_llm.train.rl_plot import plot_rl_curves
 from jaxrl_llm.train.rl_rollout import (
-    build_rollout_batch,
-    concat_rollouts,
-    condition_flags,
     decode_responses,
     encode_prompts,
-    encode_texts,
-    estimate,
-    pick_groups,
     privileged_prompts,
-    prompts_for_step,
     sample_responses,
     score_responses,
-    score_with,
-    select_rows,
 )
-from jaxrl_llm.train.rl_update import RLUpdateOptions, make_logprob_fn, make_pass_fn, make_rl_update, rl_optimizer
+from jaxrl_llm.train.rl_step import collect_rollout_batch, mixed_groups, rl_step  # noqa: F401  (public names)
+from jaxrl_llm.train.rl_update import (
+    RLUpdateOptions,
+    make_logprob_fn,
+    make_pass_fn,
+    make_rl_update,
+    rl_optimizer,
+)
 from jaxrl_llm.train.roles import check_roles, needs_reference, needs_student_logits
 from jaxrl_llm.train.sft_run import setup_sft, train_loop
 from jaxrl_llm.train.state import TrainState, create_train_state
@@ -285,209 +280,6 @@ def evaluate_policy(setup: RLSetup, params: Any) -> dict[str, float]:
                                config=config, quant_format=cfg.rl.rollout_quant, mesh=setup.mesh)
     rewards = score_responses(setup.task, problems, decode_responses(setup.tokenizer, rollout), n)
     return {"eval/accuracy": float(np.mean(rewards >= 1.0)), "eval/greedy_accuracy": greedy}
-
-
-def rollout_prompts(setup: RLSetup, problems: list) -> tuple[list[list[int]], np.ndarray | None]:
-    """Prompt ids per rollout row and the condition flags `cond [B]` (None when off).
-
-    Without condition flags: one prompt per problem (the sampler draws `n` samples of each). With
-    `rl.condition.source = "privileged"`: one prompt per sample, the privileged one where cond = 1.
-    """
-    rl = setup.cfg.rl
-    if not rl.condition.source:
-        return encode_prompts(setup.tokenizer, problems), None
-    n = int(rl.samples_per_prompt)
-    cond = condition_flags(len(problems), n, float(rl.condition.fraction))
-    plain = encode_prompts(setup.tokenizer, problems)
-    hinted = encode_texts(setup.tokenizer, privileged_prompts(setup.task, problems))
-    return [hinted[i // n] if c else plain[i // n] for i, c in enumerate(cond)], cond
-
-
-def teacher_pass(setup: RLSetup, state: TrainState, batch: Any, rollout: Any, problems: list) -> dict[str, Any]:
-    """`teacher_logprobs [B, T]` (and `teacher_topk_idx/logp [B, T, k]`) for the sampled responses.
-
-    "privileged": the actor at rollout parameters reads each response after the task's privileged
-    prompt (re-tokenised, left-truncated to `rl.teacher.max_prompt_tokens`), response tokens
-    unchanged; "hf:PATH": the separate teacher reads the same rows as the learner.
-    """
-    rl = setup.cfg.rl
-    n = int(rl.samples_per_prompt)
-    width = rollout.prompt_width
-    mask = batch.loss_mask
-    if setup.teacher is not None:
-        out = setup.teacher.pass_fn(setup.teacher.params, setup.teacher.rest, batch.tokens, batch.positions,
-                                    batch.segment_ids)
-        out = {k: np.asarray(v) for k, v in out.items()}
-        response = {k: v[:, width:] for k, v in out.items()}
-    else:
-        texts = privileged_prompts(setup.task, problems)
-        ids = encode_texts(setup.tokenizer, texts, max_tokens=int(rl.teacher.max_prompt_tokens))
-        pad = setup.tokenizer.pad_id
-        prompt, prompt_lengths = left_pad([ids[i // n] for i in range(batch.shape[0])], pad_id=pad)
-        t_width = prompt.shape[1]
-        arrays = assemble_token_arrays(prompt, prompt_lengths, np.asarray(rollout.response),
-                                       np.asarray(rollout.lengths), pad)
-        out = setup.teacher_fn(state.params, setup.rest, arrays["tokens"], arrays["positions"], arrays["segment_ids"])
-        response = {k: np.asarray(v)[:, t_width:] for k, v in out.items()}
-    fields = {"teacher_logprobs": response_to_token_axis(response["logp"], width, mask)}
-    if "topk_idx" in response:
-        fields["teacher_topk_idx"] = response_to_token_axis(response["topk_idx"], width, mask)
-        fields["teacher_topk_logp"] = response_to_token_axis(response["topk_logp"], width, mask)
-    return fields
-
-
-def step_label_fields(setup: RLSetup, rollout: Any, problems: list, mask: np.ndarray) -> dict[str, Any]:
-    """`step_id [B, T]` (-1 off the response) and `step_ok [B, N]` from `prefix_step_labels`."""
-    rl, tok = setup.cfg.rl, setup.tokenizer
-    n = int(rl.samples_per_prompt)
-    pieces = []
-    for row, length in zip(np.asarray(rollout.response), np.asarray(rollout.lengths)):
-        ids = [int(t) for t in row[:length] if int(t) != tok.eos_id]
-        pieces.append([tok.decode([t]) if 0 <= t < tok.vocab_size else "\ufffd" for t in ids])
-    step_id, step_ok = prefix_step_labels(pieces, [problems[i // n].reference for i in range(len(pieces))],
-                                          delimiter=str(rl.step_labels.delimiter),
-                                          num_steps=rollout.response.shape[1])
-    return {"step_id": response_to_token_axis(step_id, rollout.prompt_width, mask, fill=-1), "step_ok": step_ok}
-
-
-def mixed_groups(rewards: np.ndarray, n: int) -> np.ndarray:
-    """`[G]` bool: the groups of `n` consecutive rows whose rewards are not all equal."""
-    grouped = np.asarray(rewards).reshape(-1, n)
-    return grouped.max(1) > grouped.min(1)
-
-
-def sample_round(setup: RLSetup, state: TrainState, step: int, round_index: int) -> dict[str, Any]:
-    """One draw of `rl.prompts_per_step` prompts and their samples, scored.
-
-    Round 0 is the step's batch; refill rounds (dynamic sampling) use fresh prompts and keys.
-    Returns `problems`, `rollout`, `cond` (or None), `rewards` (`[B]` or `[B, R]`, overlong
-    shaping added to the first column) and `task_reward` (the first scorer's, unshaped).
-    """
-    cfg, rl = setup.cfg, setup.cfg.rl
-    n = int(rl.samples_per_prompt)
-    problems = prompts_for_step(setup.task, int(rl.prompts_per_step), int(cfg.seed), step, round_index)
-    prompt_ids, cond = rollout_prompts(setup, problems)
-    sampling = setup.sampling if cond is None else dataclasses.replace(setup.sampling, n=1)
-    key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), step)
-    if round_index:
-        key = jax.random.fold_in(key, round_index)
-    rollout = sample_responses(setup.parts, state.params, setup.rest, prompt_ids, key=key, config=sampling,
-                               quant_format=rl.rollout_quant, mesh=setup.mesh)
-    lengths = np.asarray(rollout.lengths)
-    texts = decode_responses(setup.tokenizer, rollout)
-    finished = np.asarray(rollout.finish_reasons) == FINISH_STOP
-    rewards = score_with(tuple(rl.scorers), setup.task, problems, texts, n, lengths=lengths, finished=finished,
-                         max_length=int(rl.max_new_tokens))
-    task_reward = (rewards if rewards.ndim == 1 else rewards[:, 0]).copy()
-    if int(rl.overlong.cache_length):
-        # DAPO's soft overlong punishment, with L_max = rl.max_new_tokens.
-        penalty = overlong_penalty(lengths, max_length=int(rl.max_new_tokens),
-                                   cache_length=int(rl.overlong.cache_length)).astype(np.float32)
-        rewards = rewards.copy()
-        if rewards.ndim == 1:
-            rewards += penalty
-        else:
-            rewards[:, 0] += penalty  # the shaping goes into the first scorer's column
-    return {"problems": problems, "rollout": rollout, "cond": cond, "rewards": rewards, "task_reward": task_reward}
-
-
-def collect_rollout_batch(setup: RLSetup, state: TrainState) -> tuple[Any, dict[str, float]]:
-    """Stages 1-5 of an iteration: the `RolloutBatch` for step `state.step` and rollout metrics.
-
-    prompts -> rollout -> scorers -> proximal / reference / teacher / critic passes -> advantages.
-    """
-    rl = setup.cfg.rl
-    step = int(state.step)
-    n_prompts, n = int(rl.prompts_per_step), int(rl.samples_per_prompt)
-    t0 = time.perf_counter()
-    drawn = [sample_round(setup, state, step, 0)]
-    if rl.dynamic_sampling.enabled:
-        # DAPO: groups whose rewards are all equal carry no advantage; draw fresh prompts until the
-        # step has `prompts_per_step` informative groups (or `max_rounds` refills were drawn).
-        while (sum(int(mixed_groups(d["task_reward"], n).sum()) for d in drawn) < n_prompts
-               and len(drawn) <= int(rl.dynamic_sampling.max_rounds)):
-            drawn.append(sample_round(setup, state, step, len(drawn)))
-    rollout_s = time.perf_counter() - t0
-    informative = np.concatenate([mixed_groups(d["task_reward"], n) for d in drawn])
-    groups, kept = (pick_groups(informative, n_prompts) if rl.dynamic_sampling.enabled
-                    else (np.arange(n_prompts), np.ones(n_prompts, bool)))
-    rows = (groups[:, None] * n + np.arange(n)[None, :]).reshape(-1)
-    rollout = select_rows(concat_rollouts([d["rollout"] for d in drawn], setup.tokenizer.pad_id), rows)
-    all_problems = [p for d in drawn for p in d["problems"]]
-    problems = [all_problems[g] for g in groups]
-    pick = {k: np.concatenate([d[k] for d in drawn])[rows] for k in ("rewards", "task_reward")}
-    rewards, task_reward = pick["rewards"], pick["task_reward"]
-    cond = None if drawn[0]["cond"] is None else np.concatenate([d["cond"] for d in drawn])[rows]
-    lengths = np.asarray(rollout.lengths)
-    truncated = np.asarray(rollout.finish_reasons) != FINISH_STOP
-    group_ids = np.repeat(np.arange(n_prompts, dtype=np.int32), n)
-    batch = build_rollout_batch(rollout, rewards, group_ids, np.zeros(len(rows), np.float32),
-                                pad_id=setup.tokenizer.pad_id)
-    if rl.dynamic_sampling.enabled or rl.overlong.filter:
-        # Filled-up uninformative groups and (overlong filtering) truncated responses leave the loss.
-        drop = ~np.repeat(kept, n) | (truncated if rl.overlong.filter else False)
-        batch = batch.replace(loss_mask=np.where(drop[:, None], 0.0, batch.loss_mask).astype(np.float32))
-    arrays = (batch.tokens, batch.positions, batch.segment_ids)
-    mask = batch.loss_mask
-    old, _ = setup.logprob_fn(state.params, setup.rest, *arrays)
-    batch = batch.replace(old_logprobs=np.asarray(old) * mask, cond=cond)
-    if setup.ref_params is not None:
-        ref, _ = setup.logprob_fn(setup.ref_params, setup.rest, *arrays)
-        batch = batch.replace(ref_logprobs=np.asarray(ref) * mask)
-    if setup.teacher is not None or setup.teacher_fn is not None:
-        batch = batch.replace(**teacher_pass(setup, state, batch, rollout, problems))
-    if setup.values_fn is not None:
-        values = np.asarray(setup.values_fn(state.params, setup.rest, *arrays)["values"]) * mask
-        batch = batch.replace(old_values=values)
-    if rl.step_labels.enabled:
-        batch = batch.replace(**step_label_fields(setup, rollout, problems, mask))
-    scalar = rewards if rewards.ndim == 1 else rewards[:, 0]
-    fields = {"rewards": rewards, "group_ids": group_ids, "cond": cond, "mask": mask,
-              "token_rewards": token_rewards(scalar, mask), "values": batch.old_values}
-    advantages, returns, adv_metrics = estimate(rl.advantage, fields, n_prompts, **dict(rl.advantage_kwargs))
-    batch = batch.replace(advantages=advantages, returns=returns if rl.critic.enabled else None)
-    if rl.critic.enabled and returns is None:
-        # A critic without GAE regresses on the outcome reward at every response token.
-        batch = batch.replace(returns=np.where(mask > 0, scalar[:, None], 0.0).astype(np.float32))
-    grouped = scalar.reshape(n_prompts, n)
-    metrics = {
-        "reward/mean": float(scalar.mean()), "reward/std": float(scalar.std()),
-        "accuracy": float((task_reward >= 1.0).mean()),
-        "reward/mixed_groups": float(np.mean(grouped.max(1) > grouped.min(1))),
-        "response_length": float(lengths.mean()),
-        "rollout/mismatch_abs_logp": float(np.sum(np.abs(batch.old_logprobs - batch.rollout_logprobs) * mask)
-                                           / max(mask.sum(), 1.0)),
-        "rollout/tokens": float(lengths.sum()),
-        "rollout/tokens_per_s": float(lengths.sum() / max(rollout_s, 1e-9)),
-        "rollout/time_s": rollout_s,
-        **{f"advantage/{k}": v for k, v in adv_metrics.items()},
-    }
-    if rewards.ndim == 2:
-        metrics.update({f"reward/{name}": float(rewards[:, i].mean()) for i, name in enumerate(rl.scorers)})
-    if rl.dynamic_sampling.enabled:
-        metrics.update({"dapo/rounds": float(len(drawn)), "dapo/kept_groups": float(kept.sum()),
-                        "rollout/drawn_samples": float(len(drawn) * n_prompts * n),
-                        "dapo/informative_first_round": float(informative[:n_prompts].mean())})
-    if float(rl.overlong.cache_length) or rl.overlong.filter:
-        metrics["overlong/truncated"] = float(truncated.mean())
-    if cond is not None:
-        metrics["reward/cond1"] = float(scalar[cond == 1].mean())
-        metrics["reward/cond0"] = float(scalar[cond == 0].mean())
-    return batch, metrics
-
-
-def rl_step(setup: RLSetup, state: TrainState) -> tuple[TrainState, dict[str, float]]:
-    """One full iteration (see the module docstring); returns the new state and its flat record."""
-    batch, record = collect_rollout_batch(setup, state)
-    t0 = time.perf_counter()
-    state, metrics = setup.update_fn(state, batch)
-    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-    update_s = time.perf_counter() - t0
-    b, t = batch.shape
-    record.update(metrics)
-    record["update/tokens_per_s"] = b * t * max(metrics["reuse/epochs_used"], 1.0) / max(update_s, 1e-9)
-    record["update/time_s"] = update_s
-    return state, record
 
 
 def rl_train_loop(setup: RLSetup, state: TrainState, num_steps: int, *, writer: MetricsWriter | None = None,
