@@ -345,6 +345,10 @@ def registry_entry(name: str, spec: Any) -> str | None:
     trainer = getattr(spec, "trainer", "rl")
     if trainer != "rl":
         body += f" [trained by '{trainer}']"
+    inputs = getattr(spec, "inputs", None)
+    if inputs:
+        extra = [" or ".join("+".join(g) for g in getattr(spec, "any_of", ()))] if getattr(spec, "any_of", ()) else []
+        body += f"; reads {', '.join([*inputs, *extra])}"
     return textwrap.fill(f"{name}: {body}", width=100, initial_indent="  ",
                          subsequent_indent=" " * (len(name) + 4), break_on_hyphens=False)
 
