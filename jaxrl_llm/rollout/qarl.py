@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxrl_llm.objectives.token_stats import hidden_token_stats, hidden_topk_logprobs
 from jaxrl_llm.quant import fake_quant_params
 from jaxrl_llm.rollout.prompts import span_layout
 from jaxrl_llm.rollout.sampler import Rollout
@@ -58,8 +59,40 @@ def learner_params(params: Any, quant_format: str | None, **quantize_kwargs: Any
     return fake_quant_params(params, quant_format, **quantize_kwargs)
 
 
+def model_token_stats(model: Any, tokens: jax.Array, positions: jax.Array, segment_ids: jax.Array, *,
+                      chunk_size: int = 8192, temperature: float = 1.0, logits: bool = False, values: bool = False,
+                      topk: int = 0) -> dict[str, jax.Array]:
+    """The one learner forward: per-token policy statistics of `tokens [B, T]` under `model`.
+
+    Entry t describes the prediction of `tokens[:, t]` from `tokens[:, :t]` (entry 0 is 0: nothing
+    predicts it) under pi = softmax(logits / temperature). Always `logp [B, T]` and `entropy [B, T]`
+    fp32, chunked over the vocabulary (`hidden_token_stats`: no `[B, T, V]`); with `logits`,
+    `student_logits [B, T, V]` (/ temperature); with `values`, the value head's `values [B, T]`
+    (the value of the state before token t); with `topk > 0`, `topk_idx` / `topk_logp [B, T, k]`
+    (chunked). The RL update, its proximal / reference / teacher / critic passes, DPO and
+    `learner_logprobs` all call this.
+    """
+    _, _, hidden = model(tokens, positions, segment_ids=segment_ids, return_hidden=True, return_logits=False)
+    head = model.lm_head_weight()
+    logp, entropy = hidden_token_stats(hidden[:, :-1], head, tokens[:, 1:], chunk_size=chunk_size,
+                                       temperature=temperature)
+
+    def shift(x):  # prepend the empty entry 0
+        return jnp.concatenate([jnp.zeros((x.shape[0], 1, *x.shape[2:]), x.dtype), x], axis=1)
+
+    out = {"logp": shift(logp), "entropy": shift(entropy)}
+    if logits:
+        out["student_logits"] = shift(model.logits(hidden[:, :-1]).astype(jnp.float32) / temperature)
+    if values:
+        out["values"] = shift(model.value(hidden[:, :-1]))
+    if topk:
+        idx, top = hidden_topk_logprobs(hidden[:, :-1], head, topk, chunk_size=chunk_size, temperature=temperature)
+        out["topk_idx"], out["topk_logp"] = shift(idx), shift(top)
+    return out
+
+
 def learner_logprobs(graphdef: nnx.GraphDef, params: Any, rollout: Rollout, *, quant_format: str | None = None,
-                     **quantize_kwargs: Any) -> jax.Array:
+                     chunk_size: int = 8192, **quantize_kwargs: Any) -> jax.Array:
     """`[R, N]` float32 log-probs of `rollout.response` under one full (no-cache) forward.
 
     With `quant_format` (e.g. "int4"), the forward uses `fake_quant_params(params, quant_format)`:
@@ -69,12 +102,8 @@ def learner_logprobs(graphdef: nnx.GraphDef, params: Any, rollout: Rollout, *, q
     positions, segment_ids, _ = rollout_layout(rollout)
     model = nnx.merge(graphdef, learner_params(params, quant_format, **quantize_kwargs))
     width, n_new = rollout.prompt_width, rollout.response.shape[1]
-    # Logits at column t predict column t + 1: the response is predicted by columns P-1 .. P+N-2.
-    hidden, _ = model.hidden(rollout.tokens[:, :-1], positions[:, :-1], segment_ids=segment_ids[:, :-1])
-    logits = model.logits(hidden[:, width - 1:width - 1 + n_new])
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    taken = jnp.take_along_axis(logp, rollout.response[..., None], axis=-1)[..., 0]
-    return jnp.where(rollout.response_mask > 0, taken, 0.0)
+    logp = model_token_stats(model, rollout.tokens, positions, segment_ids, chunk_size=chunk_size)["logp"]
+    return jnp.where(rollout.response_mask > 0, logp[:, width:width + n_new], 0.0)
 
 
 def logprob_mismatch_metrics(sampler_logprobs: jax.Array, learner_logprobs: jax.Array,

@@ -34,12 +34,12 @@ from jaxrl_llm.objectives.core import masked_mean
 from jaxrl_llm.objectives.dgg import DGGWrappedState, gated_update, head_gradient_energy
 from jaxrl_llm.objectives.policy_losses import value_loss
 from jaxrl_llm.objectives.registry import get_objective
-from jaxrl_llm.objectives.token_stats import hidden_token_stats, hidden_topk_logprobs
 from jaxrl_llm.parallel.activations import activation_mesh
 from jaxrl_llm.parallel.batch import place_rows
 from jaxrl_llm.parallel.init import ModelParts
 from jaxrl_llm.parallel.rules import replicated
 from jaxrl_llm.quant.params import fake_quant_params
+from jaxrl_llm.rollout.qarl import model_token_stats
 from jaxrl_llm.train.optim import dgg_optimizer
 from jaxrl_llm.train.rl_batch import RolloutBatch, check_rollout_batch, split_minibatches
 from jaxrl_llm.train.state import TrainState
@@ -98,35 +98,15 @@ def learner_outputs(parts: ModelParts, params: Any, rest: Any, tokens: jax.Array
                     segment_ids: jax.Array, *, chunk_size: int = 8192, qarl_format: str = "",
                     temperature: float = 1.0, logits: bool = False, values: bool = False,
                     topk: int = 0) -> dict[str, jax.Array]:
-    """The one learner forward: per-token policy statistics aligned with `tokens` `[B, T]`.
+    """`rollout.qarl.model_token_stats` (the one learner forward) of `parts.merge(params, rest)`.
 
-    Entry t describes the prediction of `tokens[:, t]` from `tokens[:, :t]` (entry 0 is 0: nothing
-    predicts it) under pi = softmax(logits / temperature). Always `logp [B, T]` and `entropy [B, T]`
-    fp32 (chunked over the vocabulary: no `[B, T, V]`); with `logits`, `student_logits [B, T, V]`
-    (/ temperature); with `values`, the value head's `values [B, T]` (critic: value of the state
-    before token t); with `topk > 0`, `topk_idx [B, T, k]` / `topk_logp [B, T, k]` (chunked). With
-    `qarl_format` the forward uses fake-quantized weights (gradients reach the master weights).
+    With `qarl_format` the forward uses fake-quantized weights (QaRL; gradients reach the master
+    weights through the straight-through estimator).
     """
     if qarl_format:
         params = fake_quant_params(params, qarl_format)
-    model = parts.merge(params, rest)
-    _, _, hidden = model(tokens, positions, segment_ids=segment_ids, return_hidden=True, return_logits=False)
-    head = model.lm_head_weight()
-    logp, entropy = hidden_token_stats(hidden[:, :-1], head, tokens[:, 1:], chunk_size=chunk_size,
-                                       temperature=temperature)
-
-    def shift(x):  # prepend the empty entry 0
-        return jnp.concatenate([jnp.zeros((x.shape[0], 1, *x.shape[2:]), x.dtype), x], axis=1)
-
-    out = {"logp": shift(logp), "entropy": shift(entropy)}
-    if logits:
-        out["student_logits"] = shift(model.logits(hidden[:, :-1]).astype(jnp.float32) / temperature)
-    if values:
-        out["values"] = shift(model.value(hidden[:, :-1]))
-    if topk:
-        idx, top = hidden_topk_logprobs(hidden[:, :-1], head, topk, chunk_size=chunk_size, temperature=temperature)
-        out["topk_idx"], out["topk_logp"] = shift(idx), shift(top)
-    return out
+    return model_token_stats(parts.merge(params, rest), tokens, positions, segment_ids, chunk_size=chunk_size,
+                             temperature=temperature, logits=logits, values=values, topk=topk)
 
 
 def policy_token_stats(parts: ModelParts, params: Any, rest: Any, tokens: jax.Array, positions: jax.Array,
