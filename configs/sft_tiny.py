@@ -58,6 +58,9 @@ def get_config() -> ConfigDict:
     c.data.eval_fraction = 0.1
     c.data.num_train = 20000
     c.data.jsonl_path = ""
+    # Share of task records shown with the task's privileged prompt (a solved copy in front); raise
+    # data.seq_len to fit them (24 for level 1).
+    c.data.privileged_fraction = 0.0
     c.data.tokenizer = "char"  # or a path to a tokenizer.json
     c.data.seq_len = 16
     c.data.packing = False

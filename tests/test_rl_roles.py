@@ -239,3 +239,22 @@ def test_the_teacher_top_k_pass_of_a_decoder_stays_below_one_fp32_btv():
     assert temp < b * t * v * 4, (temp, b * t * v * 4)
     out = fn(params, rest, tokens, positions, jnp.ones((b, t), jnp.int32))
     assert out["topk_idx"].shape == (b, t, 8) and np.all(np.asarray(out["topk_logp"])[:, 1:] <= 0)
+
+
+def test_a_share_of_warm_up_records_can_carry_the_privileged_prompt():
+    from ml_collections import ConfigDict
+
+    from jaxrl_llm.train.sft_run import training_records
+
+    data = ConfigDict({"jsonl_path": "", "task": "arithmetic", "level": 1, "eval_fraction": 0.1, "num_train": 400,
+                       "privileged_fraction": 0.25})
+    records = training_records(data, 0)
+    hinted = [r for r in records if ";" in r["prompt"]]
+    assert 70 <= len(hinted) <= 130  # about a quarter
+    for r in hinted:  # "a+b=c;a+b=" -> c: the worked copy, then the same prompt
+        worked, prompt = r["prompt"].split(";")
+        assert worked == prompt + r["completion"]
+    assert training_records({**data, "privileged_fraction": 0.0}, 0) == [
+        {"prompt": r["prompt"].split(";")[-1], "completion": r["completion"]} for r in records]
+    with pytest.raises(ValueError, match=r"data.privileged_fraction must be in \[0, 1\]"):
+        training_records({**data, "privileged_fraction": 1.5}, 0)

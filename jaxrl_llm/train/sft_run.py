@@ -35,11 +35,23 @@ from jaxrl_llm.train.state import TrainState, create_train_state
 
 
 def training_records(data_cfg: Mapping[str, Any], seed: int) -> list[dict[str, str]] | str:
-    """SFT records: the `data.jsonl_path` path if set, else `data.num_train` task problems."""
+    """SFT records: the `data.jsonl_path` path if set, else `data.num_train` task problems.
+
+    With `data.privileged_fraction > 0` that share of the task records (a fixed random subset per
+    seed) uses the task's privileged prompt (a hint or worked copy in front), so that the model
+    learns to read hints before RL methods that rely on them (SDAR's self-teacher, SkillC's
+    hinted stream).
+    """
     if data_cfg["jsonl_path"]:
         return data_cfg["jsonl_path"]
-    problems = task_from_config(data_cfg).sample_batch(int(data_cfg["num_train"]), seed, "train")
-    return [{"prompt": p.prompt, "completion": p.reference} for p in problems]
+    task = task_from_config(data_cfg)
+    problems = task.sample_batch(int(data_cfg["num_train"]), seed, "train")
+    fraction = float(data_cfg.get("privileged_fraction", 0.0))
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"data.privileged_fraction must be in [0, 1]; got {fraction}")
+    hinted = np.random.default_rng([seed, 1]).random(len(problems)) < fraction
+    return [{"prompt": task.privileged_prompt(p) if h else p.prompt, "completion": p.reference}
+            for p, h in zip(problems, hinted)]
 
 
 @dataclasses.dataclass
