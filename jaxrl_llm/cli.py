@@ -210,11 +210,19 @@ def _dpo(cfg: ConfigDict) -> dict[str, Any]:
     return run_dpo(cfg)
 
 
-COMMANDS: dict[str, Callable[[ConfigDict], dict[str, Any]]] = {"sft": _sft, "rl": _rl, "dpo": _dpo}
+def _dpo_vp(cfg: ConfigDict) -> dict[str, Any]:
+    """Iterative DPO on verifier-labelled pairs of the policy's own samples (DPO-VP), reference reset each round."""
+    from jaxrl_llm.train.dpo_vp import run_dpo_vp
+
+    return run_dpo_vp(cfg)
+
+
+COMMANDS: dict[str, Callable[[ConfigDict], dict[str, Any]]] = {"sft": _sft, "rl": _rl, "dpo": _dpo,
+                                                               "dpo_vp": _dpo_vp}
 
 # Config a command's `--help` describes when no --config is given, relative to the repo root.
 DEFAULT_CONFIGS: dict[str, str] = {"sft": "configs/sft_tiny.py", "rl": "configs/quickstart.py",
-                                   "dpo": "configs/dpo_tiny.py"}
+                                   "dpo": "configs/dpo_tiny.py", "dpo_vp": "configs/dpo_vp.py"}
 
 
 def first_sentence(doc: str | None) -> str:

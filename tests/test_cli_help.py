@@ -1,6 +1,7 @@
 """`--help` at every level, and the closing lines a run prints: what a person meets first."""
 
 import os
+import re
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -26,8 +27,8 @@ def test_top_level_help_lists_commands_and_shipped_configs(capsys, monkeypatch, 
     monkeypatch.chdir(ROOT)
     code, out, _ = run_main(capsys, flag)
     assert code == 0
-    assert "  sft  Supervised fine-tuning, then held-out greedy exact-match evaluation." in out
-    assert "\n  rl   RL post-training" in out
+    assert re.search(r"\n  sft +Supervised fine-tuning, then held-out greedy exact-match evaluation\.", out)
+    assert re.search(r"\n  rl +RL post-training", out) and re.search(r"\n  dpo_vp +", out)
     assert "configs/sft_tiny.py    SFT quickstart: a tiny decoder learns 2-digit addition from scratch on CPU." in out
     # A docstring wrapped mid-sentence is shown as its whole first sentence.
     assert "then GRPO with DGG-gated sample reuse (K = 4)." in out

@@ -201,6 +201,7 @@ def make_dpo_step(parts: ModelParts, optimizer: optax.GradientTransformation, sc
     averaged, exact for objectives that average over pairs. A non-finite loss or gradient leaves
     params and optimizer state unchanged. Metrics (scalars): `loss`, `obj/*`, `margin`,
     `grad_norm`, `learning_rate`, `pairs`, `finite` (1.0 when the update was applied).
+    `dpo_step(state, batch, ref=params)` uses another reference (same shardings), without recompiling.
     """
     grad_fn = jax.value_and_grad(make_preference_loss(parts, objective, objective_kwargs, chunk_size=chunk_size),
                                  has_aux=True)
@@ -240,10 +241,10 @@ def make_dpo_step(parts: ModelParts, optimizer: optax.GradientTransformation, sc
     jitted = jax.jit(step, in_shardings=(state_shardings, state_shardings.params, rest_shardings, None),
                      out_shardings=(state_shardings, replicated(mesh)), donate_argnums=(0,))
 
-    def dpo_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+    def dpo_step(state: TrainState, batch: Batch, *, ref: Any = None) -> tuple[TrainState, dict[str, jax.Array]]:
         if not isinstance(next(iter(batch.values())), jax.Array):
             batch = shard_batch(batch, mesh)
-        return jitted(state, ref_params, rest, batch)
+        return jitted(state, ref_params if ref is None else ref, rest, batch)
 
     dpo_step.jitted = jitted  # type: ignore[attr-defined]
     return dpo_step
@@ -332,6 +333,22 @@ def preference_policy(cfg: Any, tokenizer: Tokenizer) -> tuple[Any, Any, Any, An
     return build_policy(cfg, tokenizer)
 
 
+def dpo_trainer(cfg: Any, tokenizer: Tokenizer) -> tuple[Mesh, ModelParts, Any, Any, TrainState, Callable]:
+    """`(mesh, parts, rest, ref_params, state, step_fn)`: the initial policy (`preference_policy`), a frozen
+    copy of its params as the reference, its train state and `make_dpo_step`, scheduled over `cfg.dpo.steps`."""
+    dpo = cfg.dpo
+    mesh, parts, params, rest, shardings = preference_policy(cfg, tokenizer)
+    ref_params = jax.tree.map(lambda x: x.copy(), params)  # the state is donated; the reference stays
+    steps = int(dpo.steps)
+    optimizer, schedule = build_optimizer(dpo.optimizer, steps), build_schedule(dpo.optimizer, steps)
+    state = create_train_state(params, optimizer, mesh, shardings, seed=int(cfg.seed))
+    step_fn = make_dpo_step(parts, optimizer, schedule, jax.tree.map(lambda x: x.sharding, state), mesh,
+                            ref_params=ref_params, rest=rest, objective=dpo.objective,
+                            objective_kwargs=dict(dpo.objective_kwargs), num_micro_batches=int(dpo.micro_batches),
+                            chunk_size=int(dpo.logprob_chunk))
+    return mesh, parts, rest, ref_params, state, step_fn
+
+
 @dataclasses.dataclass
 class DPOSetup:
     """Everything a preference run needs, built from one config.
@@ -372,15 +389,7 @@ def setup_dpo(cfg: Any) -> DPOSetup:
     local_batch = int(dpo.batch_size) // jax.process_count()  # each process feeds its own rows
     dataset = pair_dataset(train_encoded, batch_size=local_batch, seed=int(cfg.seed) + jax.process_index())
 
-    mesh, parts, params, rest, shardings = preference_policy(cfg, tokenizer)
-    ref_params = jax.tree.map(lambda x: x.copy(), params)  # the state is donated; the reference stays
-    steps = int(dpo.steps)
-    optimizer, schedule = build_optimizer(dpo.optimizer, steps), build_schedule(dpo.optimizer, steps)
-    state = create_train_state(params, optimizer, mesh, shardings, seed=int(cfg.seed))
-    step_fn = make_dpo_step(parts, optimizer, schedule, jax.tree.map(lambda x: x.sharding, state), mesh,
-                            ref_params=ref_params, rest=rest, objective=dpo.objective,
-                            objective_kwargs=dict(dpo.objective_kwargs), num_micro_batches=int(dpo.micro_batches),
-                            chunk_size=int(dpo.logprob_chunk))
+    mesh, parts, rest, ref_params, state, step_fn = dpo_trainer(cfg, tokenizer)
     logprob_fn = make_logprob_fn(parts, chunk_size=int(dpo.logprob_chunk))
     ev = cfg.eval
     ref_logps = (eval_pair_logps(logprob_fn, ref_params, rest, eval_encoded, batch_size=int(ev.batch_size))
