@@ -51,7 +51,7 @@ def get_config() -> ConfigDict:
     # Passed to the objective (its own defaults otherwise, e.g. clip_low=0.2 for grpo); any of its
     # hyperparameters can be added from the command line: --config.rl.objective_kwargs.clip_low=0.1
     # (`python -m jaxrl_llm.cli rl --help` lists them). Checked against the objective before anything runs.
-    c.rl.objective_kwargs = ConfigDict({"entropy_coef": 0.0})
+    c.rl.objective_kwargs = ConfigDict()  # e.g. {"entropy_coef": 0.01}: the objective's own defaults otherwise
     c.rl.advantage = "grpo"  # any registered estimator: grpo, drgrpo, rloo, gae, rdpo, skillc
     c.rl.advantage_kwargs = ConfigDict()
     # Roles of the step (docs/rl.md). Scorers: one gives rewards [B], several give [B, R] (rdpo).

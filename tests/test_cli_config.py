@@ -100,15 +100,16 @@ def test_a_kwargs_section_takes_a_key_it_does_not_list():
     assert kwargs.loss_agg_mode == "token-mean"
     assert kwargs.clip == (0.1, 0.3)
     assert cfg.rl.advantage_kwargs.norm is False and cfg.rl.advantage_kwargs.eps == 1e-6
-    assert kwargs.entropy_coef == 0.0  # listed keys are untouched
+    assert set(kwargs) == {"clip_low", "loss_agg_mode", "clip"}
 
 
 def test_a_listed_kwargs_key_keeps_its_type():
-    cfg = load_config_file(QUICKSTART)
-    apply_override(cfg, "rl.objective_kwargs.entropy_coef", "1")
-    assert cfg.rl.objective_kwargs.entropy_coef == 1.0 and isinstance(cfg.rl.objective_kwargs.entropy_coef, float)
-    with pytest.raises(ConfigError, match=r"config\.rl\.objective_kwargs\.entropy_coef expects a float"):
-        apply_override(cfg, "rl.objective_kwargs.entropy_coef", "big")
+    cfg = load_config_file(os.path.join(ROOT, "configs", "dapo.py"))
+    assert cfg.rl.objective_kwargs.clip_high == 0.28  # listed in the recipe
+    apply_override(cfg, "rl.objective_kwargs.clip_high", "1")
+    assert cfg.rl.objective_kwargs.clip_high == 1.0 and isinstance(cfg.rl.objective_kwargs.clip_high, float)
+    with pytest.raises(ConfigError, match=r"config\.rl\.objective_kwargs\.clip_high expects a float"):
+        apply_override(cfg, "rl.objective_kwargs.clip_high", "big")
 
 
 @pytest.mark.parametrize(
