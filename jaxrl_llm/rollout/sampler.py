@@ -117,7 +117,7 @@ def _decode(graphdef: nnx.GraphDef, params, tokens, lengths, row_ids, key, knobs
     """`decode.decode_loop` on `nnx.merge(graphdef, params)`, its cache batch-sharded on `mesh`."""
     model = nnx.merge(graphdef, params)
     return decode_loop(model, tokens, lengths, row_ids, key, knobs, stop_ids, max_new_tokens, pad_id,
-                       response_slots=response_slots, constrain=_batch_constraint(mesh))
+                       response_slots=response_slots, constrain=lambda x: constrain_rows(x, mesh))
 
 
 def _decode_on_mesh(*args, response_slots: int, mesh: Mesh | None):
@@ -127,11 +127,6 @@ def _decode_on_mesh(*args, response_slots: int, mesh: Mesh | None):
 
 
 _decode_jit = jax.jit(_decode_on_mesh, static_argnums=(0,), static_argnames=("response_slots", "mesh"))
-
-
-def _batch_constraint(mesh: Mesh | None):
-    """Shards the leading (batch) axis of arrays over the mesh axes of the logical `batch` axis."""
-    return lambda x: constrain_rows(x, mesh)
 
 
 def _bucket_rows(tokens: np.ndarray, lens: np.ndarray, config: SamplingConfig, shards: int

@@ -61,7 +61,7 @@ from jaxrl_llm.train.rl_update import (
     make_rl_update,
     rl_optimizer,
 )
-from jaxrl_llm.train.roles import check_roles, needs_reference, needs_student_logits
+from jaxrl_llm.train.roles import check_roles, configured_objective_kwargs, needs_reference, needs_student_logits
 from jaxrl_llm.train.sft_run import setup_sft, train_loop
 from jaxrl_llm.train.state import TrainState, create_train_state
 
@@ -69,9 +69,7 @@ from jaxrl_llm.train.state import TrainState, create_train_state
 def update_options(cfg: Any) -> RLUpdateOptions:
     """`RLUpdateOptions` from the `rl` section (the KL coefficient joins the objective's kwargs)."""
     rl = cfg.rl
-    kwargs = dict(rl.objective_kwargs)
-    if float(rl.kl_coef):
-        kwargs["kl_coef"] = float(rl.kl_coef)
+    kwargs = configured_objective_kwargs(rl)
     spec = objective_spec(rl.objective)
     supplied = spec.supplied
     hparams = {**(spec.hparams or {}), **kwargs}
@@ -103,8 +101,6 @@ def check_rl_config(cfg: Any) -> None:
     for name in ("steps", "prompts_per_step", "samples_per_prompt", "max_new_tokens"):
         if int(rl[name]) < 1:
             raise ValueError(f"rl.{name} must be >= 1; got {rl[name]}")
-    if int(rl.samples_per_prompt) < 2 and rl.advantage in ("grpo", "drgrpo", "rloo", "skillc", "rdpo"):
-        raise ValueError(f"rl.samples_per_prompt must be >= 2 for the group estimator {rl.advantage!r}")
     rows = int(rl.prompts_per_step) * int(rl.samples_per_prompt)
     if rows % int(rl.minibatches):
         raise ValueError(f"rl.minibatches={rl.minibatches} must divide prompts_per_step x samples_per_prompt = {rows}")

@@ -7,7 +7,7 @@ Each stage is a plain function so that a different sampler, task or estimator ca
 - `sample_responses`: `n` samples per prompt with `jaxrl_llm.rollout.generate` (optionally on
   quantized weights);
 - `score_responses`: task rewards from the decoded text;
-- `estimate_advantages`: any registered advantage estimator;
+- `estimate`: any registered advantage estimator, over the fields the roles produced;
 - `build_rollout_batch`: the `[left-padded prompt | response]` token layout plus per-token arrays.
 """
 
@@ -164,13 +164,6 @@ def estimate(name: str, fields: dict[str, Any], num_groups: int, **kwargs: Any
     out = spec.fn({k: jnp.asarray(v) for k, v in fields.items() if v is not None}, **kwargs)
     returns = None if out.returns is None else np.asarray(out.returns, np.float32)
     return np.asarray(out.advantages, np.float32), returns, {k: float(v) for k, v in out.metrics.items()}
-
-
-def estimate_advantages(name: str, rewards: np.ndarray, group_ids: np.ndarray, num_groups: int,
-                        **kwargs: Any) -> tuple[np.ndarray, dict[str, float]]:
-    """`(advantages [B] (or [B, T]), metrics)` from an outcome estimator over `rewards` and `group_ids`."""
-    adv, _, metrics = estimate(name, {"rewards": rewards, "group_ids": group_ids}, num_groups, **kwargs)
-    return adv, metrics
 
 
 def build_rollout_batch(rollout: Rollout, rewards: np.ndarray, group_ids: np.ndarray, advantages: np.ndarray,

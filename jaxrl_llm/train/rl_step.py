@@ -15,7 +15,7 @@ import jax
 import numpy as np
 
 from jaxrl_llm.envs.rewards import overlong_penalty, prefix_step_labels
-from jaxrl_llm.rollout.prompts import left_pad
+from jaxrl_llm.rollout.prompts import left_pad, round_up
 from jaxrl_llm.rollout.sampler import FINISH_STOP
 from jaxrl_llm.train.rl_batch import (
     assemble_token_arrays,
@@ -78,7 +78,10 @@ def teacher_pass(setup: RLSetup, state: TrainState, batch: Any, rollout: Any, pr
         texts = privileged_prompts(setup.task, problems)
         ids = encode_texts(setup.tokenizer, texts, max_tokens=int(rl.teacher.max_prompt_tokens))
         pad = setup.tokenizer.pad_id
-        prompt, prompt_lengths = left_pad([ids[i // n] for i in range(batch.shape[0])], pad_id=pad)
+        rows = [ids[i // n] for i in range(batch.shape[0])]
+        # A bucketed width: the jitted teacher pass compiles once per bucket, not per longest prompt.
+        width_bucket = round_up(max(len(r) for r in rows), setup.sampling.prompt_bucket)
+        prompt, prompt_lengths = left_pad(rows, width_bucket, pad_id=pad)
         t_width = prompt.shape[1]
         arrays = assemble_token_arrays(prompt, prompt_lengths, np.asarray(rollout.response),
                                        np.asarray(rollout.lengths), pad)
@@ -184,16 +187,19 @@ def collect_rollout_batch(setup: RLSetup, state: TrainState) -> tuple[Any, dict[
         batch = batch.replace(loss_mask=np.where(drop[:, None], 0.0, batch.loss_mask).astype(np.float32))
     arrays = (batch.tokens, batch.positions, batch.segment_ids)
     mask = batch.loss_mask
-    old, _ = setup.logprob_fn(state.params, setup.rest, *arrays)
+    if setup.values_fn is not None:
+        # The critic's pass is the proximal pass plus the value head: one forward gives both.
+        out = setup.values_fn(state.params, setup.rest, *arrays)
+        old = out["logp"]
+        batch = batch.replace(old_values=np.asarray(out["values"]) * mask)
+    else:
+        old, _ = setup.logprob_fn(state.params, setup.rest, *arrays)
     batch = batch.replace(old_logprobs=np.asarray(old) * mask, cond=cond)
     if setup.ref_params is not None:
         ref, _ = setup.logprob_fn(setup.ref_params, setup.rest, *arrays)
         batch = batch.replace(ref_logprobs=np.asarray(ref) * mask)
     if setup.teacher is not None or setup.teacher_fn is not None:
         batch = batch.replace(**teacher_pass(setup, state, batch, rollout, problems))
-    if setup.values_fn is not None:
-        values = np.asarray(setup.values_fn(state.params, setup.rest, *arrays)["values"]) * mask
-        batch = batch.replace(old_values=values)
     if rl.step_labels.enabled:
         batch = batch.replace(**step_label_fields(setup, rollout, problems, mask))
     scalar = rewards if rewards.ndim == 1 else rewards[:, 0]

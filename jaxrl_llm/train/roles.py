@@ -122,13 +122,18 @@ def _missing_error(spec: Spec, where: str, missing: list[str], available: set[st
                       f"produce; it comes from {how}. Missing: {missing}; available: {sorted(available)}.{hint}")
 
 
-def required_objective_fields(rl: Mapping[str, Any]) -> tuple[str, ...]:
-    """The fields the configured objective reads with its configured hyperparameters."""
-    spec = objective_spec(rl["objective"])
+def configured_objective_kwargs(rl: Mapping[str, Any]) -> dict[str, Any]:
+    """`rl.objective_kwargs`, with `rl.kl_coef` joining them when non-zero."""
     kwargs = dict(rl["objective_kwargs"])
     if float(rl["kl_coef"]):
         kwargs["kl_coef"] = float(rl["kl_coef"])
-    fields = list(spec.required_inputs(kwargs))
+    return kwargs
+
+
+def required_objective_fields(rl: Mapping[str, Any]) -> tuple[str, ...]:
+    """The fields the configured objective reads with its configured hyperparameters."""
+    spec = objective_spec(rl["objective"])
+    fields = list(spec.required_inputs(configured_objective_kwargs(rl)))
     for group in spec.any_of:
         if group[0] in objective_fields(rl):
             fields.extend(group)
@@ -177,9 +182,7 @@ def check_roles(cfg: Any) -> None:
         raise ValueError(f"rl.condition.fraction must be in (0, 1); got {rl.condition.fraction}")
 
     available = objective_fields(rl)
-    kwargs = dict(rl.objective_kwargs)
-    if float(rl.kl_coef):
-        kwargs["kl_coef"] = float(rl.kl_coef)
+    kwargs = configured_objective_kwargs(rl)
     missing = spec.missing_inputs(available, kwargs)
     if missing:
         raise _missing_error(spec, "rl.objective", missing, available)
@@ -188,6 +191,8 @@ def check_roles(cfg: Any) -> None:
     if missing:
         raise _missing_error(est, "rl.advantage", missing, est_available)
     r = num_rewards(rl)
+    if "num_groups" in est.supplied and int(rl.samples_per_prompt) < 2:
+        raise ValueError(f"rl.samples_per_prompt must be >= 2 for the group estimator {est.name!r}")
     if est.rewards == "scalar" and r != 1:
         raise ValueError(f"rl.advantage={est.name!r} reads rewards [B], but rl.scorers={tuple(rl.scorers)} "
                          f"give rewards [B, {r}]: use one scorer or an estimator of reward vectors (rdpo)")

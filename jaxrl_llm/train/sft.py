@@ -17,23 +17,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh
 
 from jaxrl_llm.data.batch import TokenBatch
 from jaxrl_llm.objectives.dgg import gated_update
 from jaxrl_llm.parallel.activations import activation_mesh
-from jaxrl_llm.parallel.batch import constrain_rows, place_rows, row_sharding, split_strided
+from jaxrl_llm.parallel.batch import constrain_rows, place_rows, split_strided
 from jaxrl_llm.parallel.init import ModelParts
 from jaxrl_llm.parallel.rules import replicated
 from jaxrl_llm.train.loss import masked_next_token_loss, next_token_weights
 from jaxrl_llm.train.state import TrainState
 
 Batch = Mapping[str, Any]
-
-
-def batch_sharding(mesh: Mesh, shape: tuple[int, int]) -> NamedSharding:
-    """`[B, T]` arrays split over the `batch` rule (data x fsdp), T replicated."""
-    return row_sharding(mesh, shape)
 
 
 def shard_batch(batch: Batch, mesh: Mesh) -> dict[str, jax.Array]:
