@@ -53,8 +53,9 @@ def get_config() -> ConfigDict:
     # Data: the built-in arithmetic task (level 1 = 2-digit addition) or a JSONL of
     # {"prompt", "completion"} records.
     c.data = ConfigDict()
-    c.data.task = "arithmetic"
-    c.data.level = 1
+    c.data.task = "arithmetic"  # any registered task (envs.register_task); its arguments in task_kwargs
+    c.data.task_kwargs = ConfigDict()  # e.g. --config.data.task_kwargs.easy_fraction=0.5 (keys added from the CLI)
+    c.data.level = 1  # the arithmetic task's level
     c.data.eval_fraction = 0.1
     c.data.num_train = 20000
     c.data.jsonl_path = ""

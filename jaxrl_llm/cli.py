@@ -384,6 +384,20 @@ def registry_help() -> list[str]:
     return lines
 
 
+def task_help() -> list[str]:
+    """The registered tasks (data.task) with their arguments (data.task_kwargs)."""
+    import inspect
+
+    from jaxrl_llm.envs.registry import TASKS, task_factory, task_parameters
+
+    task_factory("arithmetic")  # registers the built-ins
+    lines = ["", "registered tasks (data.task; arguments go in data.task_kwargs):"]
+    for name in sorted(TASKS):
+        args = ", ".join(k if d is inspect.Parameter.empty else f"{k}={d!r}" for k, d in task_parameters(name).items())
+        lines.append(f"  {name}({args})")
+    return lines
+
+
 def command_help(command: str, cfg: ConfigDict, config_path: str) -> str:
     """`<command> --help`: every field of `cfg` with its value and type, and how to override it."""
     lines = [f"usage: {_PROG} {command} --config FILE [--config.<field>=VALUE ...]", ""]
@@ -404,6 +418,9 @@ def command_help(command: str, cfg: ConfigDict, config_path: str) -> str:
             f"sections ending in _kwargs ({', '.join(sections)}) also take keys they do not list,",
             f"e.g. --config.{example} (a Python literal, true/false, or else a string).",
         ]
+    data = cfg.get("data")
+    if isinstance(data, ConfigDict) and "task" in data:
+        lines += task_help()
     rl = cfg.get("rl")
     if isinstance(rl, ConfigDict) and ("objective" in rl or "advantage" in rl):
         lines += registry_help()

@@ -1,6 +1,8 @@
 """Verifiable tasks, rewards and multi-turn text environments (host-side Python, no JAX).
 
-- `task`: the `VerifiableTask` interface and `Problem`.
+- `task`: the `VerifiableTask` / `TrainerTask` interfaces, `Problem`, and `DrawnTask` (a task from
+  `draw` and `score`).
+- `registry`: `register_task` / `build_task`: `data.task` names a registered task.
 - `arithmetic`: built-in arithmetic tasks with graded difficulty and disjoint splits.
 - `math_answer`: `\\boxed{}` / final-number extraction and exact numeric answer checking.
 - `math_task`: a verifiable task over in-memory (question, answer) records.
@@ -24,7 +26,8 @@ from jaxrl_llm.envs.rewards import (
     reward_vectors,
     score_batch,
 )
-from jaxrl_llm.envs.task import Problem, VerifiableTask
+from jaxrl_llm.envs.registry import build_task, register_task
+from jaxrl_llm.envs.task import DrawnTask, Problem, TrainerTask, VerifiableTask
 from jaxrl_llm.envs.text_env import BatchedTextEnv, TextEnv, extract_action
 from jaxrl_llm.envs.text_shop import TextShop
 
@@ -34,13 +37,16 @@ __all__ = [
     "ArithmeticTask",
     "BatchedTextEnv",
     "DEFAULT_REWARD_SPEC",
+    "DrawnTask",
     "MathAnswerTask",
     "Problem",
     "RewardSpec",
     "TextEnv",
     "TextShop",
+    "TrainerTask",
     "VerifiableTask",
     "check_answer",
+    "build_task",
     "combine_rewards",
     "conjunctive_reward",
     "correctness_rewards",
@@ -49,6 +55,7 @@ __all__ = [
     "format_rewards",
     "normalize_answer",
     "overlong_penalty",
+    "register_task",
     "reward_vectors",
     "score_batch",
 ]

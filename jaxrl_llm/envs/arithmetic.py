@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from jaxrl_llm.envs.task import Problem, check_split, make_rng, stable_hash
+from jaxrl_llm.envs.task import DrawnTask, Problem
 
 __all__ = [
     "ArithmeticLevel",
@@ -27,9 +27,6 @@ __all__ = [
 ]
 
 _OPS = "+-*"
-_HASH_SALT = "arith-split"
-_HASH_BUCKETS = 1_000_000
-_MAX_DRAWS = 10_000
 
 
 @dataclass(frozen=True)
@@ -91,8 +88,8 @@ def parse_leading_int(response: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-class ArithmeticTask:
-    """Verifiable arithmetic at one difficulty level.
+class ArithmeticTask(DrawnTask):
+    """Verifiable arithmetic at one difficulty level (splits and sampling from `DrawnTask`).
 
     Args:
       level: an index into `ARITHMETIC_LEVELS` or an `ArithmeticLevel`.
@@ -104,6 +101,7 @@ class ArithmeticTask:
 
     name = "arithmetic"
     reward_names: tuple[str, ...] = ("correct",)
+    split_salt = "arith-split"
 
     def __init__(self, level: int | ArithmeticLevel = 0, *, eval_fraction: float = 0.1):
         if isinstance(level, ArithmeticLevel):
@@ -117,63 +115,16 @@ class ArithmeticTask:
                 )
             self.level = ARITHMETIC_LEVELS[level]
             self.level_index = int(level)
-        if not 0.0 < eval_fraction < 1.0:
-            raise ValueError(f"eval_fraction must be in (0, 1); got {eval_fraction}")
-        self.eval_fraction = float(eval_fraction)
+        super().__init__(eval_fraction=eval_fraction)
 
-    def split_of(self, prompt: str) -> str:
-        """The split a prompt belongs to (a pure function of its text)."""
-        bucket = stable_hash(prompt, _HASH_SALT) % _HASH_BUCKETS
-        return "eval" if bucket < self.eval_fraction * _HASH_BUCKETS else "train"
-
-    def _draw(self, rng: np.random.Generator) -> tuple[list[int], list[str]]:
+    def draw(self, rng: np.random.Generator) -> tuple[str, str, dict]:
         lv = self.level
         operands = rng.integers(0, 10**lv.num_digits, size=lv.num_operands).tolist()
         ops = [lv.ops[i] for i in rng.integers(0, len(lv.ops), size=lv.num_operands - 1)]
-        return operands, ops
-
-    def sample(self, seed: int | np.random.Generator, split: str = "train") -> Problem:
-        """A problem of `split`; the same int seed and split always give the same problem."""
-        rng = make_rng(seed, check_split(split))
-        for _ in range(_MAX_DRAWS):
-            operands, ops = self._draw(rng)
-            prompt = "".join(f"{x}{op}" for x, op in zip(operands, ops)) + f"{operands[-1]}="
-            if self.split_of(prompt) == split:
-                answer = evaluate_expression(operands, ops)
-                metadata = {
-                    "split": split,
-                    "level": self.level_index,
-                    "operands": tuple(operands),
-                    "ops": tuple(ops),
-                    "answer": answer,
-                    "uid": stable_hash(prompt),
-                }
-                return Problem(prompt=prompt, reference=str(answer), metadata=metadata)
-        raise RuntimeError(
-            f"no {split!r} problem found in {_MAX_DRAWS} draws; the level's prompt space is too "
-            f"small for eval_fraction={self.eval_fraction}"
-        )
-
-    def sample_batch(self, n: int, seed: int, split: str = "train") -> list[Problem]:
-        """`n` problems drawn from one generator seeded by `seed` (repeats are possible)."""
-        rng = make_rng(seed, check_split(split))
-        return [self.sample(rng, split) for _ in range(n)]
-
-    def eval_set(self, n: int, seed: int = 0) -> list[Problem]:
-        """`n` distinct held-out problems (deterministic in `seed`)."""
-        rng = make_rng(seed, check_split("eval"))
-        seen: dict[str, Problem] = {}
-        for _ in range(_MAX_DRAWS):
-            if len(seen) == n:
-                break
-            problem = self.sample(rng, "eval")
-            seen.setdefault(problem.prompt, problem)
-        if len(seen) < n:
-            raise ValueError(
-                f"n={n} distinct eval problems requested but only {len(seen)} were found; "
-                "use a harder level or a larger eval_fraction"
-            )
-        return list(seen.values())
+        prompt = "".join(f"{x}{op}" for x, op in zip(operands, ops)) + f"{operands[-1]}="
+        answer = evaluate_expression(operands, ops)
+        metadata = {"level": self.level_index, "operands": tuple(operands), "ops": tuple(ops), "answer": answer}
+        return prompt, str(answer), metadata
 
     def privileged_prompt(self, problem: Problem) -> str:
         """The prompt with a worked copy of the same problem in front (`"12+34=46;12+34="`): the

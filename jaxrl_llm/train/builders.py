@@ -12,7 +12,7 @@ from typing import Any
 from flax import nnx
 
 from jaxrl_llm.data.tokenizer import CharTokenizer, HFTokenizer, Tokenizer
-from jaxrl_llm.envs.arithmetic import ArithmeticTask
+from jaxrl_llm.envs.registry import build_task as build_registered_task
 from jaxrl_llm.models.config import ModelConfig, preset
 from jaxrl_llm.models.decoder import Decoder
 from jaxrl_llm.parallel.distributed import initialize_distributed
@@ -42,11 +42,10 @@ def build_model_config(model_cfg: Mapping[str, Any], tokenizer: Tokenizer) -> Mo
     return config
 
 
-def build_task(data_cfg: Mapping[str, Any]) -> ArithmeticTask:
-    """The verifiable task named by `data.task` (the built-in `arithmetic`, at `data.level`)."""
-    if data_cfg["task"] != "arithmetic":
-        raise ValueError(f"data.task must be 'arithmetic' (the built-in task); got {data_cfg['task']!r}")
-    return ArithmeticTask(int(data_cfg["level"]), eval_fraction=float(data_cfg["eval_fraction"]))
+def build_task(data_cfg: Mapping[str, Any]) -> Any:
+    """The verifiable task named by `data.task` (`envs/registry.py`: built-in `arithmetic` at
+    `data.level`, or any registered task with `data.task_kwargs`)."""
+    return build_registered_task(data_cfg)
 
 
 task_from_config = build_task  # the older name
