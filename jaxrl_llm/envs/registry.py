@@ -77,9 +77,11 @@ def _register_builtins() -> None:
     if _BUILTINS_DONE:
         return
     _BUILTINS_DONE = True
+    from jaxrl_llm.envs.arith_chain import ArithChainTask
     from jaxrl_llm.envs.arithmetic import ArithmeticTask
 
     def arithmetic(level: int = 1, eval_fraction: float = 0.1) -> ArithmeticTask:
         return ArithmeticTask(int(level), eval_fraction=float(eval_fraction))
 
     TASKS.setdefault("arithmetic", arithmetic)
+    TASKS.setdefault("arith_chain", ArithChainTask)

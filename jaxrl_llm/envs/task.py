@@ -81,7 +81,8 @@ class TrainerTask(VerifiableTask, Protocol):
     """Every method the trainers (`sft`, `rl`, `dpo`, `dpo_vp`) call on a task.
 
     `sample_batch` feeds RL steps and SFT warm-up records, `eval_set` the held-out evaluation.
-    Optional: `privileged_prompt(problem) -> str` (a hinted prompt: SDAR's self-teacher, SkillC's
+    Optional: `sft_target(problem) -> str` (the warm-up record's completion; default the
+    reference), `privileged_prompt(problem) -> str` (a hinted prompt: SDAR's self-teacher, SkillC's
     hinted stream, `data.privileged_fraction` warm-up records), `reward_spec` (RDPO's ranges).
     """
 
@@ -126,6 +127,10 @@ class DrawnTask:
 
     def score(self, problem: Problem, response: str) -> float | np.ndarray:
         raise NotImplementedError(f"{type(self).__name__} must implement score(problem, response)")
+
+    def sft_target(self, problem: Problem) -> str:
+        """The completion an SFT warm-up record teaches for `problem` (default: the reference)."""
+        return problem.reference
 
     def split_of(self, prompt: str) -> str:
         """The split a prompt belongs to (a pure function of its text)."""

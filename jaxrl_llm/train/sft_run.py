@@ -35,7 +35,8 @@ from jaxrl_llm.train.state import TrainState, create_train_state
 
 
 def training_records(data_cfg: Mapping[str, Any], seed: int) -> list[dict[str, str]] | str:
-    """SFT records: the `data.jsonl_path` path if set, else `data.num_train` task problems.
+    """SFT records: the `data.jsonl_path` path if set, else `data.num_train` task problems, each
+    completed by the task's `sft_target` (the reference, or e.g. ArithChain's worked solution).
 
     With `data.privileged_fraction > 0` that share of the task records (a fixed random subset per
     seed) uses the task's privileged prompt (a hint or worked copy in front), so that the model
@@ -50,7 +51,8 @@ def training_records(data_cfg: Mapping[str, Any], seed: int) -> list[dict[str, s
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"data.privileged_fraction must be in [0, 1]; got {fraction}")
     hinted = np.random.default_rng([seed, 1]).random(len(problems)) < fraction
-    return [{"prompt": task.privileged_prompt(p) if h else p.prompt, "completion": p.reference}
+    target = getattr(task, "sft_target", lambda p: p.reference)
+    return [{"prompt": task.privileged_prompt(p) if h else p.prompt, "completion": target(p)}
             for p, h in zip(problems, hinted)]
 
 
