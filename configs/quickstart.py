@@ -74,8 +74,25 @@ def get_config() -> ConfigDict:
     c.rl.overlong.cache_length = 0  # > 0: DAPO's soft overlong penalty over the last this many tokens
     c.rl.overlong.filter = False  # truncated responses (no eos) leave the loss
     c.rl.step_labels = ConfigDict()
-    c.rl.step_labels.enabled = False  # step_id / step_ok from the reference answer's prefix (bcpg_nsa)
+    c.rl.step_labels.enabled = False  # step_id / step_ok (bcpg_nsa): the task's step checker, else the reference prefix
     c.rl.step_labels.delimiter = ""  # a step ends at a token containing this ("" = every token)
+    # A task with its own step checker (task.step_labels, e.g. arith_chain) labels the steps instead
+    # of the reference-prefix rule. PRM-style consensus hook: a step scorer registered with
+    # envs.step_labels.register_step_scorer must also score the step >= prm_threshold ("" = off;
+    # no learned PRM ships yet).
+    c.rl.step_labels.prm = ""
+    c.rl.step_labels.prm_threshold = 0.5
+    # LANG's decaying prompt hints (train/rl_hints.py; the task needs hinted_prompt(problem, fraction)):
+    # the first floor(p_t L) trace words after the question, p_t decaying over decay_steps (0: rl.steps),
+    # and a per-resource-group switch that turns a group's hints off once EMA(alpha) of its share of
+    # prompts with a positive-advantage rollout reaches tau.
+    c.rl.hints = ConfigDict()
+    c.rl.hints.enabled = False
+    c.rl.hints.schedule = "cosine"  # or "linear"
+    c.rl.hints.decay_steps = 0
+    c.rl.hints.alpha = 0.9
+    c.rl.hints.tau = 0.6
+    c.rl.hints.switch = True  # False: hints only decay (never switched off early)
     c.rl.reuse_epochs = 4  # K: optimizer passes over each rollout batch
     c.rl.minibatches = 1  # optimizer steps per pass
     c.rl.kl_coef = 0.0  # > 0: KL to the frozen post-warm-up policy (k3); the reference pass then runs
@@ -114,5 +131,6 @@ def get_config() -> ConfigDict:
     c.checkpoint = ConfigDict()
     c.checkpoint.every = 10  # RL steps; 0: only at the end
     c.checkpoint.max_to_keep = 2
-    c.checkpoint.resume = False
+    c.checkpoint.resume = False  # continue the run in output_dir (its saved config.json must agree)
+    c.checkpoint.fallback = False  # resuming: if the newest checkpoint is damaged, use the newest intact one
     return c

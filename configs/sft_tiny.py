@@ -86,5 +86,6 @@ def get_config() -> ConfigDict:
     c.checkpoint = ConfigDict()
     c.checkpoint.every = 500  # 0: only at the end
     c.checkpoint.max_to_keep = 2
-    c.checkpoint.resume = False
+    c.checkpoint.resume = False  # continue the run in output_dir (its saved config.json must agree)
+    c.checkpoint.fallback = False  # resuming: if the newest checkpoint is damaged, use the newest intact one
     return c

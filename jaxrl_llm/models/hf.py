@@ -22,7 +22,7 @@ from jaxrl_llm.models.config import ATTENTION, QWEN3_NEXT, ModelConfig
 from jaxrl_llm.models.decoder import Decoder
 from jaxrl_llm.models.hf_config import from_hf_config, to_hf_config
 from jaxrl_llm.models.qwen3_next import GATED_DELTANET
-from jaxrl_llm.models.safetensors_io import SINGLE_FILE, CheckpointReader
+from jaxrl_llm.models.safetensors_io import INDEX_FILE, SINGLE_FILE, CheckpointReader
 from jaxrl_llm.parallel.rules import logical_to_sharding
 
 ShardingRules = Callable[[tuple[str | None, ...], Mesh], NamedSharding]
@@ -85,15 +85,25 @@ def hf_shape(shape: tuple[int, ...], layout: str) -> tuple[int, ...]:
     return shape
 
 
+_FLOAT_TAGS = frozenset({"F64", "F32", "F16", "BF16"})
+
+
+def _ignorable(name: str, config: ModelConfig) -> bool:
+    """Tensors a checkpoint may hold that the model rebuilds: rotary buffers, a tied head's copy."""
+    return name.endswith("rotary_emb.inv_freq") or (config.tie_word_embeddings and name == "lm_head.weight")
+
+
 def load_pretrained(path: str | Path, *, dtype: str | None = None, param_dtype: str | None = None,
-                    mesh: Mesh | None = None, sharding_rules: ShardingRules | None = None
-                    ) -> tuple[Decoder, ModelConfig]:
+                    mesh: Mesh | None = None, sharding_rules: ShardingRules | None = None,
+                    allow_unexpected: bool = False) -> tuple[Decoder, ModelConfig]:
     """Loads a Qwen2/Qwen3/Llama/Qwen3-Next (dense) HF checkpoint directory into a `Decoder`.
 
     Args:
       path: directory with `config.json` and `model.safetensors` or `model.safetensors.index.json`.
       dtype: compute dtype (default float32).
       param_dtype: parameter dtype (default: `dtype`, else float32).
+      allow_unexpected: ignore tensors the config has no place for (default: an error naming them;
+        rotary `inv_freq` buffers and a tied model's `lm_head.weight` are always ignored).
       mesh: place each parameter as a sharded array on this mesh, using `sharding_rules`
         (default: `jaxrl_llm.parallel.rules.logical_to_sharding`, which raises on a dimension its
         mesh axes do not divide) on its logical axis names.
@@ -101,7 +111,14 @@ def load_pretrained(path: str | Path, *, dtype: str | None = None, param_dtype: 
       `(model, config)`; `model(tokens [B, T], positions [B, T])` gives `(logits [B, T, V], None)`.
     """
     path = Path(path)
-    hf_config = json.loads((path / "config.json").read_text())
+    config_file = path / "config.json"
+    if not config_file.exists():
+        raise FileNotFoundError(f"{config_file} not found: a Hugging Face checkpoint folder holds config.json "
+                                "and model.safetensors (or an index and shards)")
+    try:
+        hf_config = json.loads(config_file.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{config_file}: not valid JSON ({e})") from None
     overrides: dict[str, Any] = {"param_dtype": param_dtype or dtype or "float32"}
     if dtype is not None:
         overrides["dtype"] = dtype
@@ -115,7 +132,12 @@ def load_pretrained(path: str | Path, *, dtype: str | None = None, param_dtype: 
     graphdef, state = nnx.split(nnx.eval_shape(lambda: Decoder(config, rngs=nnx.Rngs(0))))
     flat = dict(nnx.to_flat_state(state))
     reader = CheckpointReader(path)
-    for name, (state_path, layout) in hf_tensor_names(config).items():
+    expected = hf_tensor_names(config)
+    unexpected = [n for n in reader.names() if n not in expected and not _ignorable(n, config)]
+    if unexpected and not allow_unexpected:
+        raise ValueError(f"checkpoint {path} holds {len(unexpected)} tensor(s) this config has no place for, e.g. "
+                         f"{unexpected[:3]}; check config.json, or pass allow_unexpected=True to ignore them")
+    for name, (state_path, layout) in expected.items():
         variable = flat[state_path]
         shape = tuple(variable.get_value().shape)
         want = hf_shape(shape, layout)
@@ -124,6 +146,9 @@ def load_pretrained(path: str | Path, *, dtype: str | None = None, param_dtype: 
         if reader.shape(name) != want:
             raise ValueError(f"tensor {name!r} in {path} has shape {list(reader.shape(name))}; "
                              f"expected {list(want)} from config.json")
+        if reader.dtype(name) not in _FLOAT_TAGS:
+            raise ValueError(f"tensor {name!r} in {path} is stored as {reader.dtype(name)}; weights must be "
+                             f"floating point ({sorted(_FLOAT_TAGS)}): casting integers would change them silently")
         source = reader.array(name)
         if layout == CONV:
             source = source[:, 0, :]
@@ -157,6 +182,9 @@ def _materialise(source: np.ndarray, transposed: bool, shape: tuple[int, ...], d
 def save_pretrained(model: Decoder, config: ModelConfig, path: str | Path, *, dtype: str | None = None) -> Path:
     """Writes `config.json` and `model.safetensors` that `transformers` loads as `config.architecture`.
 
+    Stale weight files in `path` (an index and shards of an earlier sharded save) are removed; other
+    files (a tokenizer, say) are kept.
+
     `dtype` sets the stored tensor dtype (default: `config.param_dtype`). Sharded parameters are
     gathered to the host; on several processes, all must call this and process 0 writes.
     """
@@ -178,6 +206,12 @@ def save_pretrained(model: Decoder, config: ModelConfig, path: str | Path, *, dt
         tensors[name] = np.ascontiguousarray(host)
     if jax.process_index() == 0:
         path.mkdir(parents=True, exist_ok=True)
-        save_file(tensors, str(path / SINGLE_FILE), metadata={"format": "pt"})
+        # Weights this call did not write would be read instead of (an index) or beside (shards) ours.
+        for stale in [path / INDEX_FILE, *path.glob("*.safetensors")]:
+            if stale.name != SINGLE_FILE and stale.exists():
+                stale.unlink()
+        tmp = path / (SINGLE_FILE + ".tmp")
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+        tmp.replace(path / SINGLE_FILE)  # a crash mid-write never leaves a half file under the real name
         (path / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True))
     return path

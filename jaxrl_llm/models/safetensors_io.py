@@ -28,12 +28,26 @@ class SafetensorsFile:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        size = self.path.stat().st_size
         with open(self.path, "rb") as f:
-            (header_len,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(header_len))
+            head = f.read(8)
+            if len(head) < 8:
+                raise ValueError(f"{self.path}: not a safetensors file ({size} bytes, shorter than its 8-byte header)")
+            (header_len,) = struct.unpack("<Q", head)
+            if header_len > size - 8:
+                raise ValueError(f"{self.path}: header length {header_len} exceeds the file ({size} bytes): "
+                                 "truncated or not a safetensors file")
+            try:
+                header = json.loads(f.read(header_len))
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise ValueError(f"{self.path}: unreadable safetensors header ({e})") from None
         self.data_start = 8 + header_len
         header.pop("__metadata__", None)
         self.entries: dict[str, dict] = header
+        data_end = max((int(e["data_offsets"][1]) for e in header.values()), default=0)
+        if self.data_start + data_end > size:
+            raise ValueError(f"{self.path}: truncated: its header describes {self.data_start + data_end} bytes, "
+                             f"the file has {size}")
 
     def shape(self, name: str) -> tuple[int, ...]:
         return tuple(self.entries[name]["shape"])
@@ -61,7 +75,13 @@ class CheckpointReader:
         self.directory = Path(directory)
         index_path = self.directory / INDEX_FILE
         if index_path.exists():
-            weight_map = json.loads(index_path.read_text())["weight_map"]
+            try:
+                weight_map = json.loads(index_path.read_text())["weight_map"]
+            except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+                raise ValueError(f"{index_path}: not a safetensors index with a 'weight_map' ({e!r})") from None
+            missing = sorted({f for f in weight_map.values() if not (self.directory / f).exists()})
+            if missing:
+                raise FileNotFoundError(f"{index_path} names shard files that do not exist: {missing}")
         else:
             files = sorted(self.directory.glob("*.safetensors"))
             if not files:
@@ -84,6 +104,10 @@ class CheckpointReader:
 
     def shape(self, name: str) -> tuple[int, ...]:
         return self._file(name).shape(name)
+
+    def dtype(self, name: str) -> str:
+        """The stored dtype tag (`"F32"`, `"BF16"`, `"I32"`, ...)."""
+        return str(self._file(name).entries[name]["dtype"])
 
     def array(self, name: str) -> np.ndarray:
         return self._file(name).array(name)

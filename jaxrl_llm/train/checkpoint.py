@@ -8,6 +8,7 @@ A state with a non-finite floating-point leaf is never written.
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any
 
 import grain
@@ -18,6 +19,17 @@ from jaxrl_llm.train.state import TrainState, abstract_train_state, all_finite
 
 class NonFiniteStateError(RuntimeError):
     """Raised instead of writing a checkpoint whose state holds NaN or inf."""
+
+
+class CheckpointReadError(RuntimeError):
+    """A checkpoint's data cannot be read back (damaged or half-written); names the step and the path."""
+
+    def __init__(self, step: int, path: str, cause: BaseException, earlier: list[int]):
+        offer = (f"earlier checkpoints: {earlier}; set --config.checkpoint.fallback=true to resume from the "
+                 "newest intact one" if earlier else "no earlier checkpoint exists")
+        super().__init__(f"checkpoint step {step} at {path} cannot be read ({type(cause).__name__}: "
+                         f"{str(cause)[:300]}); {offer}")
+        self.step, self.path, self.earlier = step, path, earlier
 
 
 class Checkpointer:
@@ -51,15 +63,32 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return list(self._manager.all_steps())
 
-    def restore(self, like: TrainState, data_iterator: Any | None = None, *, step: int | None = None) -> TrainState:
-        """Restore into the structure/shardings of `like`; `data_iterator` is repositioned in place."""
+    def restore(self, like: TrainState, data_iterator: Any | None = None, *, step: int | None = None,
+                fallback: bool = False) -> TrainState:
+        """Restore into the structure/shardings of `like`; `data_iterator` is repositioned in place.
+
+        A checkpoint whose data cannot be read raises `CheckpointReadError` (its step, its path and the
+        earlier steps); with `fallback` the newest earlier one that reads is restored instead, with a
+        warning naming the skipped step.
+        """
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint found under {self.directory}")
+        earlier = sorted((s for s in self.all_steps() if s < step), reverse=True)
+        try:
+            return self._restore_step(int(step), like, data_iterator)
+        except Exception as e:  # orbax / tensorstore raise many types for damaged files
+            error = CheckpointReadError(int(step), os.path.join(self.directory, str(step)), e, earlier)
+            if not fallback or not earlier:
+                raise error from e
+            warnings.warn(f"{error}; falling back", stacklevel=2)
+            return self.restore(like, data_iterator, step=earlier[0], fallback=True)
+
+    def _restore_step(self, step: int, like: TrainState, data_iterator: Any | None) -> TrainState:
         items: dict[str, Any] = {"state": ocp.args.StandardRestore(abstract_train_state(like))}
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
-        restored = self._manager.restore(int(step), args=ocp.args.Composite(**items))
+        restored = self._manager.restore(step, args=ocp.args.Composite(**items))
         return restored["state"]
 
     def close(self) -> None:

@@ -44,6 +44,7 @@ from jaxrl_llm.train.evaluate import (
 )
 from jaxrl_llm.train.loop import drive
 from jaxrl_llm.train.metrics import MetricsWriter, read_jsonl
+from jaxrl_llm.train.run_dir import open_run_dir, truncate_metrics
 from jaxrl_llm.train.optim import make_optimizer
 from jaxrl_llm.train.rl_plot import plot_rl_curves
 from jaxrl_llm.train.rl_rollout import (
@@ -327,17 +328,17 @@ def run_rl(cfg: Any, *, stop_after: int | None = None, initial: tuple | None = N
     t0 = time.perf_counter()
     run_dir = os.path.abspath(cfg.output_dir)
     ckpt_dir = os.path.join(run_dir, "checkpoints")
-    resume = bool(cfg.checkpoint.resume) and os.path.isdir(ckpt_dir) and bool(os.listdir(ckpt_dir))
-    if not resume and os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
-        raise FileExistsError(f"{ckpt_dir} already holds checkpoints; set checkpoint.resume=true to continue "
-                              "that run or choose another output_dir")
+    check_rl_config(cfg)  # bad values fail before the run directory is touched
+    resume = open_run_dir(cfg, command="rl")  # refuses a used directory unless resuming a compatible run
     setup = setup_rl(cfg, warm_up=not resume, initial=None if resume else initial)
     primary = is_primary_process()
     checkpointer = Checkpointer(ckpt_dir, max_to_keep=int(cfg.checkpoint.max_to_keep))
     ref_path = os.path.join(run_dir, "reference")
     state = setup.state
     if resume:
-        state = checkpointer.restore(state)
+        state = checkpointer.restore(state, fallback=bool(cfg.checkpoint.get("fallback", False)))
+        if primary:
+            truncate_metrics(run_dir, int(state.step))
         if setup.ref_params is not None:
             setup.ref_params = _restore_reference(ref_path, setup.ref_params)
     elif setup.ref_params is not None and primary:

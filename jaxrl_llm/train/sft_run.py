@@ -30,6 +30,7 @@ from jaxrl_llm.train.checkpoint import Checkpointer
 from jaxrl_llm.train.evaluate import exact_match_accuracy, greedy_completions, make_greedy_generate
 from jaxrl_llm.train.loop import NonFiniteLossError, drive  # noqa: F401  (NonFiniteLossError: the public name)
 from jaxrl_llm.train.metrics import MetricsWriter, plot_loss_curve
+from jaxrl_llm.train.run_dir import open_run_dir, truncate_metrics
 from jaxrl_llm.train.sft import make_sft_step
 from jaxrl_llm.train.state import TrainState, create_train_state
 
@@ -154,14 +155,17 @@ def run_sft(cfg: Any) -> dict[str, Any]:
     `cfg.output_dir`; returns `{"final_loss", "eval_accuracy", "wall_time_s", "run_dir", ...}`."""
     t0 = time.perf_counter()
     run_dir = os.path.abspath(cfg.output_dir)
+    resume = open_run_dir(cfg, command="sft")  # refuses a used directory unless resuming a compatible run
     setup = setup_sft(cfg)
     primary = is_primary_process()
     checkpointer = Checkpointer(
         os.path.join(run_dir, "checkpoints"), max_to_keep=int(cfg.checkpoint.max_to_keep)
     )
     state = setup.state
-    if cfg.checkpoint.resume and checkpointer.latest_step() is not None:
-        state = checkpointer.restore(state, setup.iterator)
+    if resume:
+        state = checkpointer.restore(state, setup.iterator, fallback=bool(cfg.checkpoint.get("fallback", False)))
+        if primary:
+            truncate_metrics(run_dir, int(state.step))
     remaining = int(cfg.train.steps) - int(state.step)
     writer = MetricsWriter(run_dir, tensorboard=primary) if primary else None
     try:

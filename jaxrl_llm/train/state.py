@@ -90,7 +90,16 @@ def abstract_train_state(state: TrainState) -> TrainState:
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
 
 
+@jax.jit
+def _all_finite_leaves(leaves: list[Any]) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
 def all_finite(tree: Any) -> bool:
-    """True when every floating-point leaf of `tree` is finite (one device reduction)."""
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
-    return bool(jnp.all(jnp.stack(leaves))) if leaves else True
+    """True when every floating-point leaf of `tree` is finite.
+
+    One jitted reduction over all leaves: every process runs the same single program (per-leaf eager
+    reductions on arrays sharded across processes each start their own collective and can deadlock).
+    """
+    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return bool(_all_finite_leaves(leaves)) if leaves else True
