@@ -65,6 +65,7 @@ def get_config() -> ConfigDict:
     c.data.tokenizer = "char"  # or a path to a tokenizer.json
     c.data.seq_len = 16
     c.data.packing = False
+    c.data.long_records = "fail"  # records longer than seq_len: "fail" before step 1, or "drop" (with a count)
 
     c.train = ConfigDict()
     c.train.steps = 1500

@@ -17,6 +17,8 @@ so a resumed run sees exactly the batches the uninterrupted run would have seen.
 from __future__ import annotations
 
 import json
+import os
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -29,27 +31,70 @@ BATCH_KEYS: tuple[str, ...] = ("tokens", "positions", "segment_ids", "loss_mask"
 
 
 def load_jsonl(path: str) -> list[dict[str, Any]]:
-    """Read one JSON object per non-empty line."""
+    """Read one JSON object per non-empty line; errors name the file and the line."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"data file {path} not found")
     records = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f):
-            if line.strip():
+    with open(path, "rb") as f:
+        for i, raw in enumerate(f):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}:{i + 1}: not UTF-8 ({e.reason} at byte {e.start})") from None
+            if not line.strip():
+                continue
+            try:
                 record = json.loads(line)
-                if not isinstance(record, dict):
-                    raise ValueError(f"{path}:{i + 1} must hold a JSON object; got {type(record).__name__}")
-                records.append(record)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{i + 1}: not a JSON line ({e.msg} at column {e.colno})") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{path}:{i + 1} must hold a JSON object; got {type(record).__name__}")
+            records.append(record)
+    if not records:
+        raise ValueError(f"{path} holds no records (an empty file, or only blank lines)")
     return records
+
+
+def tokenize_records(records: Sequence[Mapping[str, Any]], tokenizer: Tokenizer, *, max_len: int,
+                     long_records: str = "fail", source: str = "records") -> list[dict[str, np.ndarray]]:
+    """Every record tokenized up front (`tokenize_record`), so a bad one fails before step 1.
+
+    long_records: "fail" (default) raises naming the first record longer than `max_len` and how many
+    are; "drop" leaves them out and warns with the count. Errors name `source` and the record index.
+    """
+    if long_records not in ("fail", "drop"):
+        raise ValueError(f"data.long_records must be 'fail' or 'drop'; got {long_records!r}")
+    out, too_long = [], []
+    for i, record in enumerate(records):
+        try:
+            example = tokenize_record(record, tokenizer, max_len=None)
+        except ValueError as e:
+            raise ValueError(f"{source}, record {i + 1}: {e}") from None
+        if example["tokens"].shape[0] > max_len:
+            too_long.append(i)
+        else:
+            out.append(example)
+    if too_long and long_records == "fail":
+        first = too_long[0]
+        raise ValueError(f"{source}: {len(too_long)} of {len(records)} records exceed data.seq_len={max_len} tokens "
+                         f"(first: record {first + 1}); raise data.seq_len or set data.long_records='drop'")
+    if too_long:
+        warnings.warn(f"{source}: dropped {len(too_long)} of {len(records)} records longer than data.seq_len="
+                      f"{max_len} tokens (data.long_records='drop')", stacklevel=2)
+    if not out:
+        raise ValueError(f"{source}: no record fits data.seq_len={max_len}")
+    return out
 
 
 def tokenize_record(
     record: Mapping[str, Any],
     tokenizer: Tokenizer,
     *,
-    max_len: int,
+    max_len: int | None,
     prompt_key: str = "prompt",
     completion_key: str = "completion",
 ) -> dict[str, np.ndarray]:
-    """`{"tokens": [L], "loss_mask": [L]}` (int32) for one record; `L <= max_len` or `ValueError`."""
+    """`{"tokens": [L], "loss_mask": [L]}` (int32) for one record; `L <= max_len` (None: any) or `ValueError`."""
     for key in (prompt_key, completion_key):
         if key not in record or not isinstance(record[key], str):
             raise ValueError(f"record must have a string field {key!r}; got keys {sorted(record)}")
@@ -58,7 +103,7 @@ def tokenize_record(
         prompt = [tokenizer.bos_id] + prompt
     completion = tokenizer.encode(record[completion_key]) + [tokenizer.eos_id]
     tokens = np.asarray(prompt + completion, dtype=np.int32)
-    if tokens.shape[0] > max_len:
+    if max_len is not None and tokens.shape[0] > max_len:
         raise ValueError(
             f"record of {tokens.shape[0]} tokens exceeds data.seq_len={max_len}; raise seq_len or "
             f"filter long records (prompt {record[prompt_key]!r})"
@@ -102,23 +147,29 @@ def build_sft_dataset(
     num_epochs: int | None = None,
     shuffle: bool = True,
     num_packing_bins: int | None = None,
+    long_records: str = "fail",
 ) -> grain.IterDataset:
     """A grain `IterDataset` of `{tokens, positions, segment_ids, loss_mask}: [batch_size, seq_len]`.
 
     `records`: list of `{"prompt", "completion"}` dicts or a JSONL path. `num_epochs=None` repeats
     forever (reshuffled each epoch). Incomplete final batches are dropped so shapes stay static.
+    Every record is tokenized and checked before the first batch (`tokenize_records`: records longer
+    than `seq_len` fail or, with `long_records="drop"`, are dropped with a warning).
     """
-    if seq_len < 2 or batch_size < 1:
-        raise ValueError(f"data.seq_len must be >= 2 and batch_size >= 1; got {seq_len}, {batch_size}")
+    if seq_len < 2:
+        raise ValueError(f"data.seq_len must be >= 2; got {seq_len}")
+    if batch_size < 1:
+        raise ValueError(f"the per-process batch size (train.batch_size / processes) must be >= 1; got {batch_size}")
+    source = records if isinstance(records, str) else "records"
     if isinstance(records, str):
         records = load_jsonl(records)
     if len(records) == 0:
         raise ValueError("records must not be empty")
-    ds = grain.MapDataset.source(list(records))
+    examples = tokenize_records(records, tokenizer, max_len=seq_len, long_records=long_records, source=source)
+    ds = grain.MapDataset.source(examples)
     if shuffle:
         ds = ds.shuffle(seed=seed)
     ds = ds.repeat(num_epochs)
-    ds = ds.map(lambda r: tokenize_record(r, tokenizer, max_len=seq_len))
     if packing:
         iter_ds = grain.experimental.FirstFitPackIterDataset(
             ds.to_iter_dataset(),

@@ -190,13 +190,20 @@ class HFTokenizer:
             )
         config_path = os.path.join(os.path.dirname(path), "tokenizer_config.json")
         if os.path.isfile(config_path):
-            with open(config_path, encoding="utf-8") as f:
-                config = json.load(f)
+            try:
+                with open(config_path, encoding="utf-8") as f:
+                    config = json.load(f)
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise ValueError(f"{config_path}: not valid JSON ({e})") from None
             pad_token = pad_token or _special_from_config(config.get("pad_token"))
             bos_token = bos_token or _special_from_config(config.get("bos_token"))
             eos_token = eos_token or _special_from_config(config.get("eos_token"))
+        try:
+            raw = _RawTokenizer.from_file(path)
+        except Exception as e:  # the Rust side raises a bare Exception for a malformed file
+            raise ValueError(f"{path}: not a valid tokenizer.json ({e})") from None
         return cls(
-            _RawTokenizer.from_file(path),
+            raw,
             pad_token=pad_token,
             bos_token=bos_token,
             eos_token=eos_token,

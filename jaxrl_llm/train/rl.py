@@ -32,8 +32,10 @@ from ml_collections import ConfigDict
 from jaxrl_llm.models.decoder import Decoder
 from jaxrl_llm.models.hf import load_pretrained
 from jaxrl_llm.objectives.registry import objective_spec
-from jaxrl_llm.parallel.distributed import is_primary_process
+from jaxrl_llm.parallel.batch import row_shards
+from jaxrl_llm.parallel.distributed import initialize_distributed, is_primary_process
 from jaxrl_llm.parallel.init import abstract_model, split_module
+from jaxrl_llm.parallel.mesh import mesh_from_config
 from jaxrl_llm.rollout.sampler import SamplingConfig
 from jaxrl_llm.train.builders import build_policy, build_tokenizer, task_from_config
 from jaxrl_llm.train.checkpoint import Checkpointer
@@ -63,7 +65,7 @@ from jaxrl_llm.train.rl_update import (
     rl_optimizer,
 )
 from jaxrl_llm.train.roles import check_roles, configured_objective_kwargs, needs_reference, needs_student_logits
-from jaxrl_llm.train.sft_run import setup_sft, train_loop
+from jaxrl_llm.train.sft_run import check_sft_config, setup_sft, train_loop
 from jaxrl_llm.train.state import TrainState, create_train_state
 
 
@@ -98,6 +100,7 @@ def sampling_config(cfg: Any, tokenizer: Any) -> SamplingConfig:
 def check_rl_config(cfg: Any) -> None:
     """Fail before anything is built or compiled when a field is out of range or the configured roles
     cannot produce what the objective and estimator read (`train/roles.py`), naming the field."""
+    initialize_distributed(cfg.distributed)  # before the first device query (the mesh check below)
     rl = cfg.rl
     for name in ("steps", "prompts_per_step", "samples_per_prompt", "max_new_tokens"):
         if int(rl[name]) < 1:
@@ -112,6 +115,16 @@ def check_rl_config(cfg: Any) -> None:
                          f"got {rl.overlong.cache_length}")
     if rl.qarl and not rl.rollout_quant:
         raise ValueError("rl.qarl needs rl.rollout_quant ('int8', 'int4' or 'fp8'): the format to align with")
+    if rl.rollout_quant not in ("", "int8", "int4", "fp8"):
+        raise ValueError(f"rl.rollout_quant must be '', 'int8', 'int4' or 'fp8'; got {rl.rollout_quant!r}")
+    if not float(rl.optimizer.learning_rate) > 0:
+        raise ValueError(f"rl.optimizer.learning_rate must be > 0; got {rl.optimizer.learning_rate}")
+    if int(cfg.sft.train.steps) > 0:
+        check_sft_config(sft_warmup_config(cfg))  # the warm-up's fields fail now, not after it ran
+    shards = row_shards(mesh_from_config(cfg.mesh))
+    if (rows // int(rl.minibatches)) % shards:
+        raise ValueError(f"prompts_per_step x samples_per_prompt / rl.minibatches = {rows // int(rl.minibatches)} rows "
+                         f"must be a multiple of the mesh's {shards} row shards (mesh.data x mesh.fsdp)")
     if int(cfg.eval.samples_per_prompt) < 0:
         raise ValueError(f"eval.samples_per_prompt must be >= 0 (0: greedy only); got {cfg.eval.samples_per_prompt}")
     if int(rl.dgg.window) < 2:

@@ -22,8 +22,10 @@ from jaxrl_llm.data.pipeline import build_sft_dataset
 from jaxrl_llm.data.tokenizer import Tokenizer
 from jaxrl_llm.models.config import ModelConfig
 from jaxrl_llm.models.hf import save_pretrained
-from jaxrl_llm.parallel.distributed import is_primary_process
+from jaxrl_llm.parallel.batch import row_shards
+from jaxrl_llm.parallel.distributed import initialize_distributed, is_primary_process
 from jaxrl_llm.parallel.init import ModelParts
+from jaxrl_llm.parallel.mesh import mesh_from_config
 from jaxrl_llm.train.builders import (build_model_config, build_optimizer, build_policy, build_schedule,
                                       build_tokenizer, task_from_config)
 from jaxrl_llm.train.checkpoint import Checkpointer
@@ -75,19 +77,60 @@ class SFTSetup:
     schedule: Any
 
 
+def _check_int(value: Any, field: str, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"{field} must be an integer >= {low}; got {value!r}")
+    return int(value)
+
+
+def check_sft_config(cfg: Any) -> None:
+    """Every value range of an SFT config, before anything is built or compiled; errors name the field.
+
+    Checks step and batch counts, that `train.micro_batches` divides the batch and the mesh's row
+    shards divide each micro-batch (else the rows would be silently replicated: no data parallelism),
+    the optimizer's rates, the data fields and the registered task.
+    """
+    initialize_distributed(cfg.distributed)  # before the first device query below (idempotent)
+    train, opt, data = cfg.train, cfg.optimizer, cfg.data
+    _check_int(train.steps, "train.steps", 1)
+    batch = _check_int(train.batch_size, "train.batch_size", 1)
+    micro = _check_int(train.micro_batches, "train.micro_batches", 1)
+    _check_int(train.log_every, "train.log_every", 1)
+    _check_int(data.seq_len, "data.seq_len", 2)
+    if batch % micro:
+        raise ValueError(f"train.micro_batches={micro} must divide train.batch_size={batch}")
+    if batch % jax.process_count():
+        raise ValueError(f"train.batch_size={batch} must be a multiple of the process count {jax.process_count()}")
+    shards = row_shards(mesh_from_config(cfg.mesh))
+    if (batch // micro) % shards:
+        raise ValueError(f"train.batch_size / train.micro_batches = {batch // micro} rows must be a multiple of the "
+                         f"mesh's {shards} row shards (mesh.data x mesh.fsdp); otherwise the rows are replicated, "
+                         "not split")
+    if not float(opt.learning_rate) > 0:
+        raise ValueError(f"optimizer.learning_rate must be > 0; got {opt.learning_rate}")
+    _check_int(opt.warmup_steps, "optimizer.warmup_steps", 0)
+    if not 0.0 <= float(opt.weight_decay):
+        raise ValueError(f"optimizer.weight_decay must be >= 0; got {opt.weight_decay}")
+    if data.get("long_records", "fail") not in ("fail", "drop"):
+        raise ValueError(f"data.long_records must be 'fail' or 'drop'; got {data.long_records!r}")
+    if data.jsonl_path:
+        if not os.path.isfile(data.jsonl_path):
+            raise FileNotFoundError(f"data.jsonl_path={data.jsonl_path!r}: no such file")
+    else:
+        _check_int(data.num_train, "data.num_train", 1)
+        task_from_config(data)  # an unknown task or bad task_kwargs fails here
+    for key in ("every", "max_to_keep"):
+        _check_int(cfg.checkpoint[key], f"checkpoint.{key}", 0 if key == "every" else 1)
+    for key in ("num_problems", "batch_size", "max_new_tokens"):
+        _check_int(cfg.eval[key], f"eval.{key}", 0 if key == "num_problems" else 1)
+
+
 def setup_sft(cfg: Any) -> SFTSetup:
     """Build mesh, tokenizer, sharded model, optimizer, `TrainState`, data iterator and step."""
+    check_sft_config(cfg)
     tokenizer = build_tokenizer(cfg.data)
     model_config = build_model_config(cfg.model, tokenizer)
-    mesh, parts, params, rest, params_shardings = build_policy(cfg, tokenizer)
-    steps = int(cfg.train.steps)
-    optimizer = build_optimizer(cfg.optimizer, steps)
-    schedule = build_schedule(cfg.optimizer, steps)
-    state = create_train_state(params, optimizer, mesh, params_shardings, seed=int(cfg.seed))
-    shardings = jax.tree.map(lambda x: x.sharding, state)
-    step_fn = make_sft_step(
-        parts, optimizer, schedule, shardings, mesh, rest=rest, num_micro_batches=int(cfg.train.micro_batches)
-    )
+    # The data first: every record is read and checked before the model is built or anything compiles.
     # Each process reads its own rows of the global batch.
     local_batch = int(cfg.train.batch_size) // jax.process_count()
     dataset = build_sft_dataset(
@@ -97,6 +140,16 @@ def setup_sft(cfg: Any) -> SFTSetup:
         batch_size=local_batch,
         seed=int(cfg.seed) + jax.process_index(),
         packing=bool(cfg.data.packing),
+        long_records=str(cfg.data.get("long_records", "fail")),
+    )
+    mesh, parts, params, rest, params_shardings = build_policy(cfg, tokenizer)
+    steps = int(cfg.train.steps)
+    optimizer = build_optimizer(cfg.optimizer, steps)
+    schedule = build_schedule(cfg.optimizer, steps)
+    state = create_train_state(params, optimizer, mesh, params_shardings, seed=int(cfg.seed))
+    shardings = jax.tree.map(lambda x: x.sharding, state)
+    step_fn = make_sft_step(
+        parts, optimizer, schedule, shardings, mesh, rest=rest, num_micro_batches=int(cfg.train.micro_batches)
     )
     return SFTSetup(cfg, mesh, tokenizer, model_config, parts, rest, state, step_fn, dataset, iter(dataset),
                     optimizer, schedule)
@@ -155,6 +208,7 @@ def run_sft(cfg: Any) -> dict[str, Any]:
     `cfg.output_dir`; returns `{"final_loss", "eval_accuracy", "wall_time_s", "run_dir", ...}`."""
     t0 = time.perf_counter()
     run_dir = os.path.abspath(cfg.output_dir)
+    check_sft_config(cfg)
     resume = open_run_dir(cfg, command="sft")  # refuses a used directory unless resuming a compatible run
     setup = setup_sft(cfg)
     primary = is_primary_process()
