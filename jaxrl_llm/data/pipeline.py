@@ -148,6 +148,8 @@ def build_sft_dataset(
     shuffle: bool = True,
     num_packing_bins: int | None = None,
     long_records: str = "fail",
+    process_index: int = 0,
+    process_count: int = 1,
 ) -> grain.IterDataset:
     """A grain `IterDataset` of `{tokens, positions, segment_ids, loss_mask}: [batch_size, seq_len]`.
 
@@ -155,6 +157,11 @@ def build_sft_dataset(
     forever (reshuffled each epoch). Incomplete final batches are dropped so shapes stay static.
     Every record is tokenized and checked before the first batch (`tokenize_records`: records longer
     than `seq_len` fail or, with `long_records="drop"`, are dropped with a warning).
+
+    Several processes: `batch_size` is this process's share. Every process builds the same global
+    order (same `seed`) in batches of `batch_size * process_count` rows and keeps its own slice, rows
+    `[process_index * batch_size, (process_index + 1) * batch_size)`, so the global batch the processes
+    stack in process order equals the one-process batch, and no row is read twice.
     """
     if seq_len < 2:
         raise ValueError(f"data.seq_len must be >= 2; got {seq_len}")
@@ -174,11 +181,17 @@ def build_sft_dataset(
         iter_ds = grain.experimental.FirstFitPackIterDataset(
             ds.to_iter_dataset(),
             length_struct={"tokens": seq_len, "loss_mask": seq_len},
-            num_packing_bins=num_packing_bins or batch_size,
+            num_packing_bins=num_packing_bins or batch_size * process_count,
             seed=seed,
             shuffle_bins=False,
             padding_struct={"tokens": tokenizer.pad_id, "loss_mask": 0},
         ).map(_from_packed)
     else:
         iter_ds = ds.map(lambda ex: pad_example(ex, seq_len, tokenizer.pad_id)).to_iter_dataset()
-    return iter_ds.batch(batch_size, drop_remainder=True)
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index must be in [0, {process_count}); got {process_index}")
+    if process_count == 1:
+        return iter_ds.batch(batch_size, drop_remainder=True)
+    lo, hi = process_index * batch_size, (process_index + 1) * batch_size
+    return iter_ds.batch(batch_size * process_count, drop_remainder=True).map(
+        lambda b: {k: v[lo:hi] for k, v in b.items()})

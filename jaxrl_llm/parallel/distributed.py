@@ -15,7 +15,8 @@ _initialized = False
 
 
 def initialize_distributed(cfg: Mapping[str, Any] | None) -> bool:
-    """Call `jax.distributed.initialize` when `cfg.enabled` is true; return whether it ran.
+    """Call `jax.distributed.initialize` when `cfg.enabled` is true, or a `coordinator_address` and
+    `num_processes > 1` are given; return whether it ran.
 
     `cfg` fields: `enabled` (bool), and optionally `coordinator_address` (`"host:port"`),
     `num_processes`, `process_id`; empty/None values let JAX auto-detect them (TPU pods, SLURM,
@@ -23,7 +24,9 @@ def initialize_distributed(cfg: Mapping[str, Any] | None) -> bool:
     no-op the second time.
     """
     global _initialized
-    if cfg is None or not cfg.get("enabled", False):
+    # An explicit coordinator with several processes is a multi-process launch even without `enabled`.
+    explicit = cfg is not None and bool(cfg.get("coordinator_address", "")) and int(cfg.get("num_processes", -1)) > 1
+    if cfg is None or not (cfg.get("enabled", False) or explicit):
         return False
     if _initialized:
         return True

@@ -138,9 +138,11 @@ def setup_sft(cfg: Any) -> SFTSetup:
         tokenizer,
         seq_len=int(cfg.data.seq_len),
         batch_size=local_batch,
-        seed=int(cfg.seed) + jax.process_index(),
+        seed=int(cfg.seed),  # one global order; each process keeps its own rows of every global batch
         packing=bool(cfg.data.packing),
         long_records=str(cfg.data.get("long_records", "fail")),
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
     )
     mesh, parts, params, rest, params_shardings = build_policy(cfg, tokenizer)
     steps = int(cfg.train.steps)
