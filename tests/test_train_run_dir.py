@@ -110,3 +110,21 @@ def test_config_differences_ignore_resumable_fields():
     saved = flat_config({"train": {"steps": 10, "batch_size": 8}, "checkpoint": {"every": 5}, "seed": 0})
     now = flat_config({"train": {"steps": 20, "batch_size": 16}, "checkpoint": {"every": 2}, "seed": 0, "x": 1})
     assert config_differences(saved, now) == ["train.batch_size: 8 -> 16", "x: (absent) -> 1"]
+
+
+def test_the_rl_warm_up_keeps_its_checkpoint_and_a_resume_config_mismatch_is_named(tmp_path):
+    from jaxrl_llm.train.rl import run_rl
+
+    cfg = load_config_file("configs/quickstart.py")
+    for k, v in {**{k: v for k, v in SMALL.items() if k.startswith(("model.", "mesh.", "data."))},
+                 "output_dir": str(tmp_path), "sft.train.steps": 2, "sft.train.batch_size": 8,
+                 "sft.train.progress_bar": False, "rl.steps": 1, "rl.prompts_per_step": 2,
+                 "rl.samples_per_prompt": 2, "rl.max_new_tokens": 3, "rl.progress_bar": False,
+                 "eval.num_problems": 0, "checkpoint.every": 0, "rl.dgg.window": 2}.items():
+        apply_override(cfg, k, str(v))
+    run_rl(cfg)
+    assert sorted(os.listdir(tmp_path / "sft" / "checkpoints")) == ["2"]
+    apply_override(cfg, "checkpoint.resume", "true")
+    apply_override(cfg, "rl.objective_kwargs.clip_low", "0.1")
+    with pytest.raises(RunDirError, match=r"rl.objective_kwargs.clip_low: \(absent\) -> 0.1"):
+        run_rl(cfg)

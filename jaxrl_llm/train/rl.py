@@ -172,13 +172,18 @@ def initial_policy(cfg: Any, *, warm_up: bool) -> tuple[Any, Any, Any, Any, Any]
         setup = setup_sft(sft_cfg)
         primary = is_primary_process()
         writer = MetricsWriter(sft_cfg.output_dir, tensorboard=False) if primary else None
+        # The warm-up's final state is kept as `sft/checkpoints/<steps>`: a start point for other RL runs.
+        checkpointer = Checkpointer(os.path.join(sft_cfg.output_dir, "checkpoints"), max_to_keep=1)
         try:
             state, _ = train_loop(setup.state, setup.step_fn, setup.iterator, int(sft_cfg.train.steps),
                                   writer=writer, log_every=int(sft_cfg.train.log_every),
                                   progress=primary and bool(sft_cfg.train.progress_bar), phase="warm-up")
+            if int(state.step) not in checkpointer.all_steps():
+                checkpointer.save(int(state.step), state, setup.iterator, force=True)
         finally:
             if writer is not None:
                 writer.close()
+            checkpointer.close()
         shardings = jax.tree.map(lambda x: x.sharding, state.params)
         return setup.mesh, setup.parts, state.params, setup.rest, shardings
     return build_policy(cfg, model_cfg=policy_model_section(cfg))
