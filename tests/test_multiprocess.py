@@ -25,10 +25,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(out, num_processes: int, devices_per_process: int) -> list[str]:
+RL_ARGS = ["rl", "--config", "configs/quickstart.py", "--config.model.hidden_size=32",
+           "--config.model.intermediate_size=64", "--config.model.num_layers=1", "--config.model.head_dim=8",
+           "--config.sft.train.steps=2", "--config.sft.train.batch_size=8", "--config.sft.train.progress_bar=false",
+           "--config.rl.steps=2", "--config.rl.prompts_per_step=4", "--config.rl.samples_per_prompt=2",
+           "--config.rl.progress_bar=false", "--config.eval.num_problems=4", "--config.eval.samples_per_prompt=2",
+           "--config.eval.batch_size=4", "--config.checkpoint.every=0", "--config.rl.dgg.window=2"]
+
+
+def launch(out, num_processes: int, devices_per_process: int, base=None) -> list[str]:
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices_per_process}",
            "JAX_PLATFORMS": "cpu"}
-    args = ARGS + [f"--config.output_dir={out}/run", f"--config.export.hf_dir={out}/hf"]
+    args = (ARGS + [f"--config.export.hf_dir={out}/hf"] if base is None else base) + [f"--config.output_dir={out}/run"]
     port = free_port()
     procs = []
     for i in range(num_processes):
@@ -50,9 +58,13 @@ def launch(out, num_processes: int, devices_per_process: int) -> list[str]:
     return logs
 
 
-def losses(out):
+def records(out):
     with open(os.path.join(out, "run", "metrics.jsonl")) as f:
-        return [json.loads(line)["loss"] for line in f if '"loss"' in line]
+        return [json.loads(line) for line in f]
+
+
+def losses(out):
+    return [r["loss"] for r in records(out) if "loss" in r]
 
 
 @pytest.mark.slow
@@ -70,6 +82,24 @@ def test_two_processes_equal_one_process(tmp_path):
     assert sorted(p.name for p in (two / "run" / "checkpoints").iterdir() if p.name.isdigit()) == ["2", "4"]
     accuracies = [line for log in logs for line in log.splitlines() if line.startswith("held-out greedy")]
     assert len(accuracies) == 2 and accuracies[0] == accuracies[1]
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one_process_in_rl(tmp_path):
+    # Warm-up, rollouts (rows sharded over both processes, gathered for scoring), the proximal pass,
+    # updates and sampled evaluation: every logged number equals the one-process run's.
+    one, two = tmp_path / "one", tmp_path / "two"
+    launch(one, 1, 4, RL_ARGS)
+    launch(two, 2, 2, RL_ARGS)
+    a, b = records(one), records(two)
+    assert [r["step"] for r in a] == [r["step"] for r in b] == [0, 1, 2]
+    timing = ("_s", "per_s")
+    for x, y in zip(a, b):
+        keys = sorted(k for k, v in x.items() if isinstance(v, (int, float)) and not k.endswith(timing))
+        assert keys == sorted(k for k, v in y.items() if isinstance(v, (int, float)) and not k.endswith(timing))
+        for k in keys:
+            np.testing.assert_allclose(y[k], x[k], rtol=1e-5, atol=1e-6, err_msg=f"step {x['step']}: {k}")
+    assert "loss" in a[1] and "reward/mean" in a[1] and "eval/accuracy" in a[2]
 
 
 @pytest.mark.parametrize("packing", [False, True])

@@ -83,3 +83,27 @@ def split_strided(tree: Any, num_splits: int, *, field: str = "the number of spl
         raise ValueError(f"{field}={num_splits} must divide the batch size {b}")
     m = num_splits
     return jax.tree.map(lambda x: jnp.swapaxes(jnp.reshape(x, (b // m, m, *np.shape(x)[1:])), 0, 1), tree)
+
+
+def host_array(x: Any) -> Any:
+    """`x` as a host numpy array on every process (non-arrays pass through).
+
+    A fully addressable or fully replicated array is read locally; an array sharded across
+    processes is all-gathered (`multihost_utils.process_allgather`), a collective every process
+    must enter. This is the boundary where device results (rollouts, log-probs) come back to host
+    code that scores, groups and logs them.
+    """
+    if not isinstance(x, jax.Array):
+        return x
+    if x.is_fully_addressable:
+        return np.asarray(x)
+    if x.is_fully_replicated:
+        return np.asarray(x.addressable_data(0))
+    from jax.experimental import multihost_utils  # noqa: PLC0415
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def to_host(tree: Any) -> Any:
+    """`host_array` on every leaf of `tree` (NamedTuples and dataclass pytrees keep their type)."""
+    return jax.tree.map(host_array, tree)

@@ -25,6 +25,7 @@ from jaxrl_llm.data.tokenizer import Tokenizer
 from jaxrl_llm.envs.rewards import get_scorer
 from jaxrl_llm.envs.task import Problem
 from jaxrl_llm.objectives.registry import advantage_spec
+from jaxrl_llm.parallel.batch import to_host
 from jaxrl_llm.parallel.init import ModelParts
 from jaxrl_llm.quant.params import quantize_params
 from jaxrl_llm.rollout.sampler import Rollout, SamplingConfig, generate
@@ -120,11 +121,13 @@ def score_with(scorers: Sequence[str], task: Any, problems: Sequence[Problem], t
 
 def sample_responses(parts: ModelParts, params: Any, rest: Any, prompt_ids: Sequence[Sequence[int]], *,
                      key: jax.Array, config: SamplingConfig, quant_format: str = "", mesh=None) -> Rollout:
-    """`config.n` responses per prompt from the policy `params` (quantized first if `quant_format`)."""
+    """`config.n` responses per prompt from the policy `params` (quantized first if `quant_format`),
+    as host arrays on every process."""
     if quant_format:
         params = quantize_params(params, quant_format)
     graphdef, state = nnx.split(parts.merge(params, rest))
-    return generate(graphdef, state, list(prompt_ids), key=key, config=config, mesh=mesh)
+    # On host for scoring and grouping, on every process (sharded rows are gathered).
+    return to_host(generate(graphdef, state, list(prompt_ids), key=key, config=config, mesh=mesh))
 
 
 def decode_responses(tokenizer: Tokenizer, rollout: Rollout) -> list[str]:

@@ -35,7 +35,7 @@ from jaxrl_llm.objectives.dgg import DGGWrappedState, gated_update, head_gradien
 from jaxrl_llm.objectives.policy_losses import value_loss
 from jaxrl_llm.objectives.registry import get_objective
 from jaxrl_llm.parallel.activations import activation_mesh
-from jaxrl_llm.parallel.batch import place_rows
+from jaxrl_llm.parallel.batch import place_rows, to_host
 from jaxrl_llm.parallel.init import ModelParts
 from jaxrl_llm.parallel.rules import replicated
 from jaxrl_llm.quant.params import fake_quant_params
@@ -122,13 +122,15 @@ def make_logprob_fn(parts: ModelParts, *, chunk_size: int = 8192, qarl_format: s
                     temperature: float = 1.0) -> Callable:
     """Jitted `(params, rest, tokens, positions, segment_ids) -> (logp [B, T], entropy [B, T])`.
 
-    Used before an update for the proximal (`old_logprobs`) and reference (`ref_logprobs`) passes.
+    Used before an update for the proximal (`old_logprobs`) and reference (`ref_logprobs`) passes;
+    returns host arrays on every process (`parallel.batch.to_host`).
     """
     def fn(params, rest, tokens, positions, segment_ids):
         return policy_token_stats(parts, params, rest, tokens, positions, segment_ids, chunk_size=chunk_size,
                                   qarl_format=qarl_format, temperature=temperature)
 
-    return jax.jit(fn)
+    jitted = jax.jit(fn)
+    return lambda *args: to_host(jitted(*args))  # host arrays on every process
 
 
 def make_pass_fn(parts: ModelParts, *, chunk_size: int = 8192, qarl_format: str = "", temperature: float = 1.0,
@@ -139,7 +141,8 @@ def make_pass_fn(parts: ModelParts, *, chunk_size: int = 8192, qarl_format: str 
         return learner_outputs(parts, params, rest, tokens, positions, segment_ids, chunk_size=chunk_size,
                                qarl_format=qarl_format, temperature=temperature, values=values, topk=topk)
 
-    return jax.jit(fn)
+    jitted = jax.jit(fn)
+    return lambda *args: to_host(jitted(*args))  # host arrays on every process
 
 
 # RolloutBatch field -> the name objectives read it under (see objectives/registry.py).
