@@ -97,6 +97,10 @@ def get_config() -> ConfigDict:
     c.rl.minibatches = 1  # optimizer steps per pass
     c.rl.kl_coef = 0.0  # > 0: KL to the frozen post-warm-up policy (k3); the reference pass then runs
     c.rl.logprob_chunk = 8192
+    # Stop when the mean |sampler - learner| log-prob of the rollout's tokens exceeds this (nats per
+    # token; 0: off). About 1e-6 in fp32 and with the QaRL-aligned learner, ~0.06 for int4 rollouts with
+    # an unaligned learner: 1.0 only trips on a broken setup.
+    c.rl.max_mismatch = 1.0
     c.rl.rollout_quant = ""  # "", "int8", "int4", "fp8": sample with quantized weights
     c.rl.qarl = False  # learner forward through the rollout's quantized weights (QaRL)
     c.rl.dgg = ConfigDict()

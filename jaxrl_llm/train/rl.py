@@ -297,6 +297,19 @@ def evaluate_policy(setup: RLSetup, params: Any) -> dict[str, float]:
     return {"eval/accuracy": float(np.mean(rewards >= 1.0)), "eval/greedy_accuracy": greedy}
 
 
+class MismatchError(RuntimeError):
+    """The sampler's and the learner's log-probs of the same tokens drifted apart past `rl.max_mismatch`."""
+
+    def __init__(self, step: int, mismatch: float, limit: float, quant: str, qarl: bool):
+        hint = ("the rollout weights are quantized (rl.rollout_quant={!r}) but the learner is not aligned: "
+                "set rl.qarl=true".format(quant) if quant and not qarl else
+                "the sampler and the learner disagree on the same weights: check rl.temperature and the "
+                "sampling knobs against the learner's")
+        super().__init__(f"step {step}: sampler-vs-learner log-prob mismatch {mismatch:.4g} nats/token exceeds "
+                         f"rl.max_mismatch={limit:g}; {hint} (rl.max_mismatch=0 turns the guard off)")
+        self.step, self.mismatch = step, mismatch
+
+
 def rl_train_loop(setup: RLSetup, state: TrainState, num_steps: int, *, writer: MetricsWriter | None = None,
                   checkpointer: Checkpointer | None = None, progress: bool = False) -> tuple[TrainState, list[dict]]:
     """Run `num_steps` iterations from `state` (`train/loop.py: drive`); returns the final state and
@@ -309,8 +322,13 @@ def rl_train_loop(setup: RLSetup, state: TrainState, num_steps: int, *, writer: 
         state, record = rl_step(setup, state)
         return state, record, int(record["rollout/tokens"])
 
+    guard = float(cfg.rl.get("max_mismatch", 0.0))
+
     def after_step(state, record):
         at = int(state.step)
+        mismatch = float(record.get("rollout/mismatch_abs_logp", 0.0))
+        if guard and mismatch > guard:
+            raise MismatchError(at, mismatch, guard, cfg.rl.rollout_quant, bool(cfg.rl.qarl))
         if setup.eval_problems and ((eval_every and at % eval_every == 0) or at == last):
             record.update(evaluate_policy(setup, state.params))
 

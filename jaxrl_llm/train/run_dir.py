@@ -26,7 +26,7 @@ METRICS_FILE = "metrics.jsonl"
 RESUMABLE_FIELDS: tuple[str, ...] = (
     "output_dir", "checkpoint.", "train.steps", "rl.steps", "dpo.steps", "train.progress_bar",
     "rl.progress_bar", "dpo.progress_bar", "sft.train.progress_bar", "train.log_every", "rl.log_every",
-    "dpo.log_every", "eval.", "export.", "distributed.",
+    "dpo.log_every", "eval.", "export.", "distributed.", "rl.max_mismatch",
 )
 
 
