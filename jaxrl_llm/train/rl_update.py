@@ -118,6 +118,16 @@ def policy_token_stats(parts: ModelParts, params: Any, rest: Any, tokens: jax.Ar
     return out["logp"], out["entropy"]
 
 
+def host_outputs(jitted: Callable) -> Callable:
+    """`jitted` returning host arrays on every process (`parallel.batch.to_host`); `.lower` still
+    reaches the compiled program (memory analysis)."""
+    def call(*args):
+        return to_host(jitted(*args))
+
+    call.lower = jitted.lower
+    return call
+
+
 def make_logprob_fn(parts: ModelParts, *, chunk_size: int = 8192, qarl_format: str = "",
                     temperature: float = 1.0) -> Callable:
     """Jitted `(params, rest, tokens, positions, segment_ids) -> (logp [B, T], entropy [B, T])`.
@@ -129,8 +139,7 @@ def make_logprob_fn(parts: ModelParts, *, chunk_size: int = 8192, qarl_format: s
         return policy_token_stats(parts, params, rest, tokens, positions, segment_ids, chunk_size=chunk_size,
                                   qarl_format=qarl_format, temperature=temperature)
 
-    jitted = jax.jit(fn)
-    return lambda *args: to_host(jitted(*args))  # host arrays on every process
+    return host_outputs(jax.jit(fn))
 
 
 def make_pass_fn(parts: ModelParts, *, chunk_size: int = 8192, qarl_format: str = "", temperature: float = 1.0,
@@ -141,8 +150,7 @@ def make_pass_fn(parts: ModelParts, *, chunk_size: int = 8192, qarl_format: str 
         return learner_outputs(parts, params, rest, tokens, positions, segment_ids, chunk_size=chunk_size,
                                qarl_format=qarl_format, temperature=temperature, values=values, topk=topk)
 
-    jitted = jax.jit(fn)
-    return lambda *args: to_host(jitted(*args))  # host arrays on every process
+    return host_outputs(jax.jit(fn))
 
 
 # RolloutBatch field -> the name objectives read it under (see objectives/registry.py).
