@@ -93,6 +93,7 @@ def get_config() -> ConfigDict:
     c.rl.hints.alpha = 0.9
     c.rl.hints.tau = 0.6
     c.rl.hints.switch = True  # False: hints only decay (never switched off early)
+    c.rl.prompt_bucket = 0  # > 0: left-pad the batch's prompts to a multiple of this (fewer update compiles)
     c.rl.reuse_epochs = 4  # K: optimizer passes over each rollout batch
     c.rl.minibatches = 1  # optimizer steps per pass
     c.rl.kl_coef = 0.0  # > 0: KL to the frozen post-warm-up policy (k3); the reference pass then runs

@@ -1,4 +1,6 @@
-"""RDPO (arXiv 2605.13641): decorrelated advantages from several rewards (correctness, eos, brevity).
+"""RDPO (arXiv 2605.13641): decorrelated advantages from several rewards of different kinds:
+correctness and eos (binary), partial credit (fractional, graded digit by digit) and brevity
+(continuous); correctness and partial credit are strongly correlated.
 
     python -m jaxrl_llm.cli rl --config configs/rdpo.py
 
@@ -17,7 +19,7 @@ def get_config() -> ConfigDict:
     # Everything else is the RL quickstart's (configs/quickstart.py): model, warm-up, task, eval.
     c = load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "quickstart.py"))
     c.output_dir = "runs/rdpo"
-    c.rl.scorers = ("task", "eos", "brevity")
+    c.rl.scorers = ("task", "eos", "partial", "brevity")
     c.rl.advantage = "rdpo"
     c.rl.advantage_kwargs = ConfigDict()
     return c

@@ -197,8 +197,10 @@ def _sft(cfg: ConfigDict) -> dict[str, Any]:
 def _rl(cfg: ConfigDict) -> dict[str, Any]:
     """RL post-training (optional SFT warm-up, rollouts, a registered objective) with held-out evaluation."""
     from jaxrl_llm.train.rl import run_rl
+    from jaxrl_llm.train.rl_offline import run_offline_rl
 
-    summary = run_rl(cfg)
+    offline = cfg.rl.get("offline", {}).get("enabled", False)  # a fixed dataset (BCPG-NSA offline)
+    summary = run_offline_rl(cfg) if offline else run_rl(cfg)
     return {k: v for k, v in summary.items() if k not in ("records", "final_state")}
 
 
@@ -441,6 +443,7 @@ def _help_for(command: str, args: Sequence[str]) -> str:
 _ACCURACIES = (
     ("sampled accuracy", "accuracy", "eval_num_problems", "problems"),  # RL: mean reward at rl.temperature
     ("greedy accuracy", "greedy_accuracy", "eval_num_problems", "problems"),
+    ("step accuracy", "step_accuracy", "eval_num_problems", "problems"),  # offline BCPG-NSA: correct steps
     ("preference accuracy", "pref_accuracy", "eval_num_pairs", "pairs"),
 )
 

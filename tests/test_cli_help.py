@@ -29,7 +29,7 @@ def test_top_level_help_lists_commands_and_shipped_configs(capsys, monkeypatch, 
     assert code == 0
     assert re.search(r"\n  sft +Supervised fine-tuning, then held-out greedy exact-match evaluation\.", out)
     assert re.search(r"\n  rl +RL post-training", out) and re.search(r"\n  dpo_vp +", out)
-    assert "configs/sft_tiny.py    SFT quickstart: a tiny decoder learns 2-digit addition from scratch on CPU." in out
+    assert re.search(r"\n  configs/sft_tiny.py +SFT quickstart: a tiny decoder learns 2-digit addition from scratch on CPU\.", out)
     # A docstring wrapped mid-sentence is shown as its whole first sentence.
     assert "then GRPO with DGG-gated sample reuse (K = 4)." in out
 

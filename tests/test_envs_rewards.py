@@ -161,3 +161,17 @@ def test_autothink_base_reward_at3():
     text = " ".join(["and then"] * 12)
     assert autothink_base_reward(False, no_think=True, format_ok=True, response=text) == -2.0
     assert autothink_base_reward(False, no_think=False, format_ok=True, response=text) == 0.0
+
+
+def test_partial_credit_hand_cases():
+    from jaxrl_llm.envs.rewards import get_scorer, partial_credit
+
+    assert partial_credit("148", "147") == pytest.approx(2 / 3)
+    assert partial_credit("148", " 148\n") == 1.0 and partial_credit("148", "9") == 0.0
+    assert partial_credit("-12", "-1") == pytest.approx(2 / 3) and partial_credit("", "1") == 0.0
+    from jaxrl_llm.envs.task import Problem
+
+    problems = [Problem("1+1=", "2"), Problem("7+8=", "15")]
+    out = get_scorer("partial")(None, problems, ["2", "16"], lengths=None, finished=None, max_length=5)
+    np.testing.assert_allclose(out, [1.0, 0.5])
+    assert out.dtype == np.float32

@@ -8,11 +8,15 @@
 - `math_task`: a verifiable task over in-memory (question, answer) records.
 - `rewards`: correctness, format and overlong-length rewards, `[B, R]` reward vectors.
 - `thinking`: `</think>` split, no-think detection, degenerate repetition, AutoThink base reward.
+- `autothink_mix`: easy and hard +/- chains behind AutoThink's ellipsis prompt (think or not).
+- `autothink_reward`: the `autothink` scorer (base reward + staged batch shaping, mode metrics).
 - `text_env`: the multi-turn `TextEnv` protocol and `BatchedTextEnv`.
 - `text_shop`: TextShop, a small WebShop-like environment.
 """
 
 from jaxrl_llm.envs.arithmetic import ARITHMETIC_LEVELS, ArithmeticLevel, ArithmeticTask
+from jaxrl_llm.envs.autothink_mix import AutoThinkMixTask
+from jaxrl_llm.envs.autothink_reward import autothink_scorer  # registers the `autothink` scorer
 from jaxrl_llm.envs.math_answer import check_answer, extract_answer, normalize_answer
 from jaxrl_llm.envs.math_task import MathAnswerTask
 from jaxrl_llm.envs.rewards import (
@@ -35,6 +39,7 @@ __all__ = [
     "ARITHMETIC_LEVELS",
     "ArithmeticLevel",
     "ArithmeticTask",
+    "AutoThinkMixTask",
     "BatchedTextEnv",
     "DEFAULT_REWARD_SPEC",
     "DrawnTask",
@@ -45,6 +50,7 @@ __all__ = [
     "TextShop",
     "TrainerTask",
     "VerifiableTask",
+    "autothink_scorer",
     "check_answer",
     "build_task",
     "combine_rewards",

@@ -20,7 +20,8 @@ import numpy as np
 
 from jaxrl_llm.envs.task import DrawnTask, Problem
 
-__all__ = ["ArithChainTask", "ChainStep", "chain_steps", "parse_steps", "final_answer", "STEP_END", "ANSWER_MARK"]
+__all__ = ["ArithChainTask", "ChainStep", "chain_steps", "parse_steps", "final_answer", "grammar_prefix_length",
+           "STEP_END", "ANSWER_MARK"]
 
 STEP_END, ANSWER_MARK = ";", "#"
 _STEP = re.compile(r"^\s*(-?\d+)\s*([+-])\s*(\d+)\s*=\s*(-?\d+)\s*$")
@@ -90,6 +91,53 @@ def parse_steps(operands: Sequence[int], ops: Sequence[str], response: str) -> l
     return steps
 
 
+def _integer_end(text: str, i: int, max_digits: int) -> tuple[int, int]:
+    """`(end, digits)` of the longest `-?[0-9]{1,max_digits}` prefix of `text[i:]` (digits may be 0)."""
+    j = i + 1 if text[i:i + 1] == "-" else i
+    start = j
+    while j < len(text) and j - start < max_digits and text[j] in "0123456789":
+        j += 1
+    return j, j - start
+
+
+def grammar_prefix_length(operands: Sequence[int], ops: Sequence[str], response: str, *, max_digits: int) -> int:
+    """Length of the longest prefix of `response` that can still continue to a well-formed chain.
+
+    The well-formed responses of a problem with operands `a_0..a_n` and operators `o_1..o_n` are
+    `S_1;S_2;...;S_m;#A` with `0 <= m <= n`, where step `S_k` is `V_k o_k a_k=W_k`: `V_1` is `a_0`,
+    `V_k` the result `W_{k-1}` the response itself wrote (a wrong result carried forward is an
+    arithmetic error, not a grammar error), and `W_k`, `A` are integers `-?[0-9]{1,max_digits}`.
+    Nothing follows `A`. So a character leaves the grammar when it cannot continue the chain
+    (`"12+7=19;;"`, `"12+7=19x"`), repeats or skips a step (`"12+7=19;12+7..."` fails at the `2` where
+    `19` was due), adds a step beyond the n operations, or follows the answer. Returns
+    `len(response)` when the whole response is a prefix of a well-formed one (including an
+    unfinished one: stopping early is a wrong answer, not a garbled tail).
+    """
+    n, i, value = len(response), 0, str(int(operands[0]))
+    for k in range(len(ops) + 1):
+        if i >= n:
+            return n
+        if response[i] == ANSWER_MARK:
+            end, digits = _integer_end(response, i + 1, max_digits)
+            return n if end == n else end  # a missing answer or text after it leaves at `end`
+        if k == len(ops):
+            return i  # every operation done: only the answer may follow
+        head = f"{value}{ops[k]}{int(operands[k + 1])}="
+        for c in head:
+            if i >= n:
+                return n
+            if response[i] != c:
+                return i
+            i += 1
+        end, digits = _integer_end(response, i, max_digits)
+        if end >= n:
+            return n
+        if digits == 0 or response[end] != STEP_END:
+            return end
+        value, i = response[i:end], end + 1
+    return i
+
+
 class ArithChainTask(DrawnTask):
     """Left-to-right +/- chains of `num_operands` operands (an int or an inclusive `(low, high)`
     range) of at most `num_digits` digits.
@@ -140,6 +188,14 @@ class ArithChainTask(DrawnTask):
 
     def step_labels(self, problem: Problem, response: str) -> list[ChainStep]:
         return parse_steps(problem.metadata["operands"], problem.metadata["ops"], response)
+
+    def error_start(self, problem: Problem, response: str) -> int:
+        """Index of the response's first character outside the chain grammar (`grammar_prefix_length`;
+        `len(response)` when there is none). Integers may have as many digits as the largest
+        possible running value, `num_operands * (10**num_digits - 1)`."""
+        operands = problem.metadata["operands"]
+        max_digits = len(str(len(operands) * (10**self.num_digits - 1)))
+        return grammar_prefix_length(operands, problem.metadata["ops"], response, max_digits=max_digits)
 
     def score(self, problem: Problem, response: str) -> float:
         value = final_answer(response)

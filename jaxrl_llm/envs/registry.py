@@ -79,9 +79,13 @@ def _register_builtins() -> None:
     _BUILTINS_DONE = True
     from jaxrl_llm.envs.arith_chain import ArithChainTask
     from jaxrl_llm.envs.arithmetic import ArithmeticTask
+    from jaxrl_llm.envs.lang_arith import LangArithTask
+    from jaxrl_llm.envs.autothink_mix import AutoThinkMixTask
 
     def arithmetic(level: int = 1, eval_fraction: float = 0.1) -> ArithmeticTask:
         return ArithmeticTask(int(level), eval_fraction=float(eval_fraction))
 
     TASKS.setdefault("arithmetic", arithmetic)
     TASKS.setdefault("arith_chain", ArithChainTask)
+    register_task("lang_arith", LangArithTask)
+    TASKS.setdefault("autothink_mix", AutoThinkMixTask)

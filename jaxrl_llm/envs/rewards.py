@@ -27,9 +27,11 @@ __all__ = [
     "combine_rewards",
     "conjunctive_reward",
     "SCORERS",
+    "SCORER_CHECKS",
     "register_scorer",
     "get_scorer",
     "prefix_step_labels",
+    "partial_credit",
 ]
 
 
@@ -201,15 +203,22 @@ def conjunctive_reward(*components) -> np.ndarray:
 
 # A scorer maps a batch of responses to `[B]` rewards:
 # `fn(task, problems, responses, *, lengths [B], finished [B] bool, max_length) -> [B] float32`.
+# Batch-level shaping may also declare `group_ids` ([B] prompt index), `step` (the RL step) and
+# `options` (the config section `rl.<name>`, a dict) and return `(rewards [B], {metric: float})`.
 SCORERS: dict = {}
+# name -> check(options): raises ValueError naming the bad `rl.<name>` field (run by the RL config check).
+SCORER_CHECKS: dict = {}
 
 
-def register_scorer(name: str, *, overwrite: bool = False):
-    """Decorator registering a scorer under `name` (the RL config lists scorers in `rl.scorers`)."""
+def register_scorer(name: str, *, overwrite: bool = False, check=None):
+    """Decorator registering a scorer under `name` (the RL config lists scorers in `rl.scorers`);
+    `check(options)` validates its `rl.<name>` section before anything compiles."""
     def decorator(fn):
         if name in SCORERS and not overwrite:
             raise ValueError(f"scorer {name!r} is already registered (pass overwrite=True to replace it)")
         SCORERS[name] = fn
+        if check is not None:
+            SCORER_CHECKS[name] = check
         return fn
 
     return decorator
@@ -237,6 +246,22 @@ def _eos_scorer(task, problems, responses, *, lengths, finished, max_length):
 def _brevity_scorer(task, problems, responses, *, lengths, finished, max_length):
     """1 - length / max_length: shorter responses score higher (a second, competing objective)."""
     return (1.0 - np.asarray(lengths, np.float32) / float(max_length)).astype(np.float32)
+
+
+def partial_credit(reference: str, response: str) -> float:
+    """Graded credit in [0, 1]: the share of the reference's characters the response reproduces,
+    position by position from its start (after whitespace), e.g. reference `"148"`, response `"147"`
+    -> 2/3; `"148"` -> 1; `"9"` -> 0. Correlated with exact correctness but fractional."""
+    ref, text = reference.strip(), response.lstrip()
+    if not ref:
+        return 0.0
+    return sum(a == b for a, b in zip(ref, text)) / len(ref)
+
+
+@register_scorer("partial")
+def _partial_scorer(task, problems, responses, *, lengths, finished, max_length):
+    """`partial_credit` against each problem's reference: a graded, fractional reward."""
+    return np.asarray([partial_credit(p.reference, r) for p, r in zip(problems, responses)], np.float32)
 
 
 def prefix_step_labels(piece_texts: Sequence[Sequence[str]], references: Sequence[str], *,

@@ -206,6 +206,58 @@ def qwen25_05b(**overrides: Any) -> ModelConfig:
     return ModelConfig(**fields)
 
 
+def _qwen25(**fields: Any) -> ModelConfig:
+    """Qwen2.5 family: q/k/v biases, RoPE theta 1e6, bf16 storage and compute."""
+    base = dict(rope_theta=1000000.0, rms_norm_eps=1e-6, attention_bias=True, max_position_embeddings=32768,
+                param_dtype="bfloat16", dtype="bfloat16")
+    return ModelConfig(**{**base, **fields})
+
+
+def qwen25_15b(**overrides: Any) -> ModelConfig:
+    """Qwen2.5-1.5B shapes (1.54B parameters, tied embeddings)."""
+    return _qwen25(**{**dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_layers=28,
+                             num_heads=12, num_kv_heads=2, head_dim=128, tie_word_embeddings=True), **overrides})
+
+
+def qwen25_7b(**overrides: Any) -> ModelConfig:
+    """Qwen2.5-7B shapes (7.62B parameters, separate lm_head, V=152064)."""
+    return _qwen25(**{**dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_layers=28,
+                             num_heads=28, num_kv_heads=4, head_dim=128, tie_word_embeddings=False,
+                             max_position_embeddings=131072), **overrides})
+
+
+def _qwen3(**fields: Any) -> ModelConfig:
+    """Qwen3 family: q/k RMSNorm, no biases, head_dim 128, RoPE theta 1e6, bf16."""
+    base = dict(vocab_size=151936, head_dim=128, rope_theta=1000000.0, rms_norm_eps=1e-6, qk_norm=True,
+                max_position_embeddings=40960, architecture="Qwen3ForCausalLM", param_dtype="bfloat16",
+                dtype="bfloat16")
+    return ModelConfig(**{**base, **fields})
+
+
+def qwen3_06b(**overrides: Any) -> ModelConfig:
+    """Qwen3-0.6B shapes (596M parameters, tied embeddings)."""
+    return _qwen3(**{**dict(hidden_size=1024, intermediate_size=3072, num_layers=28, num_heads=16, num_kv_heads=8,
+                            tie_word_embeddings=True), **overrides})
+
+
+def qwen3_8b(**overrides: Any) -> ModelConfig:
+    """Qwen3-8B shapes (8.19B parameters, separate lm_head)."""
+    return _qwen3(**{**dict(hidden_size=4096, intermediate_size=12288, num_layers=36, num_heads=32, num_kv_heads=8,
+                            tie_word_embeddings=False), **overrides})
+
+
+def llama31_8b(**overrides: Any) -> ModelConfig:
+    """Llama-3.1-8B shapes (8.03B parameters, llama3 RoPE scaling to 128K, V=128256)."""
+    fields = dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_layers=32, num_heads=32,
+                  num_kv_heads=8, head_dim=128, rope_theta=500000.0, rms_norm_eps=1e-5,
+                  rope_scaling={"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                "original_max_position_embeddings": 8192},
+                  max_position_embeddings=131072, architecture="LlamaForCausalLM", param_dtype="bfloat16",
+                  dtype="bfloat16")
+    fields.update(overrides)
+    return ModelConfig(**fields)
+
+
 def hybrid_layer_types(num_layers: int, every: int = 4, mixer: str = "gated_deltanet") -> tuple[str, ...]:
     """`layer_types` with softmax attention at every `every`-th layer and `mixer` elsewhere.
 
@@ -237,11 +289,34 @@ def hybrid_tiny(**overrides: Any) -> ModelConfig:
     return ModelConfig(**fields)
 
 
-PRESETS = {"tiny": tiny, "qwen2.5-0.5b": qwen25_05b, "hybrid-tiny": hybrid_tiny}
+def hybrid_3_7b(**overrides: Any) -> ModelConfig:
+    """Qwen3-Next-80B-A3B's layout with a dense MLP: 3.67B parameters.
+
+    48 layers (3 Gated DeltaNet : 1 gated attention), D=2048, attention 16 x 256 heads over 2 KV heads
+    with quarter rotary, delta rule 16 q/k heads and 32 value heads of 128, V=151936, untied. Each
+    sparse MoE block is replaced by one SwiGLU MLP of the checkpoint's `intermediate_size` (5120),
+    since only dense Qwen3-Next layers are supported; the nearest dense hybrid at a real model size.
+    """
+    num_layers = overrides.pop("num_layers", 48)
+    fields = dict(vocab_size=151936, hidden_size=2048, intermediate_size=5120, num_layers=num_layers, num_heads=16,
+                  num_kv_heads=2, head_dim=256, rope_theta=10000000.0, rms_norm_eps=1e-6,
+                  max_position_embeddings=262144, layer_types=hybrid_layer_types(num_layers), qk_norm=True,
+                  attention_output_gate=True, norm_zero_centered=True, partial_rotary_factor=0.25,
+                  linear_num_key_heads=16, linear_num_value_heads=32, linear_key_head_dim=128,
+                  linear_value_head_dim=128, linear_conv_kernel_dim=4, architecture=QWEN3_NEXT,
+                  param_dtype="bfloat16", dtype="bfloat16")
+    fields.update(overrides)
+    return ModelConfig(**fields)
+
+
+PRESETS = {"tiny": tiny, "qwen2.5-0.5b": qwen25_05b, "qwen2.5-1.5b": qwen25_15b, "qwen2.5-7b": qwen25_7b,
+           "qwen3-0.6b": qwen3_06b, "qwen3-8b": qwen3_8b, "llama3.1-8b": llama31_8b, "hybrid-tiny": hybrid_tiny,
+           "hybrid-3.7b": hybrid_3_7b}
 
 
 def preset(name: str, **overrides: Any) -> ModelConfig:
-    """A named preset (`tiny`, `qwen2.5-0.5b`, `hybrid-tiny`) with `overrides` applied."""
+    """A named preset (see `PRESETS`: `tiny`, `hybrid-tiny`, and real model shapes such as `qwen2.5-7b`,
+    `qwen3-8b`, `llama3.1-8b`) with `overrides` applied."""
     if name not in PRESETS:
         raise ValueError(f"unknown model preset {name!r}; known: {sorted(PRESETS)}")
     return PRESETS[name](**overrides)

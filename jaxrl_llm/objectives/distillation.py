@@ -158,24 +158,36 @@ def sdar_gate(logp: Array, teacher_logp: Array, *, gate_beta: float = 5.0) -> Ar
     return jax.nn.sigmoid(gate_beta * gap)
 
 
-def sdar_aux_loss(logp: Array, teacher_logp: Array, mask: Array, *, gate_beta: float = 5.0,
-                  coef: float = 1.0) -> LossOutput:
-    """SDAR auxiliary self-distillation loss (arXiv 2605.15155): coef * token-mean(g_t (teacher - logp)).
+SDAR_GATES = ("sigmoid", "none")
 
-    The gradient flows only through logp (d/dlogp_t = -coef g_t / N): the student's sampled token
+
+def sdar_aux_loss(logp: Array, teacher_logp: Array, mask: Array, *, gate_beta: float = 5.0,
+                  coef: float = 1.0, gate: str = "sigmoid") -> LossOutput:
+    """SDAR auxiliary self-distillation loss (arXiv 2605.15155): coef * token-mean(w_t (teacher - logp)).
+
+    gate="sigmoid" (SDAR): w_t = g_t = sg(sigmoid(beta gap_t)), gap_t = teacher_logp - sg(logp).
+    The gradient flows only through logp (d/dlogp_t = -coef w_t / N): the student's sampled token
     is pushed up strongly where the skill-conditioned teacher endorses it and hardly where it
-    rejects it. logp, teacher_logp, mask: [B, T]. Metrics: gate_mean, gate_active_ratio (g > 0.5),
-    teacher_gap_mean, loss (before coef).
+    rejects it.
+    gate="none" (naive GRPO + OPSD, the paper's unstable baseline): w_t = sg(gap_t), the sampled
+    reverse-KL signal itself, so a teacher rejection (gap < 0) pushes the token down as hard as an
+    endorsement pushes it up; `gate_beta` is unused. (w_t = 1 would not be "ungated OPSD": its
+    gradient -1/N carries no teacher information.)
+    logp, teacher_logp, mask: [B, T]. Metrics: gate_mean (mean w_t), gate_active_ratio (w > 0.5
+    for the sigmoid, w > 0 ungated: tokens the teacher endorses), teacher_gap_mean, loss (before coef).
     """
+    if gate not in SDAR_GATES:
+        raise ValueError(f"gate must be one of {SDAR_GATES}; got {gate!r}")
     check_token_inputs(logp=logp, teacher_logp=teacher_logp, mask=mask)
     teacher_logp = jax.lax.stop_gradient(teacher_logp)
-    gate = sdar_gate(logp, teacher_logp, gate_beta=gate_beta)
+    gap = jax.lax.stop_gradient(teacher_logp - logp)
+    weight = sdar_gate(logp, teacher_logp, gate_beta=gate_beta) if gate == "sigmoid" else gap
     maskf = mask.astype(logp.dtype)
-    value = token_mean(gate * (teacher_logp - logp), maskf)
+    value = token_mean(weight * (teacher_logp - logp), maskf)
     metrics = {
-        "gate_mean": masked_mean(gate, maskf),
-        "gate_active_ratio": masked_mean((gate > 0.5).astype(logp.dtype), maskf),
-        "teacher_gap_mean": masked_mean(jax.lax.stop_gradient(teacher_logp - logp), maskf),
+        "gate_mean": masked_mean(weight, maskf),
+        "gate_active_ratio": masked_mean((weight > (0.5 if gate == "sigmoid" else 0.0)).astype(logp.dtype), maskf),
+        "teacher_gap_mean": masked_mean(gap, maskf),
         "loss": value,
     }
     return LossOutput(coef * value, metrics)

@@ -68,6 +68,7 @@ class Spec:
     when: `(hyperparameter, fields)` pairs: the fields are read when that hyperparameter is non-zero.
     hparams: name -> default; `None` = any keyword is accepted.
     supplied: hyperparameters the trainer passes itself (e.g. `num_groups`); not for configs.
+    choices: `(hyperparameter, allowed values)` pairs for the ones that take one of a few values.
     rewards: estimators only: `"scalar"` (`rewards [B]`), `"vector"` (`[B, R]`) or `"any"`.
     trainer: the command that trains it (`"rl"`, or `"dpo"` for preference objectives).
     """
@@ -80,6 +81,7 @@ class Spec:
     when: tuple[tuple[str, tuple[str, ...]], ...] = ()
     hparams: Mapping[str, Any] | None = None
     supplied: tuple[str, ...] = ()
+    choices: tuple[tuple[str, tuple[Any, ...]], ...] = ()
     rewards: str = "any"
     trainer: str = "rl"
 
@@ -105,13 +107,18 @@ class Spec:
         return missing
 
     def check_hparams(self, hparams: Mapping[str, Any], where: str) -> None:
-        """Raise `ValueError` naming `where.key` for a key this spec does not take."""
+        """Raise `ValueError` naming `where.key` for a key this spec does not take, or a value outside
+        its declared `choices`."""
+        allowed = dict(self.choices)
         for key in hparams:
             if key in self.supplied:
                 raise ValueError(f"{where}.{key} is set by the trainer for {self.kind} {self.name!r}; remove it")
             if self.hparams is not None and key not in self.hparams:
                 raise ValueError(f"{where}.{key} is not a hyperparameter of {self.kind} {self.name!r}; "
                                  f"it takes {sorted(self.hparams)}")
+            if key in allowed and hparams[key] not in allowed[key]:
+                raise ValueError(f"{where}.{key} must be one of {allowed[key]} for {self.kind} {self.name!r}; "
+                                 f"got {hparams[key]!r}")
 
 
 _OBJECTIVES: dict[str, Spec] = {}
@@ -150,7 +157,8 @@ def _register(table: dict, kind: str, name: str, overwrite: bool, **spec_fields)
 def register_objective(name: str, *, inputs: tuple[str, ...] | None = None,
                        any_of: tuple[tuple[str, ...], ...] = (), when: tuple[tuple[str, tuple[str, ...]], ...] = (),
                        hparams: Mapping[str, Any] | None = None, supplied: tuple[str, ...] = (),
-                       trainer: str = "rl", overwrite: bool = False):
+                       choices: tuple[tuple[str, tuple[Any, ...]], ...] = (), trainer: str = "rl",
+                       overwrite: bool = False):
     """Decorator: `@register_objective("my_loss", inputs=("logp", "old_logp", "advantages", "mask"))`
     on `fn(batch, **hparams) -> LossOutput`. Hyperparameters default to `fn`'s keyword-only ones.
 
@@ -162,7 +170,7 @@ def register_objective(name: str, *, inputs: tuple[str, ...] | None = None,
     if trainer not in TRAINERS:
         raise ValueError(f"trainer must be one of {TRAINERS}; got {trainer!r}")
     return _register(_OBJECTIVES, "objective", name, overwrite, inputs=inputs, any_of=any_of, when=when,
-                     hparams=hparams, supplied=supplied, trainer=trainer)
+                     hparams=hparams, supplied=supplied, choices=choices, trainer=trainer)
 
 
 def register_advantage(name: str, *, inputs: tuple[str, ...] | None = None, rewards: str = "any",
@@ -284,13 +292,17 @@ def _ppo_value(batch, **hparams):
     return compose(value=LossOutput(out.loss, {"clipfrac": out.metrics["vf_clipfrac"]}))
 
 
-@register_objective("sdar", inputs=_POLICY_INPUTS + ("teacher_logp",), when=_EXTRAS_WHEN)
+@register_objective("sdar", inputs=_POLICY_INPUTS + ("teacher_logp",), when=_EXTRAS_WHEN,
+                    choices=(("gate", distillation.SDAR_GATES),))
 def _sdar(batch, *, clip_low: float = 0.2, clip_ratio_c: float = 3.0, kl_coef: float = 0.01,
-          kl_kind: str = "k3", sdar_coef: float = 0.01, gate_beta: float = 5.0, entropy_coef: float = 0.0):
-    """GRPO (dual-clip, token-mean) + kl_coef KL_k3 + sdar_coef * SDAR auxiliary (released-script defaults)."""
+          kl_kind: str = "k3", sdar_coef: float = 0.01, gate_beta: float = 5.0, entropy_coef: float = 0.0,
+          gate: str = "sigmoid"):
+    """GRPO (dual-clip, token-mean) + kl_coef KL_k3 + sdar_coef * SDAR auxiliary (released-script defaults).
+
+    gate="none": the auxiliary without SDAR's sigmoid gate (naive GRPO + OPSD; `sdar_aux_loss`)."""
     logp, old, adv, mask, teacher = _need(batch, "sdar", *_POLICY_INPUTS, "teacher_logp")
     pg = policy_losses.dual_clip_loss(logp, old, adv, mask, clip_low=clip_low, clip_ratio_c=clip_ratio_c)
-    aux = distillation.sdar_aux_loss(logp, teacher, mask, gate_beta=gate_beta, coef=sdar_coef)
+    aux = distillation.sdar_aux_loss(logp, teacher, mask, gate_beta=gate_beta, coef=sdar_coef, gate=gate)
     return _with_extras("sdar", pg, batch, kl_coef=kl_coef, kl_kind=kl_kind, entropy_coef=entropy_coef, sdar=aux)
 
 

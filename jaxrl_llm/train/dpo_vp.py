@@ -148,11 +148,14 @@ def check_prompt_lengths(tokenizer: Tokenizer, problems: Sequence[Any], seq_len:
 
 # -------------------------------------------------------------------------------------------- run
 
-def run_dpo_vp(cfg: Any) -> dict[str, Any]:
+def run_dpo_vp(cfg: Any, *, initial: tuple | None = None) -> dict[str, Any]:
     """A DPO-VP run per `cfg` (see the module docstring and configs/dpo_vp.py); returns a summary dict.
 
+    `initial`: a ready policy tuple (`train.rl.initial_policy`, e.g. a warm-up shared with RL runs) in
+    place of the warm-up of `cfg.sft`; its params are copied.
     Keys: steps, rounds (one dict per round: round, temperature, pairs, prompts_skipped,
-    sampled_accuracy, first_loss / final_loss when it trained, greedy_accuracy after it),
+    sampled_accuracy, samples (responses sampled), time_s (the round's sampling, scoring and DPO
+    steps, held-out evaluation excluded), first_loss / final_loss when it trained, greedy_accuracy after it),
     greedy_accuracy_before/after, eval_accuracy, eval_num_problems, run_dir, checkpoint_dir, wall_time_s.
     """
     t0 = time.perf_counter()
@@ -167,7 +170,7 @@ def run_dpo_vp(cfg: Any) -> dict[str, Any]:
     problems = [prompts_for_step(task, int(vp.prompts_per_round), seed, r) for r in range(int(vp.rounds))]
     check_prompt_lengths(tokenizer, [p for ps in problems for p in ps], int(cfg.data.seq_len), new_tokens)
 
-    mesh, parts, rest, _, state, step_fn = dpo_trainer(dpo_config(cfg), tokenizer)
+    mesh, parts, rest, _, state, step_fn = dpo_trainer(dpo_config(cfg), tokenizer, initial)
     eval_problems = task.eval_set(int(ev.num_problems), seed=seed) if int(ev.num_problems) else []
     generate = make_greedy_generate(parts, int(ev.max_new_tokens), valid_vocab_size=tokenizer.vocab_size)
 
@@ -186,6 +189,7 @@ def run_dpo_vp(cfg: Any) -> dict[str, Any]:
         if before:
             writer.write(0, before)
         for r, temperature in enumerate(float(t) for t in vp.temperatures):
+            t_round = time.perf_counter()
             # The state is donated by each step; the round's reference is a copy of its start.
             ref = jax.tree.map(lambda x: x.copy(), state.params)
             config = SamplingConfig(max_new_tokens=new_tokens, temperature=temperature, n=n,
@@ -208,6 +212,8 @@ def run_dpo_vp(cfg: Any) -> dict[str, Any]:
                                             progress=bool(dpo.progress_bar), phase=f"DPO-VP round {r + 1}")
                 record.update({"round/first_loss": records[0]["loss"], "round/final_loss": records[-1]["loss"]})
             del ref
+            jax.block_until_ready(state.params)
+            record.update({"round/samples": len(texts), "round/time_s": time.perf_counter() - t_round})
             record.update(greedy_accuracy(state.params))
             writer.write(int(state.step), record)
             rounds.append({k.removeprefix("round/").removeprefix("eval/"): v for k, v in record.items()})

@@ -333,11 +333,19 @@ def preference_policy(cfg: Any, tokenizer: Tokenizer) -> tuple[Any, Any, Any, An
     return build_policy(cfg, tokenizer)
 
 
-def dpo_trainer(cfg: Any, tokenizer: Tokenizer) -> tuple[Mesh, ModelParts, Any, Any, TrainState, Callable]:
+def dpo_trainer(cfg: Any, tokenizer: Tokenizer, initial: tuple | None = None
+                ) -> tuple[Mesh, ModelParts, Any, Any, TrainState, Callable]:
     """`(mesh, parts, rest, ref_params, state, step_fn)`: the initial policy (`preference_policy`), a frozen
-    copy of its params as the reference, its train state and `make_dpo_step`, scheduled over `cfg.dpo.steps`."""
+    copy of its params as the reference, its train state and `make_dpo_step`, scheduled over `cfg.dpo.steps`.
+
+    `initial`: a ready `(mesh, parts, params, rest, shardings)` policy (`train.rl.initial_policy`, e.g. a
+    warm-up shared with RL runs) in place of `preference_policy`; its params are copied, not donated."""
     dpo = cfg.dpo
-    mesh, parts, params, rest, shardings = preference_policy(cfg, tokenizer)
+    if initial is None:
+        mesh, parts, params, rest, shardings = preference_policy(cfg, tokenizer)
+    else:
+        mesh, parts, params, rest, shardings = initial
+        params = jax.tree.map(lambda x: x.copy(), params)  # the state is donated; keep the caller's
     ref_params = jax.tree.map(lambda x: x.copy(), params)  # the state is donated; the reference stays
     steps = int(dpo.steps)
     optimizer, schedule = build_optimizer(dpo.optimizer, steps), build_schedule(dpo.optimizer, steps)

@@ -29,6 +29,8 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from ml_collections import ConfigDict
 
+from jaxrl_llm.envs.error_tokens import error_token_metrics, has_error_definition
+from jaxrl_llm.envs.step_labels import has_step_labels, step_accuracy
 from jaxrl_llm.models.decoder import Decoder
 from jaxrl_llm.models.hf import load_pretrained
 from jaxrl_llm.objectives.registry import objective_spec
@@ -53,9 +55,11 @@ from jaxrl_llm.train.rl_rollout import (
     decode_responses,
     encode_prompts,
     privileged_prompts,
+    response_pieces,
     sample_responses,
     score_responses,
 )
+from jaxrl_llm.train.rl_hints import check_hints_config, hints_config, initial_extras
 from jaxrl_llm.train.rl_step import collect_rollout_batch, mixed_groups, rl_step  # noqa: F401  (public names)
 from jaxrl_llm.train.rl_update import (
     RLUpdateOptions,
@@ -127,13 +131,20 @@ def check_rl_config(cfg: Any) -> None:
                          f"must be a multiple of the mesh's {shards} row shards (mesh.data x mesh.fsdp)")
     if int(cfg.eval.samples_per_prompt) < 0:
         raise ValueError(f"eval.samples_per_prompt must be >= 0 (0: greedy only); got {cfg.eval.samples_per_prompt}")
+    if int(rl.get("prompt_bucket", 0)) < 0:
+        raise ValueError(f"rl.prompt_bucket must be >= 0 (0: no padding); got {rl.prompt_bucket}")
     if int(rl.dgg.window) < 2:
         raise ValueError(f"rl.dgg.window must be >= 2; got {rl.dgg.window}")
     check_roles(cfg)  # the objective's and estimator's inputs and hyperparameters against the roles
     if rl.teacher.source == "privileged" or rl.condition.source == "privileged":
         privileged_prompts(task_from_config(cfg.data), [])  # the task must provide privileged prompts
+    if rl.step_labels.get("prm", "") and not has_step_labels(task_from_config(cfg.data)):
+        raise ValueError(f"rl.step_labels.prm={rl.step_labels.prm!r} scores the task's own steps, but data.task="
+                         f"{cfg.data.task!r} has no step_labels(problem, response)")
     if rl.teacher.source.startswith("hf:") and not os.path.isdir(rl.teacher.source[3:]):
         raise ValueError(f"rl.teacher.source={rl.teacher.source!r}: no such checkpoint directory")
+    if hints_config(rl) is not None:
+        check_hints_config(rl, task_from_config(cfg.data))  # LANG's hint schedule and switch
     update_options(cfg)  # validates reuse and gate fields
 
 
@@ -256,7 +267,7 @@ def setup_rl(cfg: Any, *, warm_up: bool = True, initial: tuple | None = None) ->
     total = int(rl.steps) * options.reuse_epochs * options.minibatches
     optimizer = rl_optimizer(make_optimizer(rl.optimizer, total), options)
     ref_params = jax.tree.map(lambda x: x.copy(), params) if needs_reference(rl) else None
-    state = create_train_state(params, optimizer, mesh, shardings, seed=int(cfg.seed))
+    state = create_train_state(params, optimizer, mesh, shardings, seed=int(cfg.seed), extras=initial_extras(rl))
     state_shardings = jax.tree.map(lambda x: x.sharding, state)
     update_fn = make_rl_update(parts, optimizer, options, rest=rest, mesh=mesh, state_shardings=state_shardings)
     logprob_fn = make_logprob_fn(parts, chunk_size=options.logprob_chunk, qarl_format=options.qarl_format,
@@ -286,15 +297,37 @@ def evaluate_policy(setup: RLSetup, params: Any) -> dict[str, float]:
     completions = greedy_completions(setup.eval_generate, params, setup.rest, setup.tokenizer,
                                      [p.prompt for p in problems], batch_size=int(cfg.eval.batch_size))
     greedy = exact_match_accuracy(setup.task, problems, completions)
+    # Tasks with a step checker (arith_chain): the share of correct steps in the policy's own responses.
+    steps = has_step_labels(setup.task)
+    extra = {"eval/greedy_step_accuracy": _step_share(setup.task, problems, completions)} if steps else {}
+    if hasattr(setup.task, "score_breakdown"):
+        extra.update({f"eval/greedy/{k}": v for k, v in setup.task.score_breakdown(problems, completions).items()})
     n = int(cfg.eval.samples_per_prompt)
     if n == 0:
-        return {"eval/accuracy": greedy, "eval/greedy_accuracy": greedy}
+        return {"eval/accuracy": greedy, "eval/greedy_accuracy": greedy, **extra}
     config = dataclasses.replace(setup.sampling, n=n, max_new_tokens=int(cfg.eval.max_new_tokens))
     key = jax.random.fold_in(jax.random.key(int(cfg.seed)), _EVAL_KEY_SALT)
     rollout = sample_responses(setup.parts, params, setup.rest, encode_prompts(setup.tokenizer, problems), key=key,
                                config=config, quant_format=cfg.rl.rollout_quant, mesh=setup.mesh)
-    rewards = score_responses(setup.task, problems, decode_responses(setup.tokenizer, rollout), n)
-    return {"eval/accuracy": float(np.mean(rewards >= 1.0)), "eval/greedy_accuracy": greedy}
+    texts = decode_responses(setup.tokenizer, rollout)
+    rewards = score_responses(setup.task, problems, texts, n)
+    if steps:
+        extra["eval/step_accuracy"] = _step_share(setup.task, [problems[i // n] for i in range(len(texts))], texts)
+    if hasattr(setup.task, "score_breakdown"):
+        # The task's per-slice metrics of the sampled held-out responses (e.g. eval/lang/low/lc_acc).
+        breakdown = setup.task.score_breakdown([problems[i // n] for i in range(len(texts))], texts)
+        extra.update({f"eval/{k}": v for k, v in breakdown.items()})
+    if has_error_definition(setup.task):
+        # Garbled tails of the sampled held-out responses: eval/error_token_rate, eval/garbled_frac.
+        extra.update(error_token_metrics(setup.task, [problems[i // n] for i in range(len(texts))],
+                                         response_pieces(setup.tokenizer, rollout), np.asarray(rollout.lengths),
+                                         prefix="eval"))
+    return {"eval/accuracy": float(np.mean(rewards >= 1.0)), "eval/greedy_accuracy": greedy, **extra}
+
+
+def _step_share(task: Any, problems: list, texts: list[str]) -> float:
+    ok, total = step_accuracy(task, problems, texts)
+    return ok / max(total, 1)
 
 
 class MismatchError(RuntimeError):
@@ -330,7 +363,10 @@ def rl_train_loop(setup: RLSetup, state: TrainState, num_steps: int, *, writer: 
         if guard and mismatch > guard:
             raise MismatchError(at, mismatch, guard, cfg.rl.rollout_quant, bool(cfg.rl.qarl))
         if setup.eval_problems and ((eval_every and at % eval_every == 0) or at == last):
+            t0 = time.perf_counter()
             record.update(evaluate_policy(setup, state.params))
+            # step_time_s includes this; equal-wall-time comparisons subtract it
+            record["eval/time_s"] = time.perf_counter() - t0
 
     def bar_fields(record):
         return {"reward": record["reward/mean"], "acc": record["accuracy"], "eval_acc": record.get("eval/accuracy")}
@@ -360,7 +396,12 @@ def run_rl(cfg: Any, *, stop_after: int | None = None, initial: tuple | None = N
     (see `setup_rl`). Summary keys: accuracy_before, accuracy_after (held-out `eval/accuracy`),
     greedy_accuracy_before, greedy_accuracy_after, eval_accuracy, steps, records (per-step
     dicts), final_state, wall_time_s, run_dir, plot, checkpoint_dir.
+    An `rl.offline.enabled` config is `train/rl_offline.py: run_offline_rl`'s (a fixed dataset,
+    `rl.steps` epochs over it); the `rl` command dispatches to it.
     """
+    if cfg.rl.get("offline", {}).get("enabled", False):
+        raise ValueError("rl.offline.enabled: an offline run is train/rl_offline.py's run_offline_rl "
+                         "(the `rl` command dispatches to it)")
     t0 = time.perf_counter()
     run_dir = os.path.abspath(cfg.output_dir)
     ckpt_dir = os.path.join(run_dir, "checkpoints")

@@ -13,7 +13,8 @@ Each stage is a plain function so that a different sampler, task or estimator ca
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import inspect
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -45,9 +46,10 @@ def prompts_for_step(task: Any, num_prompts: int, seed: int, step: int, round_in
                              "train")
 
 
-def concat_rollouts(rollouts: Sequence[Rollout], pad_id: int) -> Rollout:
-    """Rows of several rollouts (same response width) as one: prompts left-padded to the widest."""
-    width = max(r.prompt_width for r in rollouts)
+def concat_rollouts(rollouts: Sequence[Rollout], pad_id: int, *, width: int = 0) -> Rollout:
+    """Rows of several rollouts (same response width) as one: prompts left-padded to the widest (or to
+    `width` when that is wider)."""
+    width = max(width, *(r.prompt_width for r in rollouts))
 
     def widen(r: Rollout) -> np.ndarray:
         tokens = np.asarray(r.tokens)
@@ -106,17 +108,39 @@ def condition_flags(num_prompts: int, samples_per_prompt: int, fraction: float) 
     return np.tile((np.arange(n) < k).astype(np.int32), num_prompts)
 
 
-def score_with(scorers: Sequence[str], task: Any, problems: Sequence[Problem], texts: Sequence[str],
-               samples_per_prompt: int, *, lengths: np.ndarray, finished: np.ndarray,
-               max_length: int) -> np.ndarray:
-    """Rewards from the registered scorers: `[B]` for one scorer, `[B, R]` (one column each) for several.
+def score_with_metrics(scorers: Sequence[str], task: Any, problems: Sequence[Problem], texts: Sequence[str],
+                       samples_per_prompt: int, *, lengths: np.ndarray, finished: np.ndarray, max_length: int,
+                       step: int = 0, options: Mapping[str, Any] | None = None,
+                       ) -> tuple[np.ndarray, dict[str, float]]:
+    """Rewards from the registered scorers (`[B]` for one scorer, `[B, R]`, one column each, for
+    several) and the metrics they report.
 
-    Row `b * n + j` is sample j of problem b.
+    Row `b * n + j` is sample j of problem b. A scorer that declares `group_ids` (`[B]`, b),
+    `step` or `options` (`options[name]`, the `rl.<name>` section; {} when absent) receives them;
+    one that returns `(rewards, metrics)` adds its metrics.
     """
     rows = [problems[i // samples_per_prompt] for i in range(len(texts))]
-    columns = [np.asarray(get_scorer(name)(task, rows, list(texts), lengths=lengths, finished=finished,
-                                           max_length=max_length), np.float32) for name in scorers]
-    return columns[0] if len(columns) == 1 else np.stack(columns, axis=1)
+    group_ids = np.arange(len(texts), dtype=np.int32) // samples_per_prompt
+    columns, metrics = [], {}
+    for name in scorers:
+        fn = get_scorer(name)
+        context = {"group_ids": group_ids, "step": int(step), "options": dict((options or {}).get(name) or {})}
+        accepted = inspect.signature(fn).parameters
+        out = fn(task, rows, list(texts), lengths=lengths, finished=finished, max_length=max_length,
+                 **{k: v for k, v in context.items() if k in accepted})
+        if isinstance(out, tuple):
+            out, reported = out
+            metrics.update({k: float(v) for k, v in reported.items()})
+        columns.append(np.asarray(out, np.float32))
+    return (columns[0] if len(columns) == 1 else np.stack(columns, axis=1)), metrics
+
+
+def score_with(scorers: Sequence[str], task: Any, problems: Sequence[Problem], texts: Sequence[str],
+               samples_per_prompt: int, *, lengths: np.ndarray, finished: np.ndarray,
+               max_length: int, step: int = 0, options: Mapping[str, Any] | None = None) -> np.ndarray:
+    """The rewards of `score_with_metrics` alone."""
+    return score_with_metrics(scorers, task, problems, texts, samples_per_prompt, lengths=lengths,
+                              finished=finished, max_length=max_length, step=step, options=options)[0]
 
 
 def sample_responses(parts: ModelParts, params: Any, rest: Any, prompt_ids: Sequence[Sequence[int]], *,
@@ -143,6 +167,19 @@ def decode_responses(tokenizer: Tokenizer, rollout: Rollout) -> list[str]:
         cut = bad[0] if bad else len(ids)
         texts.append(tokenizer.decode(ids[:cut]) + ("\ufffd" if bad else ""))
     return texts
+
+
+def response_pieces(tokenizer: Tokenizer, rollout: Rollout) -> list[list[str]]:
+    """Per response, the decoded text of each of its tokens up to eos (eos excluded).
+
+    An id outside the tokenizer's vocabulary reads as U+FFFD, as in `decode_responses`. Each
+    distinct id is decoded once per call.
+    """
+    rows = [truncate_at_eos(row[:n], tokenizer.eos_id)
+            for row, n in zip(np.asarray(rollout.response), np.asarray(rollout.lengths))]
+    text = {t: tokenizer.decode([t]) if 0 <= t < tokenizer.vocab_size else "\ufffd"
+            for t in {t for row in rows for t in row}}
+    return [[text[t] for t in row] for row in rows]
 
 
 def score_responses(task: Any, problems: Sequence[Problem], texts: Sequence[str],

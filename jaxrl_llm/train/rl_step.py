@@ -14,9 +14,14 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxrl_llm.envs.error_tokens import error_token_metrics, has_error_definition
 from jaxrl_llm.envs.rewards import overlong_penalty, prefix_step_labels
+from jaxrl_llm.envs.step_labels import has_step_labels, prm_step_scores, task_step_labels
+from jaxrl_llm.objectives.preference import nsa_step_consensus
 from jaxrl_llm.rollout.prompts import left_pad, round_up
 from jaxrl_llm.rollout.sampler import FINISH_STOP
+from jaxrl_llm.train.rl_hints import (EMA_KEY, hints_config, prompts_with_hints, switch_from_metrics, switch_record,
+                                      with_switch)
 from jaxrl_llm.train.rl_batch import (
     assemble_token_arrays,
     response_to_token_axis,
@@ -33,8 +38,9 @@ from jaxrl_llm.train.rl_rollout import (
     pick_groups,
     privileged_prompts,
     prompts_for_step,
+    response_pieces,
     sample_responses,
-    score_with,
+    score_with_metrics,
     select_rows,
 )
 from jaxrl_llm.train.state import TrainState
@@ -95,16 +101,27 @@ def teacher_pass(setup: RLSetup, state: TrainState, batch: Any, rollout: Any, pr
 
 
 def step_label_fields(setup: RLSetup, rollout: Any, problems: list, mask: np.ndarray) -> dict[str, Any]:
-    """`step_id [B, T]` (-1 off the response) and `step_ok [B, N]` from `prefix_step_labels`."""
+    """`step_id [B, T]` (-1 outside every step) and `step_ok [B, N]` of the sampled responses.
+
+    The task's own step checker when it has one (`task.step_labels`, e.g. ArithChain's steps ending
+    at `;`; `envs/step_labels.py`), else `prefix_step_labels` (a step is correct while the response
+    is a prefix of the reference). With `rl.step_labels.prm` a registered step scorer must also
+    give the step at least `rl.step_labels.prm_threshold` (the consensus of `nsa_step_consensus`).
+    """
     rl, tok = setup.cfg.rl, setup.tokenizer
     n = int(rl.samples_per_prompt)
-    pieces = []
-    for row, length in zip(np.asarray(rollout.response), np.asarray(rollout.lengths)):
-        ids = [int(t) for t in row[:length] if int(t) != tok.eos_id]
-        pieces.append([tok.decode([t]) if 0 <= t < tok.vocab_size else "\ufffd" for t in ids])
-    step_id, step_ok = prefix_step_labels(pieces, [problems[i // n].reference for i in range(len(pieces))],
-                                          delimiter=str(rl.step_labels.delimiter),
-                                          num_steps=rollout.response.shape[1])
+    pieces = response_pieces(tok, rollout)
+    rows, width = [problems[i // n] for i in range(len(pieces))], rollout.response.shape[1]
+    if has_step_labels(setup.task):
+        step_id, step_ok = task_step_labels(setup.task, rows, pieces, num_steps=width)
+    else:
+        step_id, step_ok = prefix_step_labels(pieces, [p.reference for p in rows],
+                                              delimiter=str(rl.step_labels.delimiter), num_steps=width)
+    prm = str(rl.step_labels.get("prm", ""))
+    if prm:
+        scores = prm_step_scores(prm, setup.task, rows, pieces, num_steps=width)
+        step_ok = np.asarray(nsa_step_consensus(step_ok, scores,
+                                                prm_threshold=float(rl.step_labels.get("prm_threshold", 0.5))))
     return {"step_id": response_to_token_axis(step_id, rollout.prompt_width, mask, fill=-1), "step_ok": step_ok}
 
 
@@ -119,11 +136,13 @@ def sample_round(setup: RLSetup, state: TrainState, step: int, round_index: int)
 
     Round 0 is the step's batch; refill rounds (dynamic sampling) use fresh prompts and keys.
     Returns `problems`, `rollout`, `cond` (or None), `rewards` (`[B]` or `[B, R]`, overlong
-    shaping added to the first column) and `task_reward` (the first scorer's, unshaped).
+    shaping added to the first column), `task_reward` (the first scorer's, unshaped) and
+    `scorer_metrics` (what the scorers report, e.g. `autothink/...`).
     """
     cfg, rl = setup.cfg, setup.cfg.rl
     n = int(rl.samples_per_prompt)
     problems = prompts_for_step(setup.task, int(rl.prompts_per_step), int(cfg.seed), step, round_index)
+    problems = prompts_with_hints(rl, setup.task, state, problems, step)  # rl.hints (LANG); unchanged when off
     prompt_ids, cond = rollout_prompts(setup, problems)
     sampling = setup.sampling if cond is None else dataclasses.replace(setup.sampling, n=1)
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), step)
@@ -134,8 +153,9 @@ def sample_round(setup: RLSetup, state: TrainState, step: int, round_index: int)
     lengths = np.asarray(rollout.lengths)
     texts = decode_responses(setup.tokenizer, rollout)
     finished = np.asarray(rollout.finish_reasons) == FINISH_STOP
-    rewards = score_with(tuple(rl.scorers), setup.task, problems, texts, n, lengths=lengths, finished=finished,
-                         max_length=int(rl.max_new_tokens))
+    rewards, scorer_metrics = score_with_metrics(
+        tuple(rl.scorers), setup.task, problems, texts, n, lengths=lengths, finished=finished,
+        max_length=int(rl.max_new_tokens), step=step, options={name: rl.get(name, None) for name in rl.scorers})
     task_reward = (rewards if rewards.ndim == 1 else rewards[:, 0]).copy()
     if int(rl.overlong.cache_length):
         # DAPO's soft overlong punishment, with L_max = rl.max_new_tokens.
@@ -146,7 +166,8 @@ def sample_round(setup: RLSetup, state: TrainState, step: int, round_index: int)
             rewards += penalty
         else:
             rewards[:, 0] += penalty  # the shaping goes into the first scorer's column
-    return {"problems": problems, "rollout": rollout, "cond": cond, "rewards": rewards, "task_reward": task_reward}
+    return {"problems": problems, "rollout": rollout, "cond": cond, "rewards": rewards, "task_reward": task_reward,
+            "scorer_metrics": scorer_metrics, "texts": texts}
 
 
 def collect_rollout_batch(setup: RLSetup, state: TrainState) -> tuple[Any, dict[str, float]]:
@@ -170,7 +191,12 @@ def collect_rollout_batch(setup: RLSetup, state: TrainState) -> tuple[Any, dict[
     groups, kept = (pick_groups(informative, n_prompts) if rl.dynamic_sampling.enabled
                     else (np.arange(n_prompts), np.ones(n_prompts, bool)))
     rows = (groups[:, None] * n + np.arange(n)[None, :]).reshape(-1)
-    rollout = select_rows(concat_rollouts([d["rollout"] for d in drawn], setup.tokenizer.pad_id), rows)
+    # rl.prompt_bucket > 0: the batch's prompt part is left-padded to a multiple of it, so prompts of
+    # varying length (e.g. LANG's hints) give a few batch shapes, not one compile of the update per step.
+    bucket = int(rl.get("prompt_bucket", 0))
+    widest = max(d["rollout"].prompt_width for d in drawn)
+    rollout = select_rows(concat_rollouts([d["rollout"] for d in drawn], setup.tokenizer.pad_id,
+                                          width=round_up(widest, bucket) if bucket > 0 else 0), rows)
     all_problems = [p for d in drawn for p in d["problems"]]
     problems = [all_problems[g] for g in groups]
     pick = {k: np.concatenate([d[k] for d in drawn])[rows] for k in ("rewards", "task_reward")}
@@ -222,9 +248,17 @@ def collect_rollout_batch(setup: RLSetup, state: TrainState) -> tuple[Any, dict[
         "rollout/tokens_per_s": float(lengths.sum() / max(rollout_s, 1e-9)),
         "rollout/time_s": rollout_s,
         **{f"advantage/{k}": v for k, v in adv_metrics.items()},
+        **drawn[0]["scorer_metrics"],  # the step's own draw (refill rounds are not summarised)
     }
     if rewards.ndim == 2:
         metrics.update({f"reward/{name}": float(rewards[:, i].mean()) for i, name in enumerate(rl.scorers)})
+    if has_error_definition(setup.task):
+        # Garbled tails (envs/error_tokens.py): rollout/error_token_rate, rollout/garbled_frac. Rows
+        # sampled from a privileged prompt continue a hint, not the plain prompt: left out.
+        rows_kept = [i for i in range(len(lengths)) if cond is None or cond[i] == 0]
+        pieces = response_pieces(setup.tokenizer, rollout)
+        metrics.update(error_token_metrics(setup.task, [problems[i // n] for i in rows_kept],
+                                           [pieces[i] for i in rows_kept], lengths[rows_kept], prefix="rollout"))
     if rl.dynamic_sampling.enabled:
         metrics.update({"dapo/rounds": float(len(drawn)), "dapo/kept_groups": float(kept.sum()),
                         "rollout/drawn_samples": float(len(drawn) * n_prompts * n),
@@ -234,6 +268,13 @@ def collect_rollout_batch(setup: RLSetup, state: TrainState) -> tuple[Any, dict[
     if cond is not None:
         metrics["reward/cond1"] = float(scalar[cond == 1].mean())
         metrics["reward/cond0"] = float(scalar[cond == 0].mean())
+    if hasattr(setup.task, "score_breakdown"):
+        # The task's own per-slice metrics (e.g. LangArith's per-resource-group LC / format / accuracy).
+        texts = [t for d in drawn for t in d["texts"]]
+        metrics.update(setup.task.score_breakdown([problems[i // n] for i in range(len(rows))],
+                                                  [texts[r] for r in rows]))
+    if hints_config(rl) is not None:
+        metrics.update(switch_record(rl, state, problems, advantages, group_ids))
     return batch, metrics
 
 
@@ -242,6 +283,8 @@ def rl_step(setup: RLSetup, state: TrainState) -> tuple[TrainState, dict[str, fl
     batch, record = collect_rollout_batch(setup, state)
     t0 = time.perf_counter()
     state, metrics = setup.update_fn(state, batch)
+    if EMA_KEY in state.extras:
+        state = with_switch(state, switch_from_metrics(record))  # LANG's switch, checkpointed with the state
     metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
     update_s = time.perf_counter() - t0
     b, t = batch.shape

@@ -13,10 +13,13 @@ the `M` minibatches of the batch; each minibatch is one optimizer step (PPO-styl
    sets a carried `stopped` flag; every later step of the batch then runs the no-op branch of a
    `lax.cond`, so reuse stops on device without a host round-trip.
 
-The gate statistic is the increment of the head-gradient energy between consecutive passes over
-the *same* minibatch (epoch k vs k - 1), so with several minibatches the increment compares like
-with like. The gate is an optax transformation around the optimizer (`rl_optimizer`,
-`objectives.dgg.dgg_wrapped`): its statistics persist across batches in `state.opt_state`.
+The gate statistic (`rl.dgg.statistic`) compares a minibatch with itself: the increment of the
+head-gradient energy between consecutive passes (epoch k vs k - 1, "delta"), or the ratio to the
+batch's first pass ("energy_ratio", "dwd"), so with several minibatches it compares like with like.
+Per batch, `dwd/*` metrics log the head's and inner layers' relative weight change and the energy
+ratio g_k / g_1 whether or not the gate is on. The gate is an optax transformation around the
+optimizer (`rl_optimizer`, `objectives.dgg.dgg_wrapped`): its statistics persist across batches
+in `state.opt_state`.
 """
 
 from __future__ import annotations
@@ -31,7 +34,13 @@ import optax
 from jax.sharding import Mesh
 
 from jaxrl_llm.objectives.core import masked_mean
-from jaxrl_llm.objectives.dgg import DGGWrappedState, gated_update, head_gradient_energy
+from jaxrl_llm.objectives.dgg import (
+    STATISTICS,
+    DGGWrappedState,
+    gated_update,
+    head_gradient_energy,
+    relative_update_norms,
+)
 from jaxrl_llm.objectives.policy_losses import value_loss
 from jaxrl_llm.objectives.registry import get_objective
 from jaxrl_llm.parallel.activations import activation_mesh
@@ -41,7 +50,11 @@ from jaxrl_llm.parallel.rules import replicated
 from jaxrl_llm.quant.params import fake_quant_params
 from jaxrl_llm.rollout.qarl import model_token_stats
 from jaxrl_llm.train.optim import dgg_optimizer
-from jaxrl_llm.train.rl_batch import RolloutBatch, check_rollout_batch, split_minibatches
+from jaxrl_llm.train.rl_batch import (
+    RolloutBatch,
+    check_rollout_batch,
+    split_minibatches,
+)
 from jaxrl_llm.train.state import TrainState
 
 
@@ -51,7 +64,8 @@ class RLUpdateOptions:
 
     objective: registry name; objective_kwargs: its hyperparameters (e.g. `clip_low`, `kl_coef`).
     reuse_epochs: K, passes over the batch; minibatches: M optimizer steps per pass.
-    dgg: gate on; dgg_tau: z-score threshold; dgg_window: statistics window; dgg_statistic: "delta" or "energy".
+    dgg: gate on; dgg_tau: z-score threshold; dgg_window: statistics window; dgg_statistic: one of
+    `objectives.dgg.STATISTICS` ("delta", "energy", "energy_ratio", "dwd").
     logprob_chunk: vocabulary chunk of the log-prob helper; qarl_format: "" (off) or the rollout's
     weight format ("int8", "int4", "fp8") for a rollout-aligned learner forward.
     temperature: the policy is softmax(logits / temperature), the distribution rollouts sample from.
@@ -85,8 +99,8 @@ class RLUpdateOptions:
             raise ValueError(f"rl.reuse_epochs must be >= 1; got {self.reuse_epochs}")
         if self.minibatches < 1:
             raise ValueError(f"rl.minibatches must be >= 1; got {self.minibatches}")
-        if self.dgg_statistic not in ("delta", "energy"):
-            raise ValueError(f"rl.dgg.statistic must be 'delta' or 'energy'; got {self.dgg_statistic!r}")
+        if self.dgg_statistic not in STATISTICS:
+            raise ValueError(f"rl.dgg.statistic must be one of {list(STATISTICS)}; got {self.dgg_statistic!r}")
         get_objective(self.objective)  # fails early, naming the registered objectives
 
     @property
@@ -217,13 +231,14 @@ def build_update_fn(parts: ModelParts, optimizer: optax.GradientTransformation,
     k_epochs, n_mb = options.reuse_epochs, options.minibatches
 
     def apply(grads, opt_state, params, k, m, finite):
-        """`(updates, opt_state, gated, skipped, z)`: one guarded (and, with DGG, gated) optimizer step."""
+        """`(updates, opt_state, gated, skipped, z, stat)`: one guarded (and, with DGG, gated) optimizer step."""
         if not options.dgg:
             updates, new_opt = guarded.update(grads, opt_state, params, gated=~finite)
-            return updates, new_opt, jnp.bool_(False), ~finite, jnp.float32(0.0)
+            return updates, new_opt, jnp.bool_(False), ~finite, jnp.float32(0.0), jnp.float32(0.0)
         updates, new_opt = optimizer.update(grads, opt_state, params, reuse_index=k + 1, minibatch_index=m,
                                             skip=~finite)
-        return updates, new_opt, new_opt.gate.last_gated, new_opt.skipped, new_opt.gate.last_z
+        gate = new_opt.gate
+        return updates, new_opt, gate.last_gated, new_opt.skipped, gate.last_z, gate.last_stat
 
     def update(state: TrainState, rest: Any, batch: RolloutBatch):
         check_rollout_batch(batch)
@@ -238,9 +253,11 @@ def build_update_fn(parts: ModelParts, optimizer: optax.GradientTransformation,
             grad_norm = optax.tree.norm(grads)
             energy = head_gradient_energy(grads)
             finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-            updates, new_opt, gated, skip, z = apply(grads, opt_state, params, k, m, finite)
+            updates, new_opt, gated, skip, z, stat = apply(grads, opt_state, params, k, m, finite)
             new_params = _select(skip, params, optax.apply_updates(params, updates))
+            head_rel, inner_rel = relative_update_norms(updates, params)
             metrics = {"loss": loss, "entropy": entropy, "grad_norm": grad_norm, "lmhead_energy": energy,
+                       "head_rel": head_rel, "inner_rel": inner_rel, "stat": stat,
                        "z": z, "gated": gated.astype(jnp.float32), "nonfinite": (~finite).astype(jnp.float32),
                        "applied": (~skip).astype(jnp.float32), "executed": jnp.float32(1.0), "obj": obj_metrics}
             return (new_params, new_opt, gated), metrics
@@ -282,9 +299,40 @@ def summarize_steps(per_step: Mapping[str, Any], stopped: jax.Array) -> dict[str
            "gate/events": jnp.sum(per_step["gated"]), "gate/stopped": stopped.astype(jnp.float32),
            "gate/z": per_step["z"].reshape(-1)[last],
            "gate/z_max": jnp.max(jnp.where(executed > 0, per_step["z"], -jnp.inf)),
+           "gate/stat_max": _max_over_reuse(per_step["stat"], executed > 0),
            "reuse/epochs_used": jnp.sum(jnp.max(applied, axis=1)),
            "reuse/steps_applied": jnp.sum(applied), "nonfinite_steps": jnp.sum(per_step["nonfinite"])}
-    return {**out, **obj}
+    return {**out, **dwd_metrics(per_step), **obj}
+
+
+def _max_over_reuse(x: jax.Array, where: jax.Array) -> jax.Array:
+    """Max of `[K, M]` values over the passes k > 1 selected by `where` (0 when none is)."""
+    top = jnp.max(x[1:], initial=-jnp.inf, where=where[1:])
+    return jnp.where(jnp.isfinite(top), top, 0.0)
+
+
+def dwd_metrics(per_step: Mapping[str, Any]) -> dict[str, jax.Array]:
+    """Divergence diagnostics of one batch from `[K, M]` per-step values (DGG's DWD phenomenon).
+
+    dwd/head_rel_update, dwd/inner_rel_update: mean relative weight change per applied step of the
+    head and of the inner matrices; dwd/ratio: mean head / inner ratio; dwd/ratio_first: at pass 1;
+    dwd/ratio_reuse_max: max over applied passes k > 1; dwd/energy_ratio_max, dwd/energy_ratio_last:
+    head-gradient energy at a pass k > 1 (max, last executed) over the same minibatch's pass-1 energy.
+    """
+    applied, executed = per_step["applied"], per_step["executed"] > 0
+    n_applied = jnp.maximum(jnp.sum(applied), 1.0)
+    ratio = per_step["head_rel"] / (per_step["inner_rel"] + 1e-12)
+    energy = per_step["lmhead_energy"]
+    e_ratio = energy / (energy[:1] + 1e-30)
+    last = jnp.maximum(jnp.sum(executed, axis=0) - 1, 0)  # [M] last executed pass per minibatch
+    e_last = jnp.take_along_axis(e_ratio, last[None], axis=0)[0]
+    return {"dwd/head_rel_update": jnp.sum(per_step["head_rel"] * applied) / n_applied,
+            "dwd/inner_rel_update": jnp.sum(per_step["inner_rel"] * applied) / n_applied,
+            "dwd/ratio": jnp.sum(ratio * applied) / n_applied,
+            "dwd/ratio_first": jnp.sum(ratio[0] * applied[0]) / jnp.maximum(jnp.sum(applied[0]), 1.0),
+            "dwd/ratio_reuse_max": _max_over_reuse(ratio, applied > 0),
+            "dwd/energy_ratio_max": _max_over_reuse(e_ratio, executed),
+            "dwd/energy_ratio_last": jnp.mean(e_last)}
 
 
 def make_rl_update(parts: ModelParts, optimizer: optax.GradientTransformation, options: RLUpdateOptions, *,
@@ -295,7 +343,7 @@ def make_rl_update(parts: ModelParts, optimizer: optax.GradientTransformation, o
     `optimizer` is `rl_optimizer(base, options)` (the DGG gate's statistics live in the optimizer
     state) and `state` was created with it. With
     `mesh` and `state_shardings`, the state keeps its shardings and the batch rows are split over
-    the `batch` rule. Metrics (scalars): loss, pg/entropy, grad_norm, gate/events, gate/z, gate/z_max,
+    the `batch` rule. Metrics (scalars): loss, pg/entropy, grad_norm, gate/events, gate/z, gate/z_max, gate/stat_max,
     gate/stopped, gate/lmhead_energy, reuse/epochs_used, reuse/steps_applied, nonfinite_steps and
     the objective's metrics under their standard names (pg/clipfrac, pg/kl, ref/kl, value/loss, ...).
     """

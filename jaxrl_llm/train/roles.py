@@ -28,7 +28,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from jaxrl_llm.envs.rewards import get_scorer
+from jaxrl_llm.envs.rewards import SCORER_CHECKS, get_scorer
+from jaxrl_llm.envs.step_labels import get_step_scorer
 from jaxrl_llm.objectives.registry import Spec, advantage_spec, objective_spec
 
 TEACHER_SOURCES = ("", "privileged")  # or "hf:PATH"
@@ -167,6 +168,8 @@ def check_roles(cfg: Any) -> None:
             get_scorer(name)
         except KeyError as e:
             raise ValueError(f"rl.scorers: {e.args[0]}") from None
+        if name in SCORER_CHECKS:
+            SCORER_CHECKS[name](rl.get(name, None))  # the scorer's own `rl.<name>` settings
     if not tuple(rl.scorers):
         raise ValueError("rl.scorers must name at least one scorer (e.g. ('task',))")
     source = str(rl.teacher.source)
@@ -180,6 +183,14 @@ def check_roles(cfg: Any) -> None:
         raise ValueError(f"rl.condition.source must be one of {CONDITION_SOURCES}; got {rl.condition.source!r}")
     if not 0.0 < float(rl.condition.fraction) < 1.0:
         raise ValueError(f"rl.condition.fraction must be in (0, 1); got {rl.condition.fraction}")
+    prm = str(rl.step_labels.get("prm", ""))
+    if prm:
+        try:
+            get_step_scorer(prm)
+        except KeyError as e:
+            raise ValueError(f"rl.step_labels.prm: {e.args[0]}") from None
+        if not 0.0 <= float(rl.step_labels.get("prm_threshold", 0.5)) <= 1.0:
+            raise ValueError(f"rl.step_labels.prm_threshold must be in [0, 1]; got {rl.step_labels.prm_threshold}")
 
     available = objective_fields(rl)
     kwargs = configured_objective_kwargs(rl)

@@ -1,0 +1,51 @@
+"""QaRL / TBPO on long responses: int4 rollouts on ArithChain, a rollout-aligned learner, the trust-band loss.
+
+    python -m jaxrl_llm.cli rl --config configs/qarl_chain.py
+    python -m jaxrl_llm.cli rl --config configs/qarl_chain.py --config.rl.qarl=false          # naive learner
+    python -m jaxrl_llm.cli rl --config configs/qarl_chain.py --config.rl.rollout_quant="" \\
+        --config.rl.qarl=false --config.rl.objective=grpo                                     # fp32 reference
+
+The quickstart's model on 4-operand, 2-digit +/- chains solved step by step
+(`"12+7=19;19-30=-11;-11+5=-6;#-6"`, 20-41 characters, 33 on average): long enough for
+quantization error to compound along the response. `rl.steps` is the quickstart's 40; the
+experiment in benchmarks/methods/qarl_chain.md ran 8 (`tools/exp_qarl_chain.py --steps 8`).
+Besides `rollout/mismatch_abs_logp` (learner vs sampler log-prob gap) the run logs
+`rollout/error_token_rate` and `eval/error_token_rate`, the share of response tokens after a
+response leaves the chain grammar (`envs/error_tokens.py`), and `*/garbled_frac`.
+"""
+
+import os
+
+from ml_collections import ConfigDict
+
+from jaxrl_llm.cli import load_config_file
+
+
+def get_config() -> ConfigDict:
+    # The RL quickstart (configs/quickstart.py) with the chain task and the lengths it needs.
+    c = load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "quickstart.py"))
+    c.output_dir = "runs/qarl_chain"
+    c.data.task = "arith_chain"
+    c.data.task_kwargs = ConfigDict({"num_operands": 4, "num_digits": 2})
+    c.data.seq_len = 64  # bos + prompt (<= 12) + worked solution (<= 41) + eos, with spare
+    # Warm-up: 800 SFT steps on worked solutions, the schedule decayed to its end. The format is
+    # learnt (about 3% error tokens held out), the arithmetic barely (3-5% sampled accuracy).
+    c.sft.train.steps = 800
+    c.sft.train.log_every = 100
+    c.sft.optimizer.decay_steps = 0  # 0: over sft.train.steps
+    c.rl.max_new_tokens = 48  # the longest worked solution (41) + eos, with spare for garbled tails
+    c.rl.prompts_per_step = 16  # 16 x 8 = 128 rows of up to 48 tokens: a CPU-sized step
+    c.rl.objective = "tbpo"
+    c.rl.objective_kwargs = ConfigDict()
+    c.rl.rollout_quant = "int4"
+    c.rl.qarl = True
+    # K = 2 passes per batch without the DGG gate: the trust band (TBPO) or the clip (GRPO) is the
+    # only brake on reuse, so naive / aligned learners differ only in the log-probs they compute.
+    c.rl.reuse_epochs = 2
+    c.rl.dgg.enabled = False
+    c.rl.optimizer.warmup_steps = 4  # a short ramp: short runs of 2 optimizer steps per RL step
+    c.eval.num_problems = 100
+    c.eval.batch_size = 100
+    c.eval.samples_per_prompt = 4
+    c.eval.max_new_tokens = 48
+    return c
