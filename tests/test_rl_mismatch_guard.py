@@ -28,3 +28,8 @@ def test_the_default_guard_lets_the_aligned_learner_run(tmp_path):
     summary = run_rl(config(tmp_path / "b", **{"rl.qarl": True}))
     assert summary["steps"] == 2
     assert all(r["rollout/mismatch_abs_logp"] < 1e-3 for r in summary["records"])
+
+
+def test_a_negative_guard_fails_before_anything_runs(tmp_path):
+    with pytest.raises(ValueError, match=r"rl.max_mismatch must be >= 0 nats/token"):
+        run_rl(config(tmp_path / "c", **{"rl.max_mismatch": -1.0}))

@@ -7,6 +7,7 @@ multi-dimensional advantages such as RDPO).
 
 from __future__ import annotations
 
+import abc
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -91,7 +92,7 @@ class TrainerTask(VerifiableTask, Protocol):
     def eval_set(self, n: int, seed: int = 0) -> list[Problem]: ...
 
 
-class DrawnTask:
+class DrawnTask(abc.ABC):
     """A verifiable task from two methods: `draw(rng)` and `score(problem, response)`.
 
     Subclasses set `name` and implement `draw(rng) -> (prompt, reference)` or `(prompt, reference,
@@ -122,11 +123,13 @@ class DrawnTask:
             raise ValueError(f"eval_fraction must be in (0, 1); got {eval_fraction}")
         self.eval_fraction = float(eval_fraction)
 
+    @abc.abstractmethod
     def draw(self, rng: np.random.Generator) -> tuple[str, str] | tuple[str, str, Mapping[str, Any]]:
-        raise NotImplementedError(f"{type(self).__name__} must implement draw(rng) -> (prompt, reference)")
+        """One problem from `rng`: `(prompt, reference)` or `(prompt, reference, metadata)`."""
 
+    @abc.abstractmethod
     def score(self, problem: Problem, response: str) -> float | np.ndarray:
-        raise NotImplementedError(f"{type(self).__name__} must implement score(problem, response)")
+        """The response's reward (a float, or `[R]` for `len(reward_names) == R`)."""
 
     def sft_target(self, problem: Problem) -> str:
         """The completion an SFT warm-up record teaches for `problem` (default: the reference)."""

@@ -131,6 +131,8 @@ def check_rl_config(cfg: Any) -> None:
                          f"must be a multiple of the mesh's {shards} row shards (mesh.data x mesh.fsdp)")
     if int(cfg.eval.samples_per_prompt) < 0:
         raise ValueError(f"eval.samples_per_prompt must be >= 0 (0: greedy only); got {cfg.eval.samples_per_prompt}")
+    if not float(rl.get("max_mismatch", 0.0)) >= 0:
+        raise ValueError(f"rl.max_mismatch must be >= 0 nats/token (0: the guard is off); got {rl.max_mismatch}")
     if int(rl.get("prompt_bucket", 0)) < 0:
         raise ValueError(f"rl.prompt_bucket must be >= 0 (0: no padding); got {rl.prompt_bucket}")
     if int(rl.dgg.window) < 2:

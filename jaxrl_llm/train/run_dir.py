@@ -103,9 +103,10 @@ def open_run_dir(cfg: Any, *, command: str) -> bool:
             raise RunDirError(f"{saved_path} (the saved config of the run to resume) is unreadable: {e}") from e
         diffs = config_differences(saved, json.loads(json.dumps(current, default=str)))
         if diffs:
-            raise RunDirError(f"cannot resume the run in {run_dir}: its config ({saved_path}) differs in "
-                              f"{len(diffs)} field(s) that shape the run:\n  " + "\n  ".join(diffs) +
-                              "\nuse the saved values, or choose another output_dir for a new run")
+            # The differing fields come last, where a reader of a traceback looks first.
+            raise RunDirError(f"cannot resume the run in {run_dir} (use the saved values, or choose another "
+                              f"output_dir for a new run): its config {saved_path} differs in {len(diffs)} "
+                              "field(s) that shape the run:\n  " + "\n  ".join(diffs))
     has_checkpoint = any(part.startswith("checkpoints") for part in found)
     if is_primary_process():
         os.makedirs(run_dir, exist_ok=True)
