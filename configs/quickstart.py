@@ -96,6 +96,9 @@ def get_config() -> ConfigDict:
     c.rl.prompt_bucket = 0  # > 0: left-pad the batch's prompts to a multiple of this (fewer update compiles)
     c.rl.reuse_epochs = 4  # K: optimizer passes over each rollout batch
     c.rl.minibatches = 1  # optimizer steps per pass
+    # Gradient accumulation: each minibatch in this many strided micro-batches (must divide its rows);
+    # the same gradient as one pass for every objective, one extra forward per micro-batch.
+    c.rl.micro_batches = 1
     c.rl.kl_coef = 0.0  # > 0: KL to the frozen post-warm-up policy (k3); the reference pass then runs
     c.rl.logprob_chunk = 8192
     # Stop when the mean |sampler - learner| log-prob of the rollout's tokens exceeds this (nats per
@@ -121,6 +124,8 @@ def get_config() -> ConfigDict:
     c.rl.optimizer.eps = 1e-8
     c.rl.optimizer.weight_decay = 0.0
     c.rl.optimizer.grad_clip_norm = 1.0
+    c.rl.optimizer.state_dtype = ""  # "" = the params' dtype, "float32": fp32 Adam moments
+    c.rl.optimizer.master_weights = False  # an fp32 copy of the params in the optimizer state (bf16 params)
     c.rl.log_every = 1
     c.rl.progress_bar = True
 
@@ -132,6 +137,13 @@ def get_config() -> ConfigDict:
     c.eval.batch_size = 200
     c.eval.max_new_tokens = 5
     c.eval.every = 10  # RL steps; also at step 0 and at the end
+    # With samples_per_prompt > 1 also eval/pass@n and eval/maj@n; with samples, eval/mean_length and
+    # eval/truncated. The `eval` command on this config: k = samples_per_prompt at the rl.* knobs.
+    c.eval.output = ""  # eval command's JSON; "" = <output_dir>/eval.json
+    c.eval.checkpoint = ""  # eval command: "" = the config's model, else a run directory (latest step)
+
+    # After training, also write the policy as a Hugging Face checkpoint (with the tokenizer files) here.
+    c.export = copy.deepcopy(base.export)
 
     c.checkpoint = ConfigDict()
     c.checkpoint.every = 10  # RL steps; 0: only at the end

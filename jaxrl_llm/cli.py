@@ -219,12 +219,29 @@ def _dpo_vp(cfg: ConfigDict) -> dict[str, Any]:
     return run_dpo_vp(cfg)
 
 
+def _export(cfg: ConfigDict) -> dict[str, Any]:
+    """Writes the model of `model.init_from` (orbax:RUN_DIR or hf:PATH) to `export.hf_dir` as a Hugging Face checkpoint."""
+    from jaxrl_llm.train.export import run_export
+
+    return run_export(cfg)
+
+
+def _eval(cfg: ConfigDict) -> dict[str, Any]:
+    """Held-out evaluation of a model or a run's checkpoint (eval.checkpoint): greedy accuracy, pass@k,
+    maj@k and response lengths, as JSON and a table."""
+    from jaxrl_llm.train.eval_run import run_eval
+
+    return run_eval(cfg)
+
+
 COMMANDS: dict[str, Callable[[ConfigDict], dict[str, Any]]] = {"sft": _sft, "rl": _rl, "dpo": _dpo,
-                                                               "dpo_vp": _dpo_vp}
+                                                               "dpo_vp": _dpo_vp, "export": _export,
+                                                               "eval": _eval}
 
 # Config a command's `--help` describes when no --config is given, relative to the repo root.
 DEFAULT_CONFIGS: dict[str, str] = {"sft": "configs/sft_tiny.py", "rl": "configs/quickstart.py",
-                                   "dpo": "configs/dpo_tiny.py", "dpo_vp": "configs/dpo_vp.py"}
+                                   "dpo": "configs/dpo_tiny.py", "dpo_vp": "configs/dpo_vp.py",
+                                   "export": "configs/sft_tiny.py", "eval": "configs/sft_tiny.py"}
 
 
 def first_sentence(doc: str | None) -> str:

@@ -58,7 +58,8 @@ def test_resume_continues_the_run_exactly(tmp_path):
     assert sum(r["reuse/steps_applied"] for r in full["records"]) >= 2
     assert all(r["grad_norm"] > 0 for r in full["records"])
     lines = read(tmp_path / "full" / "metrics.jsonl")
-    assert sorted(lines[0]) == ["eval/accuracy", "eval/greedy_accuracy", "step"] and lines[0]["step"] == 0
+    assert sorted(lines[0]) == ["eval/accuracy", "eval/greedy_accuracy", "eval/maj@4", "eval/mean_length",
+                                "eval/pass@4", "eval/truncated", "step"] and lines[0]["step"] == 0
     assert lines[0]["eval/accuracy"] == full["accuracy_before"]
     assert [r["step"] for r in lines if "eval/accuracy" in r] == [0, 1, 2]
     for key in ("reward/mean", "reward/std", "accuracy", "response_length", "pg/kl", "pg/clipfrac", "pg/entropy",

@@ -1,7 +1,10 @@
 """Grain input pipeline for supervised fine-tuning: records -> token batches.
 
 A record is `{"prompt": str, "completion": str}` (JSONL file or in-memory list). Each becomes
-`[bos] + prompt + completion + [eos]` with `loss_mask` 1 on completion and eos tokens only.
+`tokenizer.encode_prompt(prompt) + tokenizer.encode_response(completion)` (plain layout:
+`[bos] + prompt + completion + [eos]`; chat layout: the chat template's turns) with `loss_mask` 1 on
+the response tokens only. A record `{"messages": [{"role", "content"}, ...]}` is a whole conversation
+(`tokenizer.encode_messages`), supervised on its assistant turns only.
 Examples are then either padded to `seq_len` one per row, or packed several per row (first-fit),
 and batched into a `TokenBatch`-shaped dict of `[B, T] int32` arrays:
 
@@ -16,8 +19,6 @@ so a resumed run sees exactly the batches the uninterrupted run would have seen.
 
 from __future__ import annotations
 
-import json
-import os
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -25,34 +26,10 @@ from typing import Any
 import grain
 import numpy as np
 
+from jaxrl_llm.data.datasets import load_jsonl, read_sft_records  # noqa: F401  (load_jsonl: re-exported)
 from jaxrl_llm.data.tokenizer import Tokenizer
 
 BATCH_KEYS: tuple[str, ...] = ("tokens", "positions", "segment_ids", "loss_mask")
-
-
-def load_jsonl(path: str) -> list[dict[str, Any]]:
-    """Read one JSON object per non-empty line; errors name the file and the line."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"data file {path} not found")
-    records = []
-    with open(path, "rb") as f:
-        for i, raw in enumerate(f):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise ValueError(f"{path}:{i + 1}: not UTF-8 ({e.reason} at byte {e.start})") from None
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{i + 1}: not a JSON line ({e.msg} at column {e.colno})") from None
-            if not isinstance(record, dict):
-                raise ValueError(f"{path}:{i + 1} must hold a JSON object; got {type(record).__name__}")
-            records.append(record)
-    if not records:
-        raise ValueError(f"{path} holds no records (an empty file, or only blank lines)")
-    return records
 
 
 def tokenize_records(records: Sequence[Mapping[str, Any]], tokenizer: Tokenizer, *, max_len: int,
@@ -94,21 +71,35 @@ def tokenize_record(
     prompt_key: str = "prompt",
     completion_key: str = "completion",
 ) -> dict[str, np.ndarray]:
-    """`{"tokens": [L], "loss_mask": [L]}` (int32) for one record; `L <= max_len` (None: any) or `ValueError`."""
-    for key in (prompt_key, completion_key):
-        if key not in record or not isinstance(record[key], str):
-            raise ValueError(f"record must have a string field {key!r}; got keys {sorted(record)}")
-    prompt = tokenizer.encode(record[prompt_key])
-    if tokenizer.bos_id is not None:
-        prompt = [tokenizer.bos_id] + prompt
-    completion = tokenizer.encode(record[completion_key]) + [tokenizer.eos_id]
-    tokens = np.asarray(prompt + completion, dtype=np.int32)
+    """`{"tokens": [L], "loss_mask": [L]}` (int32) for one record; `L <= max_len` (None: any) or `ValueError`.
+
+    A `{prompt, completion}` record: `encode_prompt(prompt)` (mask 0) + `encode_response(completion)`
+    (mask 1). A `{"messages": [...]}` record: `encode_messages`, mask 1 on assistant turns.
+    """
+    if "messages" in record and prompt_key not in record:
+        if not isinstance(record["messages"], list):
+            raise ValueError(f"record field 'messages' must be a list of {{role, content}} dicts; "
+                             f"got {type(record['messages']).__name__}")
+        ids, mask = tokenizer.encode_messages(record["messages"])
+        if not any(mask):
+            raise ValueError("a 'messages' record must hold an assistant turn with content (nothing to supervise)")
+        tokens, loss_mask = np.asarray(ids, dtype=np.int32), np.asarray(mask, dtype=np.int32)
+        what = f"messages {record['messages'][0].get('content', '')!r:.60}"
+    else:
+        for key in (prompt_key, completion_key):
+            if key not in record or not isinstance(record[key], str):
+                raise ValueError(f"record must have a string field {key!r} (or a 'messages' list); "
+                                 f"got keys {sorted(record)}")
+        prompt = tokenizer.encode_prompt(record[prompt_key])
+        completion = tokenizer.encode_response(record[completion_key])
+        tokens = np.asarray(prompt + completion, dtype=np.int32)
+        loss_mask = np.concatenate([np.zeros(len(prompt), np.int32), np.ones(len(completion), np.int32)])
+        what = f"prompt {record[prompt_key]!r}"
     if max_len is not None and tokens.shape[0] > max_len:
         raise ValueError(
             f"record of {tokens.shape[0]} tokens exceeds data.seq_len={max_len}; raise seq_len or "
-            f"filter long records (prompt {record[prompt_key]!r})"
+            f"filter long records ({what})"
         )
-    loss_mask = np.concatenate([np.zeros(len(prompt), np.int32), np.ones(len(completion), np.int32)])
     return {"tokens": tokens, "loss_mask": loss_mask}
 
 
@@ -153,8 +144,9 @@ def build_sft_dataset(
 ) -> grain.IterDataset:
     """A grain `IterDataset` of `{tokens, positions, segment_ids, loss_mask}: [batch_size, seq_len]`.
 
-    `records`: list of `{"prompt", "completion"}` dicts or a JSONL path. `num_epochs=None` repeats
-    forever (reshuffled each epoch). Incomplete final batches are dropped so shapes stay static.
+    `records`: list of `{"prompt", "completion"}` dicts or a file path (any format of
+    `data/datasets.py: read_sft_records`). `num_epochs=None` repeats forever (reshuffled each
+    epoch). Incomplete final batches are dropped so shapes stay static.
     Every record is tokenized and checked before the first batch (`tokenize_records`: records longer
     than `seq_len` fail or, with `long_records="drop"`, are dropped with a warning).
 
@@ -169,7 +161,7 @@ def build_sft_dataset(
         raise ValueError(f"the per-process batch size (train.batch_size / processes) must be >= 1; got {batch_size}")
     source = records if isinstance(records, str) else "records"
     if isinstance(records, str):
-        records = load_jsonl(records)
+        records = read_sft_records(records)  # JSONL / Parquet / save_to_disk, usual field names
     if len(records) == 0:
         raise ValueError("records must not be empty")
     examples = tokenize_records(records, tokenizer, max_len=seq_len, long_records=long_records, source=source)

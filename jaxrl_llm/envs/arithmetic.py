@@ -134,3 +134,9 @@ class ArithmeticTask(DrawnTask):
     def score(self, problem: Problem, response: str) -> float:
         value = parse_leading_int(response)
         return 1.0 if value is not None and str(value) == problem.reference else 0.0
+
+    def extract_answer(self, response: str) -> str | None:
+        """The integer the response starts with, as text (`" 0357 ="` -> `"357"`), or None: what `score`
+        compares, so equal answers always score alike (maj@k votes over these)."""
+        value = parse_leading_int(response)
+        return None if value is None else str(value)

@@ -7,12 +7,20 @@ Normalisation: LaTeX spacing, `$`, `\\left`/`\\right`, `\\text{}`, units like `%
 `x =` are removed; numbers become exact fractions, so `"1,000"`, `"1000.0"`, `"2000/2"` and
 `"\\frac{2000}{2}"` are all `"1000"`, and `"0.5"` equals `"1/2"`. Non-numeric answers compare as
 normalised strings.
+
+Verifiers (`check_answer(..., verifier=)`): "builtin" is the above (no dependencies); "math_verify"
+is Hugging Face's `math-verify` (LaTeX to SymPy: sets, intervals, roots, symbolic equality; `pip
+install math-verify`); "auto" (the default) uses math-verify when it is importable, else the
+built-in checker. docs/envs.md has their agreement on `tests/fixtures/math_answers.jsonl`.
 """
 
 from __future__ import annotations
 
+import functools
 import re
+import threading
 from fractions import Fraction
+from typing import Any
 
 __all__ = [
     "extract_boxed",
@@ -22,6 +30,9 @@ __all__ = [
     "parse_number",
     "answers_match",
     "check_answer",
+    "VERIFIERS",
+    "resolve_verifier",
+    "math_verify_check",
 ]
 
 _BOXED_COMMANDS = ("\\boxed", "\\fbox")
@@ -137,6 +148,67 @@ def answers_match(predicted: str | None, reference: str) -> bool:
     return normalize_answer(predicted) == normalize_answer(reference)
 
 
-def check_answer(response: str, reference: str) -> bool:
-    """Extracts the answer from a full response and compares it with `reference`."""
+VERIFIERS: tuple[str, ...] = ("auto", "math_verify", "builtin")
+_MATH_VERIFY_TIMEOUT_S = 5  # per parse / per comparison; a timed-out check counts as wrong
+
+
+def _math_verify() -> Any | None:
+    """The `math_verify` module, or None when it is not installed."""
+    try:
+        import math_verify
+    except ImportError:
+        return None
+    return math_verify
+
+
+def resolve_verifier(verifier: str) -> str:
+    """`"math_verify"` or `"builtin"` for a `VERIFIERS` name; "math_verify" requires the package."""
+    if verifier not in VERIFIERS:
+        raise ValueError(f"verifier must be one of {VERIFIERS}; got {verifier!r}")
+    if verifier == "builtin":
+        return "builtin"
+    if _math_verify() is None:
+        if verifier == "math_verify":
+            raise ImportError("verifier='math_verify' needs the math-verify package: pip install math-verify "
+                              "(or the jaxrl_llm[math] extra); verifier='builtin' needs nothing")
+        return "builtin"
+    return "math_verify"
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed_reference(reference: str, timeout_s: int | None) -> tuple[Any, ...]:
+    # A reference is a bare answer: boxing it makes math-verify read it as one LaTeX expression.
+    # Cached: the RL trainer scores every reference once per sample of its group.
+    return tuple(_math_verify().parse(f"\\boxed{{{reference}}}", parsing_timeout=timeout_s))
+
+
+def math_verify_check(response: str, reference: str) -> bool:
+    """math-verify's judgement of `response` against the answer `reference`; False on any error.
+
+    Its timeouts use SIGALRM, which only the main thread may set: elsewhere it runs without them.
+    """
+    mv = _math_verify()
+    if mv is None:
+        resolve_verifier("math_verify")  # raises naming the package
+    from math_verify.errors import TimeoutException  # a BaseException, not an Exception
+
+    timeout_s = _MATH_VERIFY_TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
+    try:
+        gold = _parsed_reference(reference, timeout_s)
+        if not gold:
+            return False
+        predicted = mv.parse(response, parsing_timeout=timeout_s)
+        return bool(predicted) and bool(mv.verify(list(gold), predicted, timeout_seconds=timeout_s))
+    except (Exception, TimeoutException):  # noqa: BLE001  (a malformed response is a wrong answer, not a crash)
+        return False
+
+
+def check_answer(response: str, reference: str, *, verifier: str = "auto") -> bool:
+    """Whether the answer in a full response equals `reference`.
+
+    verifier: "builtin" (`extract_answer` then `answers_match`), "math_verify" (`math_verify_check`)
+    or "auto": math-verify when installed, else the built-in checker.
+    """
+    if resolve_verifier(verifier) == "math_verify":
+        return math_verify_check(response, reference)
     return answers_match(extract_answer(response), reference)

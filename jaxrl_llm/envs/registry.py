@@ -89,3 +89,6 @@ def _register_builtins() -> None:
     TASKS.setdefault("arith_chain", ArithChainTask)
     register_task("lang_arith", LangArithTask)
     TASKS.setdefault("autothink_mix", AutoThinkMixTask)
+    from jaxrl_llm.envs.dataset_task import DatasetTask
+
+    TASKS.setdefault("dataset", DatasetTask)  # prompts from a file (data/datasets.py)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Callable
 
 import jax
@@ -21,6 +22,7 @@ from jax.sharding import Mesh, NamedSharding
 from jaxrl_llm.models.config import ATTENTION, QWEN3_NEXT, ModelConfig
 from jaxrl_llm.models.decoder import Decoder
 from jaxrl_llm.models.hf_config import from_hf_config, to_hf_config
+from jaxrl_llm.models.lora import LoraWeight
 from jaxrl_llm.models.qwen3_next import GATED_DELTANET
 from jaxrl_llm.models.safetensors_io import INDEX_FILE, SINGLE_FILE, CheckpointReader
 from jaxrl_llm.parallel.rules import logical_to_sharding
@@ -86,6 +88,8 @@ def hf_shape(shape: tuple[int, ...], layout: str) -> tuple[int, ...]:
 
 
 _FLOAT_TAGS = frozenset({"F64", "F32", "F16", "BF16"})
+# Decoder parameters no HF checkpoint holds (`ModelConfig.value_head`): loaded as zeros.
+_NON_HF_PARAMS = (("value_head",),)
 
 
 def _ignorable(name: str, config: ModelConfig) -> bool:
@@ -95,7 +99,8 @@ def _ignorable(name: str, config: ModelConfig) -> bool:
 
 def load_pretrained(path: str | Path, *, dtype: str | None = None, param_dtype: str | None = None,
                     mesh: Mesh | None = None, sharding_rules: ShardingRules | None = None,
-                    allow_unexpected: bool = False) -> tuple[Decoder, ModelConfig]:
+                    allow_unexpected: bool = False,
+                    config_overrides: Mapping[str, Any] | None = None) -> tuple[Decoder, ModelConfig]:
     """Loads a Qwen2/Qwen3/Llama/Qwen3-Next (dense) HF checkpoint directory into a `Decoder`.
 
     Args:
@@ -104,6 +109,9 @@ def load_pretrained(path: str | Path, *, dtype: str | None = None, param_dtype: 
       param_dtype: parameter dtype (default: `dtype`, else float32).
       allow_unexpected: ignore tensors the config has no place for (default: an error naming them;
         rotary `inv_freq` buffers and a tied model's `lm_head.weight` are always ignored).
+      config_overrides: `ModelConfig` fields set over config.json's (runtime choices such as
+        `attention_impl` or `remat`, or `value_head=True`: parameters HF checkpoints never hold, such
+        as the critic's value head, start at zero).
       mesh: place each parameter as a sharded array on this mesh, using `sharding_rules`
         (default: `jaxrl_llm.parallel.rules.logical_to_sharding`, which raises on a dimension its
         mesh axes do not divide) on its logical axis names.
@@ -122,6 +130,7 @@ def load_pretrained(path: str | Path, *, dtype: str | None = None, param_dtype: 
     overrides: dict[str, Any] = {"param_dtype": param_dtype or dtype or "float32"}
     if dtype is not None:
         overrides["dtype"] = dtype
+    overrides.update(config_overrides or {})
     config = from_hf_config(hf_config, **overrides)
     sharding_for = None
     if mesh is not None and sharding_rules is not None:
@@ -158,6 +167,14 @@ def load_pretrained(path: str | Path, *, dtype: str | None = None, param_dtype: 
         except ValueError as err:  # a sharding rule that cannot apply: say which tensor
             raise ValueError(f"tensor {name!r}: {err}") from None
         flat[state_path] = variable.replace(value)
+    for state_path in _NON_HF_PARAMS:
+        if state_path in flat:  # zeros, as the decoder's own initialiser makes them
+            variable = flat[state_path]
+            shape = tuple(variable.get_value().shape)
+            zeros = np.zeros(shape, config.jnp_param_dtype)
+            flat[state_path] = variable.replace(_materialise(zeros, False, shape, config.jnp_param_dtype,
+                                                             variable.get_metadata("out_sharding", None),
+                                                             sharding_for))
     model = nnx.merge(graphdef, nnx.from_flat_state(flat))
     return model, config
 
@@ -185,7 +202,8 @@ def save_pretrained(model: Decoder, config: ModelConfig, path: str | Path, *, dt
     Stale weight files in `path` (an index and shards of an earlier sharded save) are removed; other
     files (a tokenizer, say) are kept.
 
-    `dtype` sets the stored tensor dtype (default: `config.param_dtype`). Sharded parameters are
+    `dtype` sets the stored tensor dtype (default: `config.param_dtype`). LoRA weights are written
+    merged (`LoraWeight.dequantize`: base + scale * a @ b). Sharded parameters are
     gathered to the host; on several processes, all must call this and process 0 writes.
     """
     from jax.experimental import multihost_utils  # noqa: PLC0415
@@ -199,6 +217,8 @@ def save_pretrained(model: Decoder, config: ModelConfig, path: str | Path, *, dt
     tensors = {}
     for name, (state_path, layout) in hf_tensor_names(config).items():
         value = flat[state_path].get_value()
+        if isinstance(value, LoraWeight):  # LoRA: the merged weight base + scale * a @ b
+            value = value.dequantize()
         if isinstance(value, jax.Array) and not value.is_fully_addressable:
             value = multihost_utils.process_allgather(value, tiled=True)
         host = np.asarray(jax.device_get(value)).astype(out_dtype)

@@ -3,7 +3,8 @@
 Every weight matmul in the decoder goes through `linear` (and every table lookup through
 `embedding_lookup`), so a quantized rollout path can store a different leaf type in a parameter
 without touching the layers: a weight leaf is either a plain array, a `jaxrl_llm.quant.QuantArray`
-(multiplied by `qmatmul`), or any object with a `dequantize(dtype) -> array` method.
+(multiplied by `qmatmul`), a `jaxrl_llm.models.lora.LoraWeight` (base plus low-rank adapter,
+multiplied in factored form by `lora_matmul`), or any object with a `dequantize(dtype) -> array` method.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jaxrl_llm.models.lora import LoraWeight, lora_matmul
 from jaxrl_llm.quant import QuantArray, dequantize, qmatmul
 
 
@@ -30,8 +32,11 @@ def linear(x: jax.Array, w: Any, *, out_dtype=None) -> jax.Array:
 
     The product accumulates in float32 and is cast to `out_dtype` (default: `x.dtype`); the weight is
     brought to `x.dtype` first, so `x.dtype` is the compute dtype. A `QuantArray` weight goes
-    through `qmatmul` (per-channel codes enter the matmul directly).
+    through `qmatmul` (per-channel codes enter the matmul directly); a `LoraWeight` through
+    `lora_matmul` (`x @ base + scale * (x @ a) @ b`: no merged weight is formed).
     """
+    if isinstance(w, LoraWeight):
+        return lora_matmul(x, w, out_dtype)
     if isinstance(w, QuantArray):
         return qmatmul(x, w).astype(out_dtype or x.dtype)
     w = weight_as(w, x.dtype)

@@ -85,6 +85,11 @@ def split_strided(tree: Any, num_splits: int, *, field: str = "the number of spl
     return jax.tree.map(lambda x: jnp.swapaxes(jnp.reshape(x, (b // m, m, *np.shape(x)[1:])), 0, 1), tree)
 
 
+def merge_strided(tree: Any) -> Any:
+    """The inverse of `split_strided`: every leaf `[M, B / M, ...]` -> `[B, ...]` in the original row order."""
+    return jax.tree.map(lambda x: jnp.reshape(jnp.swapaxes(x, 0, 1), (-1, *np.shape(x)[2:])), tree)
+
+
 def host_array(x: Any) -> Any:
     """`x` as a host numpy array on every process (non-arrays pass through).
 

@@ -30,6 +30,7 @@ from flax import nnx
 
 from jaxrl_llm.models.config import ModelConfig
 from jaxrl_llm.models.decoder import Decoder, init_cache
+from jaxrl_llm.models.lora import merge_lora
 from jaxrl_llm.quant import quantize_params
 from jaxrl_llm.rollout.decode import decode_step, prefill_step
 from jaxrl_llm.rollout.prompts import right_padded_layout
@@ -184,12 +185,12 @@ class DecodeEngine:
 
     def load_params(self, source: Any) -> Any:
         """Parameters for this engine from a `Decoder`, an `nnx.State` of one, or a checkpoint path;
-        quantized to `quant_format` when set."""
+        LoRA adapters merged into their base (`merge_lora`), then quantized to `quant_format` when set."""
         if isinstance(source, str | Path):
             from jaxrl_llm.models.hf import load_pretrained  # noqa: PLC0415
 
             source, _ = load_pretrained(source, dtype=self.config.dtype, param_dtype=self.config.param_dtype)
-        params = nnx.split(source)[1] if isinstance(source, nnx.Module) else source
+        params = merge_lora(nnx.split(source)[1] if isinstance(source, nnx.Module) else source)
         return params if self.quant_format is None else quantize_params(params, self.quant_format)
 
     def init_decode_state(self) -> DecodeState:

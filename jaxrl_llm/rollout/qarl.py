@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxrl_llm.models.lora import merge_lora
 from jaxrl_llm.objectives.token_stats import hidden_token_stats, hidden_topk_logprobs
 from jaxrl_llm.quant import fake_quant_params
 from jaxrl_llm.rollout.prompts import span_layout
@@ -56,7 +57,8 @@ def learner_params(params: Any, quant_format: str | None, **quantize_kwargs: Any
     """
     if quant_format is None:
         return params
-    return fake_quant_params(params, quant_format, **quantize_kwargs)
+    # LoRA adapters are merged first: the quantized rollout samples with the merged weights.
+    return fake_quant_params(merge_lora(params), quant_format, **quantize_kwargs)
 
 
 def model_token_stats(model: Any, tokens: jax.Array, positions: jax.Array, segment_ids: jax.Array, *,

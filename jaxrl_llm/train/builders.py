@@ -1,7 +1,8 @@
 """Builders shared by every trainer (SFT, RL, preference): tokenizer, model, task, optimizer, policy.
 
 Each takes a config section and returns the built object, failing with the field's name before
-anything compiles. `build_policy` makes the mesh and the sharded, randomly initialised decoder.
+anything compiles. `build_policy` makes the mesh and the sharded decoder: randomly initialised, or loaded from
+`model.init_from` (a Hugging Face folder or a run's orbax checkpoint; `train/init_from.py`).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import jax
 from flax import nnx
 
 from jaxrl_llm.data.tokenizer import CharTokenizer, HFTokenizer, Tokenizer
@@ -16,25 +18,40 @@ from jaxrl_llm.envs.registry import build_task as build_registered_task
 from jaxrl_llm.models.config import ModelConfig, preset
 from jaxrl_llm.models.decoder import Decoder
 from jaxrl_llm.parallel.distributed import initialize_distributed
-from jaxrl_llm.parallel.init import init_sharded
+from jaxrl_llm.models.hf import load_pretrained
+from jaxrl_llm.parallel.init import abstract_model, init_sharded, split_module, state_shardings
 from jaxrl_llm.parallel.mesh import mesh_from_config
+from jaxrl_llm.train.init_from import (SECTION_KEYS, check_init_from, checkpoint_model_config, parse_init_from,
+                                      report_ignored, runtime_overrides)
+from jaxrl_llm.train.lora import lora_policy, restore_merged_params
 from jaxrl_llm.train.optim import make_optimizer, make_schedule
 
 __all__ = ["build_tokenizer", "build_model_config", "build_task", "build_optimizer", "build_schedule",
-           "build_policy", "task_from_config"]
+           "build_policy", "build_model", "check_vocab", "task_from_config"]
 
 
 def build_tokenizer(cfg: Mapping[str, Any]) -> Tokenizer:
-    """`data.tokenizer`: `"char"` -> `CharTokenizer`; anything else is a `tokenizer.json` (or its folder)."""
-    name = cfg["tokenizer"]
-    return CharTokenizer() if name == "char" else HFTokenizer.from_file(name)
+    """`data.tokenizer`: `"char"` -> `CharTokenizer`; anything else is a `tokenizer.json` (or its folder).
+
+    `data.chat` lays prompts out with the folder's chat template (system turn `data.system_prompt`).
+    """
+    name, chat, system_prompt = cfg["tokenizer"], bool(cfg.get("chat", False)), cfg.get("system_prompt", "")
+    if name == "char":
+        if system_prompt:
+            raise ValueError("data.system_prompt needs data.chat=True and a Hugging Face tokenizer folder")
+        return CharTokenizer(chat=chat)
+    return HFTokenizer.from_file(name, chat=chat, system_prompt=system_prompt)
 
 
 def build_model_config(model_cfg: Mapping[str, Any], tokenizer: Tokenizer) -> ModelConfig:
     """`preset(model.preset, **other model fields)`; checks the vocabulary covers the tokenizer."""
-    fields = dict(model_cfg)
-    name = fields.pop("preset")
-    config = preset(name, **fields)
+    fields = {k: v for k, v in dict(model_cfg).items() if k not in SECTION_KEYS}
+    config = preset(model_cfg["preset"], **fields)
+    return check_vocab(config, tokenizer)
+
+
+def check_vocab(config: ModelConfig, tokenizer: Tokenizer) -> ModelConfig:
+    """`config`, if its vocabulary covers the tokenizer's ids."""
     if config.vocab_size < tokenizer.vocab_size:
         raise ValueError(
             f"model.vocab_size={config.vocab_size} must be >= the tokenizer's vocab_size {tokenizer.vocab_size}"
@@ -62,14 +79,45 @@ def build_schedule(opt_cfg: Mapping[str, Any], total_steps: int):
 
 def build_policy(cfg: Any, tokenizer: Tokenizer | None = None, *,
                  model_cfg: Mapping[str, Any] | None = None) -> tuple[Any, Any, Any, Any, Any]:
-    """`(mesh, parts, params, rest, params_shardings)`: the decoder of `cfg.model` (or `model_cfg`),
-    randomly initialised with `cfg.seed` and sharded on `cfg.mesh`.
+    """`(mesh, parts, params, rest, params_shardings)`: the decoder of `cfg.model` (or `model_cfg`) on
+    `cfg.mesh`, from its `init_from` or randomly initialised with `cfg.seed` (`build_model`).
 
     Starts `jax.distributed` first when `cfg.distributed.enabled`.
     """
     initialize_distributed(cfg.distributed)
     mesh = mesh_from_config(cfg.mesh)
-    model_config = build_model_config(cfg.model if model_cfg is None else model_cfg,
-                                      tokenizer or build_tokenizer(cfg.data))
-    parts, params, rest, shardings = init_sharded(lambda: Decoder(model_config, rngs=nnx.Rngs(int(cfg.seed))), mesh)
+    model_cfg = cfg.model if model_cfg is None else model_cfg
+    parts, params, rest, shardings = build_model(model_cfg, tokenizer or build_tokenizer(cfg.data), mesh,
+                                                 seed=int(cfg.seed))
+    # model.lora.rank > 0: the target projections become frozen base + trainable adapters (train/lora.py).
+    params, shardings = lora_policy(model_cfg, params, shardings, seed=int(cfg.seed))
     return mesh, parts, params, rest, shardings
+
+
+def build_model(model_cfg: Mapping[str, Any], tokenizer: Tokenizer, mesh: Any, *, seed: int = 0,
+                field: str = "model.init_from") -> tuple[Any, Any, Any, Any]:
+    """`(parts, params, rest, params_shardings)` of the decoder a model section describes, on `mesh`:
+    loaded from its `init_from` (named `field` in errors) or randomly initialised with `seed`."""
+    check_init_from(model_cfg, field)
+    kind, path = parse_init_from(model_cfg.get("init_from", ""), field)
+    if kind == "hf":
+        model, model_config = load_pretrained(path, mesh=mesh, config_overrides=runtime_overrides(model_cfg))
+        report_ignored(model_cfg, model_config, f"{field}=hf:{path}")
+        check_vocab(model_config, tokenizer)
+        parts = abstract_model(lambda: Decoder(model_config, rngs=nnx.Rngs(0)))
+        params, rest = split_module(model)
+        return parts, params, rest, jax.tree.map(lambda x: x.sharding, params)
+    model_config = None
+    if kind == "orbax":
+        model_config = checkpoint_model_config(model_cfg, field)
+    if model_config is None:
+        model_config = build_model_config(model_cfg, tokenizer)
+    check_vocab(model_config, tokenizer)
+    factory = lambda: Decoder(model_config, rngs=nnx.Rngs(int(seed)))  # noqa: E731
+    if kind == "orbax":
+        parts = abstract_model(factory)
+        shardings = state_shardings(parts.abstract_params, mesh)
+        rest = jax.jit(lambda: split_module(factory())[1])()  # non-parameter state (RoPE tables): cheap
+        params = restore_merged_params(path, parts, shardings, field)  # a LoRA run's weights come merged
+        return parts, params, rest, shardings
+    return init_sharded(factory, mesh)

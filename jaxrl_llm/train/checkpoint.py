@@ -12,6 +12,7 @@ import warnings
 from typing import Any
 
 import grain
+import jax
 import orbax.checkpoint as ocp
 
 from jaxrl_llm.train.state import TrainState, abstract_train_state, all_finite
@@ -90,6 +91,21 @@ class Checkpointer:
             items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
         restored = self._manager.restore(step, args=ocp.args.Composite(**items))
         return restored["state"]
+
+    def restore_params(self, like_params: Any, *, step: int | None = None) -> Any:
+        """Only the parameters of a saved `TrainState`, placed as `like_params` (arrays or
+        `ShapeDtypeStruct`s with shardings): a start point for another run, whose optimizer may differ."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint found under {self.directory}")
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), like_params)
+        restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding, dtype=x.dtype), abstract)
+        try:
+            restored = self._manager.restore(int(step), args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+                item={"params": abstract}, restore_args={"params": restore_args}, partial_restore=True)))
+        except Exception as e:  # orbax / tensorstore raise many types for damaged or mismatched files
+            raise CheckpointReadError(int(step), os.path.join(self.directory, str(step)), e, []) from e
+        return restored["state"]["params"]
 
     def close(self) -> None:
         self._manager.wait_until_finished()

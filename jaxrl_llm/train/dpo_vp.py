@@ -34,7 +34,7 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
-from jaxrl_llm.data.tokenizer import Tokenizer
+from jaxrl_llm.data.tokenizer import Tokenizer, stop_ids_of
 from jaxrl_llm.objectives.preference import dpo_vp_pairs
 from jaxrl_llm.rollout.sampler import FINISH_STOP, SamplingConfig
 from jaxrl_llm.train.builders import build_task, build_tokenizer
@@ -193,7 +193,7 @@ def run_dpo_vp(cfg: Any, *, initial: tuple | None = None) -> dict[str, Any]:
             # The state is donated by each step; the round's reference is a copy of its start.
             ref = jax.tree.map(lambda x: x.copy(), state.params)
             config = SamplingConfig(max_new_tokens=new_tokens, temperature=temperature, n=n,
-                                    stop_ids=(tokenizer.eos_id,), pad_id=tokenizer.pad_id)
+                                    stop_ids=stop_ids_of(tokenizer), pad_id=tokenizer.pad_id)
             key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), _ROUND_KEY_SALT), r)
             rollout = sample_responses(parts, state.params, rest, encode_prompts(tokenizer, problems[r]), key=key,
                                        config=config, mesh=mesh)

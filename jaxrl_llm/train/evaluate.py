@@ -8,14 +8,15 @@ over the KV cache. Compiled once per `(B, P, N)`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrl_llm.data.tokenizer import Tokenizer
+from jaxrl_llm.data.tokenizer import Tokenizer, stop_ids_of
+from jaxrl_llm.models.lora import merge_lora
 from jaxrl_llm.parallel.init import ModelParts
 from jaxrl_llm.rollout.decode import decode_loop
 from jaxrl_llm.rollout.prompts import left_pad
@@ -52,10 +53,16 @@ def make_greedy_generate(
     return jax.jit(generate)
 
 
-def truncate_at_eos(ids: Sequence[int], eos_id: int) -> list[int]:
-    """Tokens before the first `eos_id` (all of them if there is none)."""
+def truncate_at_stop(ids: Sequence[int], stop_ids: int | Iterable[int]) -> list[int]:
+    """Tokens before the first of `stop_ids` (one id or several; all tokens if none occurs)."""
+    stops = {int(stop_ids)} if isinstance(stop_ids, (int, np.integer)) else {int(s) for s in stop_ids}
     ids = [int(i) for i in ids]
-    return ids[: ids.index(eos_id)] if eos_id in ids else ids
+    return next((ids[:k] for k, t in enumerate(ids) if t in stops), ids)
+
+
+def truncate_at_eos(ids: Sequence[int], eos_id: int | Iterable[int]) -> list[int]:
+    """`truncate_at_stop` under the name (and keyword) used when eos was the only stop token."""
+    return truncate_at_stop(ids, eos_id)
 
 
 def greedy_completions(
@@ -67,13 +74,14 @@ def greedy_completions(
     *,
     batch_size: int,
 ) -> list[str]:
-    """Greedy completions of `prompts` (bos prepended as in training), decoded up to eos.
+    """Greedy completions of `prompts` (`tokenizer.encode_prompt`, as in training), decoded up to a stop id.
 
     The last batch is padded with copies of the first prompt so every call has shape
     `[batch_size, P]` and the function compiles once per prompt width.
     """
-    bos = [] if tokenizer.bos_id is None else [tokenizer.bos_id]
-    encoded = [bos + tokenizer.encode(p) for p in prompts]
+    encoded = [tokenizer.encode_prompt(p) for p in prompts]
+    stops = stop_ids_of(tokenizer)
+    params = merge_lora(params)  # decode with merged weights: one matmul per projection, not three
     width = max(len(e) for e in encoded)
     texts: list[str] = []
     for start in range(0, len(encoded), batch_size):
@@ -81,7 +89,7 @@ def greedy_completions(
         filler = [chunk[0]] * (batch_size - len(chunk))
         tokens, lengths = left_pad(chunk + filler, width, pad_id=tokenizer.pad_id)
         out = np.asarray(generate(params, rest, tokens, lengths))
-        texts.extend(tokenizer.decode(truncate_at_eos(row, tokenizer.eos_id)) for row in out[: len(chunk)])
+        texts.extend(tokenizer.decode(truncate_at_stop(row, stops)) for row in out[: len(chunk)])
     return texts
 
 

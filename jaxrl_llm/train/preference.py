@@ -35,6 +35,7 @@ from jax.sharding import Mesh
 
 from jaxrl_llm.data.pipeline import BATCH_KEYS, pad_example, tokenize_record
 from jaxrl_llm.data.tokenizer import Tokenizer
+from jaxrl_llm.models.lora import join_trainable, split_trainable, trainable_value_and_grad
 from jaxrl_llm.objectives.dgg import gated_update
 from jaxrl_llm.objectives.preference import sequence_logp
 from jaxrl_llm.objectives.registry import get_objective, list_objectives, objective_spec
@@ -203,8 +204,8 @@ def make_dpo_step(parts: ModelParts, optimizer: optax.GradientTransformation, sc
     `grad_norm`, `learning_rate`, `pairs`, `finite` (1.0 when the update was applied).
     `dpo_step(state, batch, ref=params)` uses another reference (same shardings), without recompiling.
     """
-    grad_fn = jax.value_and_grad(make_preference_loss(parts, objective, objective_kwargs, chunk_size=chunk_size),
-                                 has_aux=True)
+    # Gradients of the trainable view (with LoRA only the adapters, models/lora.py).
+    grad_fn = trainable_value_and_grad(make_preference_loss(parts, objective, objective_kwargs, chunk_size=chunk_size))
     guarded = gated_update(optimizer)
     rest = {} if rest is None else rest
     m = int(num_micro_batches)
@@ -213,7 +214,8 @@ def make_dpo_step(parts: ModelParts, optimizer: optax.GradientTransformation, sc
         n_pairs = batch["tokens"].shape[0] // 2
         if n_pairs % m:
             raise ValueError(f"dpo.micro_batches={m} must divide the pairs per batch {n_pairs}")
-        zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
+        params, frozen = split_trainable(state.params)
+        zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
 
         def accumulate(grads, mb):
             # Slicing the scanned axis can lose the batch layout; pin it back to the batch rule.
@@ -225,14 +227,13 @@ def make_dpo_step(parts: ModelParts, optimizer: optax.GradientTransformation, sc
 
         with activation_mesh(mesh):  # traced here: the model pins its residual stream to the mesh
             grads, per_micro = jax.lax.scan(accumulate, zeros, split_micro_batches(batch, m))
-        grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
+        grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
         metrics = jax.tree.map(jnp.mean, per_micro)
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
-        updates, new_opt = guarded.update(grads, state.opt_state, state.params, gated=~finite)
-        new_params = jax.tree.map(lambda n, o: jnp.where(finite, n, o), optax.apply_updates(state.params, updates),
-                                  state.params)
-        new_state = state.replace(params=new_params, opt_state=new_opt, step=state.step + 1)
+        updates, new_opt = guarded.update(grads, state.opt_state, params, gated=~finite)
+        new_params = jax.tree.map(lambda n, o: jnp.where(finite, n, o), optax.apply_updates(params, updates), params)
+        new_state = state.replace(params=join_trainable(new_params, frozen), opt_state=new_opt, step=state.step + 1)
         metrics.update(grad_norm=grad_norm, learning_rate=jnp.asarray(schedule(state.step), jnp.float32),
                        pairs=jnp.float32(n_pairs), finite=finite.astype(jnp.float32))
         return new_state, metrics

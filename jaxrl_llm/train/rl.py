@@ -26,39 +26,29 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from flax import nnx
 from ml_collections import ConfigDict
 
+from jaxrl_llm.data.tokenizer import stop_ids_of
 from jaxrl_llm.envs.error_tokens import error_token_metrics, has_error_definition
 from jaxrl_llm.envs.step_labels import has_step_labels, step_accuracy
-from jaxrl_llm.models.decoder import Decoder
-from jaxrl_llm.models.hf import load_pretrained
 from jaxrl_llm.objectives.registry import objective_spec
 from jaxrl_llm.parallel.batch import row_shards
 from jaxrl_llm.parallel.distributed import initialize_distributed, is_primary_process
-from jaxrl_llm.parallel.init import abstract_model, split_module
 from jaxrl_llm.parallel.mesh import mesh_from_config
 from jaxrl_llm.rollout.sampler import SamplingConfig
-from jaxrl_llm.train.builders import build_policy, build_tokenizer, task_from_config
+from jaxrl_llm.train.builders import build_model, build_policy, build_tokenizer, task_from_config
+from jaxrl_llm.train.export import export_hf
+from jaxrl_llm.train.init_from import check_init_from
 from jaxrl_llm.train.checkpoint import Checkpointer
-from jaxrl_llm.train.evaluate import (
-    exact_match_accuracy,
-    greedy_completions,
-    make_greedy_generate,
-)
+from jaxrl_llm.train.eval_run import eval_key, evaluate
+from jaxrl_llm.train.evaluate import make_greedy_generate
 from jaxrl_llm.train.loop import drive
+from jaxrl_llm.train.lora import check_lora_rl, save_run_adapters
 from jaxrl_llm.train.metrics import MetricsWriter, read_jsonl
 from jaxrl_llm.train.run_dir import open_run_dir, truncate_metrics
-from jaxrl_llm.train.optim import make_optimizer
+from jaxrl_llm.train.optim import make_optimizer, optimizer_dtypes
 from jaxrl_llm.train.rl_plot import plot_rl_curves
-from jaxrl_llm.train.rl_rollout import (
-    decode_responses,
-    encode_prompts,
-    privileged_prompts,
-    response_pieces,
-    sample_responses,
-    score_responses,
-)
+from jaxrl_llm.train.rl_rollout import privileged_prompts, response_pieces
 from jaxrl_llm.train.rl_hints import check_hints_config, hints_config, initial_extras
 from jaxrl_llm.train.rl_step import collect_rollout_batch, mixed_groups, rl_step  # noqa: F401  (public names)
 from jaxrl_llm.train.rl_update import (
@@ -85,6 +75,7 @@ def update_options(cfg: Any) -> RLUpdateOptions:
         kwargs["norm_length"] = float(rl.max_new_tokens)
     return RLUpdateOptions(objective=rl.objective, objective_kwargs=tuple(sorted(kwargs.items())),
                            reuse_epochs=int(rl.reuse_epochs), minibatches=int(rl.minibatches),
+                           micro_batches=int(rl.get("micro_batches", 1)),
                            dgg=bool(rl.dgg.enabled), dgg_tau=float(rl.dgg.tau), dgg_window=int(rl.dgg.window),
                            dgg_statistic=rl.dgg.statistic,
                            logprob_chunk=int(rl.logprob_chunk), qarl_format=rl.rollout_quant if rl.qarl else "",
@@ -98,7 +89,22 @@ def sampling_config(cfg: Any, tokenizer: Any) -> SamplingConfig:
     rl = cfg.rl
     return SamplingConfig(max_new_tokens=int(rl.max_new_tokens), temperature=float(rl.temperature),
                           top_k=int(rl.top_k), top_p=float(rl.top_p), n=int(rl.samples_per_prompt),
-                          stop_ids=(tokenizer.eos_id,), pad_id=tokenizer.pad_id)
+                          stop_ids=stop_ids_of(tokenizer), pad_id=tokenizer.pad_id)
+
+
+def check_micro_batches(rows: int, minibatches: int, micro_batches: Any, shards: int) -> None:
+    """`rl.micro_batches` must be an integer >= 1 dividing the rows of a minibatch, each micro-batch
+    a multiple of the mesh's row shards (otherwise its rows would be replicated, not split)."""
+    if isinstance(micro_batches, bool) or not isinstance(micro_batches, (int, np.integer)) or micro_batches < 1:
+        raise ValueError(f"rl.micro_batches must be an integer >= 1; got {micro_batches!r}")
+    per_minibatch = rows // minibatches
+    if per_minibatch % micro_batches:
+        raise ValueError(f"rl.micro_batches={micro_batches} must divide the rows per minibatch: prompts_per_step x "
+                         f"samples_per_prompt / rl.minibatches = {rows} / {minibatches} = {per_minibatch}")
+    if (per_minibatch // micro_batches) % shards:
+        raise ValueError(f"rows per minibatch / rl.micro_batches = {per_minibatch} / {micro_batches} = "
+                         f"{per_minibatch // micro_batches} rows must be a multiple of the mesh's {shards} row shards "
+                         "(mesh.data x mesh.fsdp)")
 
 
 def check_rl_config(cfg: Any) -> None:
@@ -123,12 +129,14 @@ def check_rl_config(cfg: Any) -> None:
         raise ValueError(f"rl.rollout_quant must be '', 'int8', 'int4' or 'fp8'; got {rl.rollout_quant!r}")
     if not float(rl.optimizer.learning_rate) > 0:
         raise ValueError(f"rl.optimizer.learning_rate must be > 0; got {rl.optimizer.learning_rate}")
+    optimizer_dtypes(rl.optimizer, "rl.optimizer")
     if int(cfg.sft.train.steps) > 0:
         check_sft_config(sft_warmup_config(cfg))  # the warm-up's fields fail now, not after it ran
     shards = row_shards(mesh_from_config(cfg.mesh))
     if (rows // int(rl.minibatches)) % shards:
         raise ValueError(f"prompts_per_step x samples_per_prompt / rl.minibatches = {rows // int(rl.minibatches)} rows "
                          f"must be a multiple of the mesh's {shards} row shards (mesh.data x mesh.fsdp)")
+    check_micro_batches(rows, int(rl.minibatches), rl.get("micro_batches", 1), shards)
     if int(cfg.eval.samples_per_prompt) < 0:
         raise ValueError(f"eval.samples_per_prompt must be >= 0 (0: greedy only); got {cfg.eval.samples_per_prompt}")
     if not float(rl.get("max_mismatch", 0.0)) >= 0:
@@ -143,8 +151,10 @@ def check_rl_config(cfg: Any) -> None:
     if rl.step_labels.get("prm", "") and not has_step_labels(task_from_config(cfg.data)):
         raise ValueError(f"rl.step_labels.prm={rl.step_labels.prm!r} scores the task's own steps, but data.task="
                          f"{cfg.data.task!r} has no step_labels(problem, response)")
-    if rl.teacher.source.startswith("hf:") and not os.path.isdir(rl.teacher.source[3:]):
-        raise ValueError(f"rl.teacher.source={rl.teacher.source!r}: no such checkpoint directory")
+    check_init_from(cfg.model)
+    check_lora_rl(cfg)  # model.lora: its fields, and DGG off (the adapters freeze the lm_head it gates on)
+    if rl.teacher.source not in ("", "privileged"):
+        check_init_from({"init_from": rl.teacher.source}, "rl.teacher.source")
     if hints_config(rl) is not None:
         check_hints_config(rl, task_from_config(cfg.data))  # LANG's hint schedule and switch
     update_options(cfg)  # validates reuse and gate fields
@@ -204,7 +214,7 @@ def initial_policy(cfg: Any, *, warm_up: bool) -> tuple[Any, Any, Any, Any, Any]
 
 @dataclasses.dataclass
 class Teacher:
-    """A separate teacher model (`rl.teacher.source = "hf:PATH"`): its parts, params and jitted pass."""
+    """A separate teacher model (`rl.teacher.source = "hf:PATH" / "orbax:PATH"`): its parts, params and pass."""
 
     parts: Any
     params: Any
@@ -234,15 +244,20 @@ class RLSetup:
     values_fn: Any = None  # the critic's pass before the update
 
 
+def teacher_model_section(cfg: Any) -> ConfigDict:
+    """The teacher's model section: `rl.teacher.source` ("hf:PATH" or "orbax:PATH") as its `init_from`,
+    with the policy's compute dtype; an orbax run without a saved config has the policy's architecture."""
+    model = copy.deepcopy(cfg.model)
+    model.init_from = cfg.rl.teacher.source
+    for key in ("value_head", "lora"):
+        if key in model:
+            del model[key]
+    return model
+
+
 def load_teacher(cfg: Any, mesh: Any, tokenizer: Any) -> Teacher:
-    """The `hf:PATH` teacher, sharded on `mesh`; its vocabulary must cover the tokenizer's."""
-    path = cfg.rl.teacher.source[3:]
-    model, config = load_pretrained(path, mesh=mesh)
-    if config.vocab_size < tokenizer.vocab_size:
-        raise ValueError(f"rl.teacher.source={cfg.rl.teacher.source!r}: the teacher's vocab_size {config.vocab_size} "
-                         f"is smaller than the tokenizer's {tokenizer.vocab_size}")
-    parts = abstract_model(lambda: Decoder(config, rngs=nnx.Rngs(0)))
-    params, rest = split_module(model)
+    """The `hf:PATH` / `orbax:PATH` teacher, sharded on `mesh`; its vocabulary must cover the tokenizer's."""
+    parts, params, rest, _ = build_model(teacher_model_section(cfg), tokenizer, mesh, field="rl.teacher.source")
     fn = make_pass_fn(parts, chunk_size=int(cfg.rl.logprob_chunk), temperature=float(cfg.rl.temperature),
                       topk=int(cfg.rl.teacher.topk))
     return Teacher(parts, params, rest, fn)
@@ -278,7 +293,7 @@ def setup_rl(cfg: Any, *, warm_up: bool = True, initial: tuple | None = None) ->
     eval_generate = make_greedy_generate(parts, int(cfg.eval.max_new_tokens), valid_vocab_size=tokenizer.vocab_size)
     setup = RLSetup(cfg, mesh, tokenizer, task, parts, rest, state, update_fn, logprob_fn,
                     sampling_config(cfg, tokenizer), ref_params, eval_problems, eval_generate)
-    if rl.teacher.source.startswith("hf:"):
+    if rl.teacher.source.startswith(("hf:", "orbax:")):
         setup.teacher = load_teacher(cfg, mesh, tokenizer)
     elif rl.teacher.source == "privileged":
         setup.teacher_fn = make_pass_fn(parts, chunk_size=options.logprob_chunk, temperature=options.temperature,
@@ -289,42 +304,44 @@ def setup_rl(cfg: Any, *, warm_up: bool = True, initial: tuple | None = None) ->
     return setup
 
 
-_EVAL_KEY_SALT = 2**31 - 1  # eval sampling keys never coincide with a training step's key
-
-
 def evaluate_policy(setup: RLSetup, params: Any) -> dict[str, float]:
-    """Held-out `eval/accuracy` (sampled, see the module docstring) and `eval/greedy_accuracy`."""
+    """Held-out `eval/accuracy` (sampled, see the module docstring) and `eval/greedy_accuracy`, from
+    `train/eval_run.py: evaluate`; with samples also `eval/mean_length` and `eval/truncated`, and with
+    `n = eval.samples_per_prompt > 1` samples `eval/pass@n` and `eval/maj@n`."""
     cfg = setup.cfg
     problems = setup.eval_problems
-    completions = greedy_completions(setup.eval_generate, params, setup.rest, setup.tokenizer,
-                                     [p.prompt for p in problems], batch_size=int(cfg.eval.batch_size))
-    greedy = exact_match_accuracy(setup.task, problems, completions)
+    n = int(cfg.eval.samples_per_prompt)
+    result = evaluate(setup.parts, params, setup.rest, setup.task, setup.tokenizer, problems, k=n,
+                      temperature=setup.sampling.temperature, top_k=setup.sampling.top_k,
+                      top_p=setup.sampling.top_p, stop_ids=setup.sampling.stop_ids,
+                      max_new_tokens=int(cfg.eval.max_new_tokens), batch_size=int(cfg.eval.batch_size),
+                      key=eval_key(int(cfg.seed)), generate=setup.eval_generate,
+                      quant_format=cfg.rl.rollout_quant, mesh=setup.mesh)
+    completions, texts, rollout = result.greedy, result.samples, result.rollout
+    greedy = result.metrics["accuracy"]
     # Tasks with a step checker (arith_chain): the share of correct steps in the policy's own responses.
     steps = has_step_labels(setup.task)
     extra = {"eval/greedy_step_accuracy": _step_share(setup.task, problems, completions)} if steps else {}
     if hasattr(setup.task, "score_breakdown"):
         extra.update({f"eval/greedy/{k}": v for k, v in setup.task.score_breakdown(problems, completions).items()})
-    n = int(cfg.eval.samples_per_prompt)
     if n == 0:
         return {"eval/accuracy": greedy, "eval/greedy_accuracy": greedy, **extra}
-    config = dataclasses.replace(setup.sampling, n=n, max_new_tokens=int(cfg.eval.max_new_tokens))
-    key = jax.random.fold_in(jax.random.key(int(cfg.seed)), _EVAL_KEY_SALT)
-    rollout = sample_responses(setup.parts, params, setup.rest, encode_prompts(setup.tokenizer, problems), key=key,
-                               config=config, quant_format=cfg.rl.rollout_quant, mesh=setup.mesh)
-    texts = decode_responses(setup.tokenizer, rollout)
-    rewards = score_responses(setup.task, problems, texts, n)
+    rows = [problems[i // n] for i in range(len(texts))]
     if steps:
-        extra["eval/step_accuracy"] = _step_share(setup.task, [problems[i // n] for i in range(len(texts))], texts)
+        extra["eval/step_accuracy"] = _step_share(setup.task, rows, texts)
     if hasattr(setup.task, "score_breakdown"):
         # The task's per-slice metrics of the sampled held-out responses (e.g. eval/lang/low/lc_acc).
-        breakdown = setup.task.score_breakdown([problems[i // n] for i in range(len(texts))], texts)
-        extra.update({f"eval/{k}": v for k, v in breakdown.items()})
+        extra.update({f"eval/{k}": v for k, v in setup.task.score_breakdown(rows, texts).items()})
     if has_error_definition(setup.task):
         # Garbled tails of the sampled held-out responses: eval/error_token_rate, eval/garbled_frac.
-        extra.update(error_token_metrics(setup.task, [problems[i // n] for i in range(len(texts))],
-                                         response_pieces(setup.tokenizer, rollout), np.asarray(rollout.lengths),
-                                         prefix="eval"))
-    return {"eval/accuracy": float(np.mean(rewards >= 1.0)), "eval/greedy_accuracy": greedy, **extra}
+        extra.update(error_token_metrics(setup.task, rows, response_pieces(setup.tokenizer, rollout),
+                                         np.asarray(rollout.lengths), prefix="eval"))
+    m = result.metrics
+    out = {"eval/accuracy": m["pass@1"], "eval/greedy_accuracy": greedy, "eval/mean_length": m["mean_length"],
+           "eval/truncated": m["truncated"]}
+    if n > 1:
+        out.update({f"eval/pass@{n}": m[f"pass@{n}"], f"eval/maj@{n}": m[f"maj@{n}"]})
+    return {**out, **extra}
 
 
 def _step_share(task: Any, problems: list, texts: list[str]) -> float:
@@ -451,6 +468,14 @@ def run_rl(cfg: Any, *, stop_after: int | None = None, initial: tuple | None = N
         summary["eval_num_problems"] = len(setup.eval_problems)
     if primary and os.path.exists(jsonl):
         summary["plot"] = plot_rl_curves(jsonl, os.path.join(run_dir, "rl.png"))
+    export = cfg.get("export", {}).get("hf_dir", "")
+    if export:  # the trained policy as a Hugging Face checkpoint (with the tokenizer files)
+        summary["hf_dir"] = export_hf(setup.parts.merge(state.params, setup.rest), export,
+                                      tokenizer=str(cfg.data.tokenizer),
+                                      dtype=str(cfg.export.get("dtype", "")) or None)
+    adapters = save_run_adapters(cfg.model, state.params, run_dir)  # model.lora.rank > 0: the adapters alone
+    if adapters:
+        summary["lora_adapters"] = adapters
     summary["checkpoint_dir"] = ckpt_dir
     summary["wall_time_s"] = time.perf_counter() - t0
     return summary

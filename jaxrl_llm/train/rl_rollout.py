@@ -22,15 +22,16 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxrl_llm.data.tokenizer import Tokenizer
+from jaxrl_llm.data.tokenizer import Tokenizer, stop_ids_of
 from jaxrl_llm.envs.rewards import get_scorer
 from jaxrl_llm.envs.task import Problem
+from jaxrl_llm.models.lora import merge_lora
 from jaxrl_llm.objectives.registry import advantage_spec
 from jaxrl_llm.parallel.batch import to_host
 from jaxrl_llm.parallel.init import ModelParts
 from jaxrl_llm.quant.params import quantize_params
 from jaxrl_llm.rollout.sampler import Rollout, SamplingConfig, generate
-from jaxrl_llm.train.evaluate import truncate_at_eos
+from jaxrl_llm.train.evaluate import truncate_at_stop
 from jaxrl_llm.train.rl_batch import RolloutBatch, assemble_token_arrays, response_to_token_axis
 
 _STEP_SEED_STRIDE = 1_000_003  # a prime: (seed, step) pairs map to distinct task seeds
@@ -79,15 +80,14 @@ def pick_groups(informative: np.ndarray, num_groups: int) -> tuple[np.ndarray, n
 
 
 def encode_texts(tokenizer: Tokenizer, texts: Sequence[str], *, max_tokens: int = 0) -> list[list[int]]:
-    """Token ids of each prompt text with bos prepended as in SFT; `max_tokens > 0` keeps the last ones
-    (left truncation: the end of a prompt, next to the response, matters most)."""
-    bos = [] if tokenizer.bos_id is None else [tokenizer.bos_id]
-    ids = [bos + tokenizer.encode(t) for t in texts]
+    """Token ids of each prompt text laid out as in SFT (`tokenizer.encode_prompt`); `max_tokens > 0` keeps
+    the last ones (left truncation: the end of a prompt, next to the response, matters most)."""
+    ids = [tokenizer.encode_prompt(t) for t in texts]
     return [x[-max_tokens:] for x in ids] if max_tokens > 0 else ids
 
 
 def encode_prompts(tokenizer: Tokenizer, problems: Sequence[Problem]) -> list[list[int]]:
-    """Token ids of each problem's prompt, with bos prepended as in SFT."""
+    """Token ids of each problem's prompt, laid out as in SFT (`tokenizer.encode_prompt`)."""
     return encode_texts(tokenizer, [p.prompt for p in problems])
 
 
@@ -146,7 +146,9 @@ def score_with(scorers: Sequence[str], task: Any, problems: Sequence[Problem], t
 def sample_responses(parts: ModelParts, params: Any, rest: Any, prompt_ids: Sequence[Sequence[int]], *,
                      key: jax.Array, config: SamplingConfig, quant_format: str = "", mesh=None) -> Rollout:
     """`config.n` responses per prompt from the policy `params` (quantized first if `quant_format`),
-    as host arrays on every process."""
+    as host arrays on every process. LoRA adapters are merged into their base first (`merge_lora`), so
+    `quant_format` quantizes the merged weights."""
+    params = merge_lora(params)
     if quant_format:
         params = quantize_params(params, quant_format)
     graphdef, state = nnx.split(parts.merge(params, rest))
@@ -155,14 +157,14 @@ def sample_responses(parts: ModelParts, params: Any, rest: Any, prompt_ids: Sequ
 
 
 def decode_responses(tokenizer: Tokenizer, rollout: Rollout) -> list[str]:
-    """Text of each response, cut at eos (the eos token itself is not part of the text).
+    """Text of each response, cut at the first stop id (eos or end-of-turn; the stop token is not in the text).
 
     A model's vocabulary is often padded past the tokenizer's; an id outside the tokenizer ends
     the readable text and is rendered as U+FFFD, i.e. trailing junk the verifier sees as such.
     """
     texts = []
     for row, n in zip(np.asarray(rollout.response), np.asarray(rollout.lengths)):
-        ids = truncate_at_eos(row[:n], tokenizer.eos_id)
+        ids = truncate_at_stop(row[:n], stop_ids_of(tokenizer))
         bad = [i for i, t in enumerate(ids) if not 0 <= t < tokenizer.vocab_size]
         cut = bad[0] if bad else len(ids)
         texts.append(tokenizer.decode(ids[:cut]) + ("\ufffd" if bad else ""))
@@ -170,12 +172,12 @@ def decode_responses(tokenizer: Tokenizer, rollout: Rollout) -> list[str]:
 
 
 def response_pieces(tokenizer: Tokenizer, rollout: Rollout) -> list[list[str]]:
-    """Per response, the decoded text of each of its tokens up to eos (eos excluded).
+    """Per response, the decoded text of each of its tokens up to the first stop id (excluded).
 
     An id outside the tokenizer's vocabulary reads as U+FFFD, as in `decode_responses`. Each
     distinct id is decoded once per call.
     """
-    rows = [truncate_at_eos(row[:n], tokenizer.eos_id)
+    rows = [truncate_at_stop(row[:n], stop_ids_of(tokenizer))
             for row, n in zip(np.asarray(rollout.response), np.asarray(rollout.lengths))]
     text = {t: tokenizer.decode([t]) if 0 <= t < tokenizer.vocab_size else "\ufffd"
             for t in {t for row in rows for t in row}}

@@ -13,6 +13,13 @@ the `M` minibatches of the batch; each minibatch is one optimizer step (PPO-styl
    sets a carried `stopped` flag; every later step of the batch then runs the no-op branch of a
    `lax.cond`, so reuse stops on device without a host round-trip.
 
+With `rl.micro_batches = U > 1` each minibatch's gradient is accumulated over `U` strided
+micro-batches (`make_rl_grad`) in two scans: a forward-only pass collects the learner's per-token
+outputs of the whole minibatch, the objective runs once on them (so every normaliser, per-sequence
+ratio and per-group statistic is the un-split one) and yields their cotangents, and a second pass
+pulls each micro-batch's cotangents back to the parameters. The gradient, loss and metrics equal
+the un-split minibatch's to float rounding; the price is one extra forward per micro-batch.
+
 The gate statistic (`rl.dgg.statistic`) compares a minibatch with itself: the increment of the
 head-gradient energy between consecutive passes (epoch k vs k - 1, "delta"), or the ratio to the
 batch's first pass ("energy_ratio", "dwd"), so with several minibatches it compares like with like.
@@ -33,6 +40,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
+from jaxrl_llm.models.lora import join_trainable, merge_lora, split_trainable, trainable_value_and_grad
 from jaxrl_llm.objectives.core import masked_mean
 from jaxrl_llm.objectives.dgg import (
     STATISTICS,
@@ -44,7 +52,7 @@ from jaxrl_llm.objectives.dgg import (
 from jaxrl_llm.objectives.policy_losses import value_loss
 from jaxrl_llm.objectives.registry import get_objective
 from jaxrl_llm.parallel.activations import activation_mesh
-from jaxrl_llm.parallel.batch import place_rows, to_host
+from jaxrl_llm.parallel.batch import constrain_rows, merge_strided, place_rows, split_strided, to_host
 from jaxrl_llm.parallel.init import ModelParts
 from jaxrl_llm.parallel.rules import replicated
 from jaxrl_llm.quant.params import fake_quant_params
@@ -63,7 +71,8 @@ class RLUpdateOptions:
     """Static knobs of the update.
 
     objective: registry name; objective_kwargs: its hyperparameters (e.g. `clip_low`, `kl_coef`).
-    reuse_epochs: K, passes over the batch; minibatches: M optimizer steps per pass.
+    reuse_epochs: K, passes over the batch; minibatches: M optimizer steps per pass; micro_batches: U,
+    strided micro-batches each minibatch's gradient is accumulated over (`make_rl_grad`).
     dgg: gate on; dgg_tau: z-score threshold; dgg_window: statistics window; dgg_statistic: one of
     `objectives.dgg.STATISTICS` ("delta", "energy", "energy_ratio", "dwd").
     logprob_chunk: vocabulary chunk of the log-prob helper; qarl_format: "" (off) or the rollout's
@@ -79,6 +88,7 @@ class RLUpdateOptions:
     objective_kwargs: tuple[tuple[str, Any], ...] = ()
     reuse_epochs: int = 1
     minibatches: int = 1
+    micro_batches: int = 1
     dgg: bool = True
     dgg_tau: float = 0.5
     dgg_window: int = 20
@@ -99,6 +109,8 @@ class RLUpdateOptions:
             raise ValueError(f"rl.reuse_epochs must be >= 1; got {self.reuse_epochs}")
         if self.minibatches < 1:
             raise ValueError(f"rl.minibatches must be >= 1; got {self.minibatches}")
+        if self.micro_batches < 1:
+            raise ValueError(f"rl.micro_batches must be >= 1; got {self.micro_batches}")
         if self.dgg_statistic not in STATISTICS:
             raise ValueError(f"rl.dgg.statistic must be one of {list(STATISTICS)}; got {self.dgg_statistic!r}")
         get_objective(self.objective)  # fails early, naming the registered objectives
@@ -117,8 +129,8 @@ def learner_outputs(parts: ModelParts, params: Any, rest: Any, tokens: jax.Array
     With `qarl_format` the forward uses fake-quantized weights (QaRL; gradients reach the master
     weights through the straight-through estimator).
     """
-    if qarl_format:
-        params = fake_quant_params(params, qarl_format)
+    if qarl_format:  # LoRA adapters merge first: the rollout quantized the merged weights
+        params = fake_quant_params(merge_lora(params), qarl_format)
     return model_token_stats(parts.merge(params, rest), tokens, positions, segment_ids, chunk_size=chunk_size,
                              temperature=temperature, logits=logits, values=values, topk=topk)
 
@@ -182,20 +194,17 @@ def objective_inputs(mb: RolloutBatch, learner: Mapping[str, jax.Array]) -> dict
     return inputs
 
 
-def make_rl_loss(parts: ModelParts, options: RLUpdateOptions) -> Callable:
-    """`loss(params, rest, minibatch) -> (loss, (metrics, mean entropy))`: the objective, plus the
-    critic's clipped value loss (`value/`, weight `critic_coef`) when the critic is on."""
+def make_objective_loss(options: RLUpdateOptions) -> Callable:
+    """`loss(learner, minibatch) -> (loss, (metrics, mean entropy))` of the learner's outputs
+    (`learner_outputs`: logp, entropy `[B, T]`, optionally student_logits `[B, T, V]`, values `[B, T]`):
+    the objective, plus the critic's clipped value loss (`value/`, weight `critic_coef`) when the critic is on."""
     objective = get_objective(options.objective)
     kwargs = options.kwargs
     if options.num_groups:
         kwargs = {**kwargs, "num_groups": options.num_groups}
     critic_in_objective = options.objective == "ppo_value"
 
-    def loss_fn(params, rest, mb: RolloutBatch):
-        learner = learner_outputs(parts, params, rest, mb.tokens, mb.positions, mb.segment_ids,
-                                  chunk_size=options.logprob_chunk, qarl_format=options.qarl_format,
-                                  temperature=options.temperature, logits=options.student_logits,
-                                  values=options.critic)
+    def loss_fn(learner, mb: RolloutBatch):
         out = objective(objective_inputs(mb, learner), **kwargs)
         loss, metrics = out.loss, dict(out.metrics)
         if options.critic and not critic_in_objective:
@@ -205,6 +214,72 @@ def make_rl_loss(parts: ModelParts, options: RLUpdateOptions) -> Callable:
         return loss, (metrics, masked_mean(jax.lax.stop_gradient(learner["entropy"]), mb.loss_mask))
 
     return loss_fn
+
+
+def make_learner_forward(parts: ModelParts, options: RLUpdateOptions) -> Callable:
+    """`forward(params, rest, tokens, positions, segment_ids) -> learner_outputs dict` with the update's settings."""
+    def forward(params, rest, tokens, positions, segment_ids):
+        return learner_outputs(parts, params, rest, tokens, positions, segment_ids, chunk_size=options.logprob_chunk,
+                               qarl_format=options.qarl_format, temperature=options.temperature,
+                               logits=options.student_logits, values=options.critic)
+
+    return forward
+
+
+def make_rl_loss(parts: ModelParts, options: RLUpdateOptions) -> Callable:
+    """`loss(params, rest, minibatch) -> (loss, (metrics, mean entropy))`: `make_objective_loss` of
+    the learner's forward on the minibatch."""
+    forward, objective_loss = make_learner_forward(parts, options), make_objective_loss(options)
+
+    def loss_fn(params, rest, mb: RolloutBatch):
+        return objective_loss(forward(params, rest, mb.tokens, mb.positions, mb.segment_ids), mb)
+
+    return loss_fn
+
+
+def make_rl_grad(parts: ModelParts, options: RLUpdateOptions, *, mesh: Mesh | None = None) -> Callable:
+    """`grad(params, rest, minibatch) -> ((loss, (metrics, mean entropy)), grads)`, like
+    `jax.value_and_grad(make_rl_loss(...), has_aux=True)` (which it is for `micro_batches == 1`).
+
+    With `U = options.micro_batches > 1` the minibatch's `[b, T]` rows are split into `U` strided
+    micro-batches of `b / U` rows (`parallel.batch.split_strided`): a forward-only scan gathers the
+    learner outputs of all rows, the objective (`make_objective_loss`) runs on the whole minibatch
+    and differentiates with respect to those outputs, and a second scan pulls each micro-batch's
+    output cotangents back through its forward (`jax.vjp`), summing fp32 parameter gradients. Only
+    one micro-batch's activations are live at a time; the result equals the un-split gradient for
+    any objective, whatever it normalises by (tokens, sequences, groups) or couples across rows.
+    `mesh`: micro-batch rows are pinned back to the batch layout after slicing the scanned axis.
+    """
+    objective_loss = make_objective_loss(options)
+    n_micro = options.micro_batches
+    if n_micro == 1:
+        return trainable_value_and_grad(make_rl_loss(parts, options))
+    forward = make_learner_forward(parts, options)
+
+    def grad(params, rest, mb: RolloutBatch):
+        params, frozen = split_trainable(params)  # the gradient's view: with LoRA only the adapters
+        rows = {"tokens": mb.tokens, "positions": mb.positions, "segment_ids": mb.segment_ids}
+        micro = split_strided(rows, n_micro, field="rl.micro_batches")  # each [U, b / U, T]
+
+        def run_forward(p, x):
+            x = constrain_rows(x, mesh)  # slicing the scanned axis can lose the batch layout
+            return forward(join_trainable(p, frozen), rest, x["tokens"], x["positions"], x["segment_ids"])
+
+        _, outs = jax.lax.scan(lambda c, x: (c, run_forward(params, x)), None, micro)
+        learner = constrain_rows(merge_strided(outs), mesh)  # [b, T, ...] in the minibatch's row order
+        (loss, aux), cotangents = jax.value_and_grad(objective_loss, has_aux=True)(learner, mb)
+
+        def pull_back(acc, xs):
+            x, cot = xs
+            _, vjp = jax.vjp(lambda p: run_forward(p, x), params)
+            (g,) = vjp(constrain_rows(cot, mesh))
+            return jax.tree.map(lambda a, b: a + b.astype(jnp.float32), acc, g), None
+
+        zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+        grads, _ = jax.lax.scan(pull_back, zeros, (micro, split_strided(cotangents, n_micro)))
+        return (loss, aux), jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
+
+    return grad
 
 
 def _select(pred: jax.Array, on_true: Any, on_false: Any) -> Any:
@@ -220,13 +295,14 @@ def rl_optimizer(optimizer: optax.GradientTransformation, options: RLUpdateOptio
                          num_minibatches=options.minibatches)
 
 
-def build_update_fn(parts: ModelParts, optimizer: optax.GradientTransformation,
-                    options: RLUpdateOptions) -> Callable[[TrainState, Any, RolloutBatch], tuple[TrainState, dict]]:
+def build_update_fn(parts: ModelParts, optimizer: optax.GradientTransformation, options: RLUpdateOptions, *,
+                    mesh: Mesh | None = None) -> Callable[[TrainState, Any, RolloutBatch], tuple[TrainState, dict]]:
     """The un-jitted `update(state, rest, batch) -> (state, metrics)` (see the module docstring).
 
-    `optimizer` is `rl_optimizer(base, options)`, the one `state.opt_state` was made by.
+    `optimizer` is `rl_optimizer(base, options)`, the one `state.opt_state` was made by; `mesh`
+    (optional) keeps micro-batch rows on the batch layout (`make_rl_grad`).
     """
-    grad_fn = jax.value_and_grad(make_rl_loss(parts, options), has_aux=True)
+    grad_fn = make_rl_grad(parts, options, mesh=mesh)
     guarded = gated_update(optimizer)  # the non-finite guard when the gate is off
     k_epochs, n_mb = options.reuse_epochs, options.minibatches
 
@@ -245,17 +321,26 @@ def build_update_fn(parts: ModelParts, optimizer: optax.GradientTransformation,
         if options.dgg and not isinstance(state.opt_state, DGGWrappedState):
             raise ValueError("options.dgg needs a state created with rl_optimizer(optimizer, options) "
                              f"(a DGGWrappedState opt_state); got {type(state.opt_state).__name__}")
+        rows = int(jnp.shape(batch.tokens)[0])
+        if rows % n_mb == 0 and (rows // n_mb) % options.micro_batches:
+            raise ValueError(f"rl.micro_batches={options.micro_batches} must divide the rows per minibatch: "
+                             f"{rows} batch rows / rl.minibatches={n_mb} = {rows // n_mb}")
         minibatches = split_minibatches(batch, n_mb)
 
         def run_step(carry, k, m, mb):
             params, opt_state, _ = carry
             (loss, (obj_metrics, entropy)), grads = grad_fn(params, rest, mb)
+            params, frozen = split_trainable(params)  # grads and the optimizer cover this view (LoRA: adapters)
             grad_norm = optax.tree.norm(grads)
-            energy = head_gradient_energy(grads)
             finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
             updates, new_opt, gated, skip, z, stat = apply(grads, opt_state, params, k, m, finite)
-            new_params = _select(skip, params, optax.apply_updates(params, updates))
-            head_rel, inner_rel = relative_update_norms(updates, params)
+            new_params = join_trainable(_select(skip, params, optax.apply_updates(params, updates)), frozen)
+            if frozen is None:
+                energy = head_gradient_energy(grads)
+                head_rel, inner_rel = relative_update_norms(updates, params)
+            else:  # LoRA freezes the head: no head gradient; the adapters' relative change as "inner"
+                energy, head_rel = jnp.float32(0.0), jnp.float32(0.0)
+                inner_rel = optax.tree.norm(updates) / (optax.tree.norm(params) + 1e-12)
             metrics = {"loss": loss, "entropy": entropy, "grad_norm": grad_norm, "lmhead_energy": energy,
                        "head_rel": head_rel, "inner_rel": inner_rel, "stat": stat,
                        "z": z, "gated": gated.astype(jnp.float32), "nonfinite": (~finite).astype(jnp.float32),
@@ -347,9 +432,10 @@ def make_rl_update(parts: ModelParts, optimizer: optax.GradientTransformation, o
     gate/stopped, gate/lmhead_energy, reuse/epochs_used, reuse/steps_applied, nonfinite_steps and
     the objective's metrics under their standard names (pg/clipfrac, pg/kl, ref/kl, value/loss, ...).
     """
-    update = build_update_fn(parts, optimizer, options)
+    on_mesh = mesh is not None and state_shardings is not None
+    update = build_update_fn(parts, optimizer, options, mesh=mesh if on_mesh else None)
     rest = {} if rest is None else rest
-    if mesh is None or state_shardings is None:
+    if not on_mesh:
         jitted = jax.jit(update, donate_argnums=(0,))
 
         def rl_update(state, batch):

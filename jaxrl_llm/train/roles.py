@@ -10,7 +10,7 @@ objective. Every role but the rollout is optional and configured under `rl`:
 | proximal pass   | always                                  | old_logp                                   |
 | scorers         | `rl.scorers` (1 name: `[B]`, more: `[B, R]`) | rewards, token_rewards                |
 | reference pass  | runs when the objective reads ref_logp  | ref_logp                                   |
-| teacher pass    | `rl.teacher.source` ("privileged", "hf:PATH") | teacher_logp                         |
+| teacher pass    | `rl.teacher.source` ("privileged", "hf:PATH", "orbax:RUN") | teacher_logp                         |
 | teacher top-k   | `rl.teacher.topk > 0`                   | teacher_topk_idx, teacher_topk_logp        |
 | critic          | `rl.critic.enabled`                     | values (learner), old_values, returns (GAE's, or the outcome reward per token) |
 | condition flags | `rl.condition.source = "privileged"`    | cond                                       |
@@ -39,7 +39,7 @@ CONDITION_SOURCES = ("", "privileged")
 _HOW = {
     "ref_logp": "the reference pass (runs by itself when the objective reads ref_logp)",
     "teacher_logp": "the teacher pass: set rl.teacher.source='privileged' (the actor on the task's privileged "
-                    "prompt) or 'hf:PATH' (a separate teacher checkpoint)",
+                    "prompt), 'hf:PATH' or 'orbax:RUN_DIR' (a separate teacher checkpoint)",
     "teacher_topk_idx": "the teacher's top-k pass: set rl.teacher.source and rl.teacher.topk > 0",
     "teacher_topk_logp": "the teacher's top-k pass: set rl.teacher.source and rl.teacher.topk > 0",
     "teacher_logits": "nothing: the trainer never materialises teacher [B, T, V] logits; use rl.teacher.topk > 0",
@@ -173,8 +173,8 @@ def check_roles(cfg: Any) -> None:
     if not tuple(rl.scorers):
         raise ValueError("rl.scorers must name at least one scorer (e.g. ('task',))")
     source = str(rl.teacher.source)
-    if source not in TEACHER_SOURCES and not source.startswith("hf:"):
-        raise ValueError(f"rl.teacher.source must be '', 'privileged' or 'hf:PATH'; got {source!r}")
+    if source not in TEACHER_SOURCES and not source.startswith(("hf:", "orbax:")):
+        raise ValueError(f"rl.teacher.source must be '', 'privileged', 'hf:PATH' or 'orbax:RUN_DIR'; got {source!r}")
     if int(rl.teacher.topk) < 0:
         raise ValueError(f"rl.teacher.topk must be >= 0; got {rl.teacher.topk}")
     if int(rl.teacher.topk) and not source:

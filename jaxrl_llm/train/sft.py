@@ -20,6 +20,7 @@ import optax
 from jax.sharding import Mesh
 
 from jaxrl_llm.data.batch import TokenBatch
+from jaxrl_llm.models.lora import join_trainable, split_trainable, trainable_value_and_grad
 from jaxrl_llm.objectives.dgg import gated_update
 from jaxrl_llm.parallel.activations import activation_mesh
 from jaxrl_llm.parallel.batch import constrain_rows, place_rows, split_strided
@@ -75,7 +76,9 @@ def make_sft_step(
     `grad_norm`, `learning_rate`, `supervised_tokens`, `finite` (1.0 when the update was applied).
     """
     loss_fn = make_sft_loss(parts)
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    # Gradients of the trainable view only (with LoRA the adapters; models/lora.py): the frozen rest
+    # gets no gradient, accumulator or optimizer state.
+    grad_fn = trainable_value_and_grad(loss_fn)
     guarded = gated_update(optimizer)
     rest = {} if rest is None else rest
     rep = replicated(mesh)
@@ -83,7 +86,8 @@ def make_sft_step(
     def step(state: TrainState, rest: Any, batch: Batch):
         denom = jnp.maximum(jnp.sum(next_token_weights(batch["loss_mask"], batch["segment_ids"])), 1.0)
         micro = split_micro_batches(batch, num_micro_batches)
-        zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
+        params, frozen = split_trainable(state.params)
+        zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
 
         def accumulate(carry, mb):
             grads, loss, count, correct = carry
@@ -96,13 +100,13 @@ def make_sft_step(
 
         init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
         (grads, loss, count, correct), _ = jax.lax.scan(accumulate, init, micro)
-        grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
+        grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         # The one non-finite guard (objectives/dgg.py): zero updates and the old optimizer state.
-        updates, new_opt = guarded.update(grads, state.opt_state, state.params, gated=~finite)
-        new_params = jax.tree.map(lambda n, o: jnp.where(finite, n, o), optax.apply_updates(state.params, updates),
-                                  state.params)
+        updates, new_opt = guarded.update(grads, state.opt_state, params, gated=~finite)
+        new_params = jax.tree.map(lambda n, o: jnp.where(finite, n, o), optax.apply_updates(params, updates), params)
+        new_params = join_trainable(new_params, frozen)
         new_state = state.replace(params=new_params, opt_state=new_opt, step=state.step + 1)
         metrics = {
             "loss": loss,

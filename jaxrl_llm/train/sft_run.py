@@ -21,7 +21,6 @@ from jax.sharding import Mesh
 from jaxrl_llm.data.pipeline import build_sft_dataset
 from jaxrl_llm.data.tokenizer import Tokenizer
 from jaxrl_llm.models.config import ModelConfig
-from jaxrl_llm.models.hf import save_pretrained
 from jaxrl_llm.parallel.batch import row_shards
 from jaxrl_llm.parallel.distributed import initialize_distributed, is_primary_process
 from jaxrl_llm.parallel.init import ModelParts
@@ -29,25 +28,43 @@ from jaxrl_llm.parallel.mesh import mesh_from_config
 from jaxrl_llm.train.builders import (build_model_config, build_optimizer, build_policy, build_schedule,
                                       build_tokenizer, task_from_config)
 from jaxrl_llm.train.checkpoint import Checkpointer
+from jaxrl_llm.train.export import export_hf
+from jaxrl_llm.train.init_from import check_init_from
 from jaxrl_llm.train.evaluate import exact_match_accuracy, greedy_completions, make_greedy_generate
+from jaxrl_llm.train.lora import check_lora_config, save_run_adapters
 from jaxrl_llm.train.loop import NonFiniteLossError, drive  # noqa: F401  (NonFiniteLossError: the public name)
 from jaxrl_llm.train.metrics import MetricsWriter, plot_loss_curve
+from jaxrl_llm.train.optim import optimizer_dtypes
 from jaxrl_llm.train.run_dir import open_run_dir, truncate_metrics
 from jaxrl_llm.train.sft import make_sft_step
 from jaxrl_llm.train.state import TrainState, create_train_state
 
 
+def sft_data_path(data_cfg: Mapping[str, Any]) -> tuple[str, str]:
+    """`(field, path)` of the SFT records file: `data.path`, or its older alias `data.jsonl_path`
+    (`("", "")` when neither is set; both set to different files is an error)."""
+    path, alias = str(data_cfg.get("path", "") or ""), str(data_cfg.get("jsonl_path", "") or "")
+    if path and alias and path != alias:
+        raise ValueError(f"data.path={path!r} and data.jsonl_path={alias!r} both name SFT records; set only "
+                         "data.path (jsonl_path is its older name)")
+    return ("data.path", path) if path else ("data.jsonl_path", alias) if alias else ("", "")
+
+
 def training_records(data_cfg: Mapping[str, Any], seed: int) -> list[dict[str, str]] | str:
-    """SFT records: the `data.jsonl_path` path if set, else `data.num_train` task problems, each
-    completed by the task's `sft_target` (the reference, or e.g. ArithChain's worked solution).
+    """SFT records: the `data.path` file if set (JSONL, Parquet or a `save_to_disk` folder of
+    {prompt, completion} / {prompt, response} / {question, answer} / {messages} records, read by
+    `data/datasets.py: read_sft_records`; `data.jsonl_path` is its older alias), else
+    `data.num_train` task problems, each completed by the task's `sft_target` (the reference, or
+    e.g. ArithChain's worked solution).
 
     With `data.privileged_fraction > 0` that share of the task records (a fixed random subset per
     seed) uses the task's privileged prompt (a hint or worked copy in front), so that the model
     learns to read hints before RL methods that rely on them (SDAR's self-teacher, SkillC's
     hinted stream).
     """
-    if data_cfg["jsonl_path"]:
-        return data_cfg["jsonl_path"]
+    _, path = sft_data_path(data_cfg)
+    if path:
+        return path
     task = task_from_config(data_cfg)
     problems = task.sample_batch(int(data_cfg["num_train"]), seed, "train")
     fraction = float(data_cfg.get("privileged_fraction", 0.0))
@@ -108,14 +125,18 @@ def check_sft_config(cfg: Any) -> None:
                          "not split")
     if not float(opt.learning_rate) > 0:
         raise ValueError(f"optimizer.learning_rate must be > 0; got {opt.learning_rate}")
+    optimizer_dtypes(opt, "optimizer")
     _check_int(opt.warmup_steps, "optimizer.warmup_steps", 0)
     if not 0.0 <= float(opt.weight_decay):
         raise ValueError(f"optimizer.weight_decay must be >= 0; got {opt.weight_decay}")
+    check_init_from(cfg.model)
+    check_lora_config(cfg.model)
     if data.get("long_records", "fail") not in ("fail", "drop"):
         raise ValueError(f"data.long_records must be 'fail' or 'drop'; got {data.long_records!r}")
-    if data.jsonl_path:
-        if not os.path.isfile(data.jsonl_path):
-            raise FileNotFoundError(f"data.jsonl_path={data.jsonl_path!r}: no such file")
+    field, path = sft_data_path(data)
+    if path:
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{field}={path!r}: no such file")
     else:
         _check_int(data.num_train, "data.num_train", 1)
         task_from_config(data)  # an unknown task or bad task_kwargs fails here
@@ -129,7 +150,8 @@ def setup_sft(cfg: Any) -> SFTSetup:
     """Build mesh, tokenizer, sharded model, optimizer, `TrainState`, data iterator and step."""
     check_sft_config(cfg)
     tokenizer = build_tokenizer(cfg.data)
-    model_config = build_model_config(cfg.model, tokenizer)
+    if not cfg.model.get("init_from", ""):
+        build_model_config(cfg.model, tokenizer)  # bad model fields fail before the data is read
     # The data first: every record is read and checked before the model is built or anything compiles.
     # Each process reads its own rows of the global batch.
     local_batch = int(cfg.train.batch_size) // jax.process_count()
@@ -145,6 +167,7 @@ def setup_sft(cfg: Any) -> SFTSetup:
         process_count=jax.process_count(),
     )
     mesh, parts, params, rest, params_shardings = build_policy(cfg, tokenizer)
+    model_config = parts.merge(params, rest).config  # a checkpoint's (`model.init_from`) or the section's
     steps = int(cfg.train.steps)
     optimizer = build_optimizer(cfg.optimizer, steps)
     schedule = build_schedule(cfg.optimizer, steps)
@@ -255,8 +278,12 @@ def run_sft(cfg: Any) -> dict[str, Any]:
     if export:
         # A Hugging Face checkpoint of the trained model: e.g. the teacher of an RL run
         # (`rl.teacher.source = "hf:DIR"`), or for `transformers`.
-        summary["hf_dir"] = str(save_pretrained(setup.parts.merge(state.params, setup.rest), setup.model_config,
-                                                export))
+        summary["hf_dir"] = export_hf(setup.parts.merge(state.params, setup.rest), export,
+                                      tokenizer=str(cfg.data.tokenizer),
+                                      dtype=str(cfg.export.get("dtype", "")) or None)
+    adapters = save_run_adapters(cfg.model, state.params, run_dir)  # model.lora.rank > 0: the adapters alone
+    if adapters:
+        summary["lora_adapters"] = adapters
     summary["wall_time_s"] = time.perf_counter() - t0
     summary["checkpoint_dir"] = checkpointer.directory
     return summary

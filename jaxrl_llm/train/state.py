@@ -18,6 +18,7 @@ import optax
 from flax import struct
 from jax.sharding import Mesh, NamedSharding
 
+from jaxrl_llm.models.lora import split_trainable
 from jaxrl_llm.parallel.rules import replicated
 
 
@@ -39,14 +40,18 @@ def train_state_shardings(
     mesh: Mesh,
     extras: Mapping[str, Any] | None = None,
 ) -> TrainState:
-    """A `TrainState` of `NamedSharding`s: optimizer moments follow their parameter's sharding."""
-    abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
+    """A `TrainState` of `NamedSharding`s: optimizer moments follow their parameter's sharding.
+
+    The optimizer state covers the trainable view (`models.lora.split_trainable`: all parameters, or
+    only the LoRA adapters when the params hold `LoraWeight` leaves).
+    """
+    abstract_opt = jax.eval_shape(optimizer.init, split_trainable(abstract_params)[0])
     rep = replicated(mesh)
     opt_shardings = optax.tree_map_params(
         optimizer,
         lambda _, sharding: sharding,
         abstract_opt,
-        params_shardings,
+        split_trainable(params_shardings)[0],
         transform_non_params=lambda _: rep,
         is_leaf=lambda x: isinstance(x, NamedSharding),
     )
@@ -76,7 +81,7 @@ def create_train_state(
     def init(params, extras):
         return TrainState(
             params=params,
-            opt_state=optimizer.init(params),
+            opt_state=optimizer.init(split_trainable(params)[0]),
             step=jnp.zeros((), jnp.int32),
             rng=jax.random.key_data(jax.random.key(seed)),
             extras=extras,
