@@ -39,6 +39,12 @@ def get_config() -> ConfigDict:
     c.model.lora.base_quant = ""  # "", "int8" or "int4": the frozen base quantized (QLoRA)
     c.model.lora.adapters = ""  # "" (a = He-uniform, b = 0) or an adapters file of an earlier run to start from
     c.model.param_dtype = "float32"  # parameter storage: "float32" or "bfloat16" (optimizer.state_dtype, master_weights)
+    # Attention kernel (docs/models.md, "Attention implementations and remat"): "auto" (cuDNN on GPU for
+    # bf16/fp16, splash on TPU, blockwise XLA on CPU from T*S >= 512*512, else the reference),
+    # "reference", "blockwise", "cudnn" or "splash"; attention_block: its query / key block size.
+    c.model.attention_impl = "auto"
+    c.model.attention_block = 512
+    c.model.remat = "none"  # per-layer rematerialisation in the backward: "none", "dots" or "full"
 
     # Mesh sizes over ("data", "fsdp", "tensor"); -1 takes the remaining devices.
     c.mesh = ConfigDict()
@@ -90,6 +96,8 @@ def get_config() -> ConfigDict:
     # end-of-turn token); needs a folder with a chat template. False: [bos] + prompt, responses end with eos.
     c.data.chat = False
     c.data.system_prompt = ""  # with data.chat: a system turn before every prompt ("" = none)
+    # Extra variables of the chat template, e.g. --config.data.chat_template_kwargs.enable_thinking=false (Qwen3).
+    c.data.chat_template_kwargs = ConfigDict()
     c.data.seq_len = 16
     c.data.packing = False
     c.data.long_records = "fail"  # records longer than seq_len: "fail" before step 1, or "drop" (with a count)

@@ -389,3 +389,17 @@ def test_fixture_checkpoint_loads_and_runs_in_both(family, tmp_path):
     model, _ = load_pretrained(folder)
     ours, _ = model(jnp.asarray([ids], jnp.int32), jnp.arange(len(ids), dtype=jnp.int32)[None])
     np.testing.assert_allclose(np.asarray(ours), theirs, atol=2e-4, rtol=2e-4)
+
+
+def test_chat_template_kwargs_from_the_config_reach_the_template(folders):
+    """`data.chat_template_kwargs.enable_thinking=false` renders as the Python argument does; without
+    chat it is refused, naming the field."""
+    direct = HFTokenizer.from_file(folders["qwen3"], chat=True, template_kwargs={"enable_thinking": False})
+    data = ConfigDict({"tokenizer": folders["qwen3"], "chat": True, "system_prompt": "",
+                       "chat_template_kwargs": ConfigDict({"enable_thinking": False})})
+    assert build_tokenizer(data).encode_prompt("2+2=") == direct.encode_prompt("2+2=")
+    assert build_tokenizer(data).encode_prompt("2+2=") != build_tokenizer(
+        ConfigDict({**data.to_dict(), "chat_template_kwargs": {}})).encode_prompt("2+2=")
+    data.chat = False
+    with pytest.raises(ValueError, match="data.chat_template_kwargs"):
+        build_tokenizer(data)

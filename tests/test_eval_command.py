@@ -22,8 +22,16 @@ from jaxrl_llm.parallel import make_mesh
 from jaxrl_llm.parallel.init import init_sharded
 from jaxrl_llm.rollout.sampler import FINISH_LENGTH, FINISH_STOP
 from jaxrl_llm.train import eval_run
-from jaxrl_llm.train.eval_run import (evaluate, is_correct, length_stats, majority_answer, majority_vote,
-                                      metrics_table, pass_at_k, response_answer)
+from jaxrl_llm.train.eval_run import (
+    evaluate,
+    is_correct,
+    length_stats,
+    majority_answer,
+    majority_vote,
+    metrics_table,
+    pass_at_k,
+    response_answer,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SFT_CONFIG = os.path.join(ROOT, "configs", "sft_tiny.py")
@@ -113,7 +121,7 @@ class LengthParity:
         return "even" if len(response) % 2 == 0 else "odd"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def random_policy():
     config = tiny(vocab_size=128, hidden_size=32, intermediate_size=64, num_layers=1, head_dim=8)
     parts, params, rest, _ = init_sharded(lambda: Decoder(config, rngs=nnx.Rngs(3)), make_mesh(1, 1, 1))
@@ -169,7 +177,6 @@ def sft_run(tmp_path, capsys):
     return run_dir, out, json.loads(out[out.index("{"): out.rindex("}") + 1])
 
 
-@pytest.mark.slow
 def test_eval_command_on_an_sft_checkpoint_reports_its_accuracy_and_sampling_metrics(tmp_path, capsys):
     run_dir, sft_out, sft = sft_run(tmp_path, capsys)
     output = tmp_path / "report" / "eval.json"

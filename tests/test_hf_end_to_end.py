@@ -91,3 +91,58 @@ def test_sft_then_rl_from_a_hugging_face_folder_with_its_chat_template(family, d
     # Sampler and learner agree on the sampled tokens of the chat-formatted prompts.
     assert all(r["rollout/mismatch_abs_logp"] < 1e-4 for r in steps)
     _logits_match(str(rl_hf), list(prompt))
+
+
+HF_RECIPES = {"configs/qwen2_5_0_5b_gsm8k_grpo.py": ("qwen2", "jsonl"),
+              "configs/qwen3_0_6b_math_dapo.py": ("qwen3", "parquet"),
+              "configs/qwen2_5_0_5b_gsm8k_sft.py": ("qwen2", "jsonl")}
+# The recipes' shapes scaled down to CPU; everything else (chat, dataset task, remat, dtypes, micro-batches,
+# minibatches, dynamic sampling, the overlong window) is the recipe's own.
+REDUCED_RL = {"rl.steps": 1, "rl.prompts_per_step": 2, "rl.samples_per_prompt": 4, "rl.max_new_tokens": 8,
+              "rl.progress_bar": False, "rl.prompt_bucket": 16, "rl.overlong.cache_length": 0,
+              "eval.num_problems": 2, "eval.samples_per_prompt": 2, "eval.batch_size": 2,
+              "eval.max_new_tokens": 4, "checkpoint.every": 0, "rl.optimizer.warmup_steps": 0}
+REDUCED_SFT = {"train.steps": 2, "train.batch_size": 4, "train.log_every": 1, "train.progress_bar": False,
+               "data.seq_len": 192, "eval.num_problems": 2, "eval.batch_size": 2, "eval.max_new_tokens": 4,
+               "checkpoint.every": 0, "optimizer.warmup_steps": 0}
+
+
+def _math_records():
+    return [{"problem": f"What is ${a} + {b}$?", "solution": f"${a} + {b} = \\boxed{{{a + b}}}$"}
+            for a, b in PROBLEMS]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", sorted(HF_RECIPES))
+def test_the_checkpoint_recipes_run_reduced_from_the_cli(recipe, data_files, tmp_path):
+    """Each docs/recipes.md command, with a tiny local checkpoint and data file in place of the real
+    ones and the batch shrunk, runs one reduced step and exports a transformers-loadable folder."""
+    family, kind = HF_RECIPES[recipe]
+    ckpt = str(make_hf_checkpoint(tmp_path / "ckpt", family))
+    jsonl, parquet = data_files
+    if "math" in recipe:
+        train = tmp_path / "math.parquet"
+        pq.write_table(pa.Table.from_pylist(_math_records()), train)
+        train = str(train)
+    else:
+        train = jsonl if kind == "jsonl" else parquet
+    command = "sft" if recipe.endswith("_sft.py") else "rl"
+    overrides = dict(REDUCED_SFT if command == "sft" else REDUCED_RL)
+    overrides.update({"model.init_from": f"hf:{ckpt}", "data.tokenizer": ckpt, "output_dir": tmp_path / "run",
+                      "export.hf_dir": tmp_path / "hf", "data.task_kwargs.path": train,
+                      "data.task_kwargs.eval_path": train})
+    if command == "sft":
+        overrides["data.path"] = train
+    else:
+        overrides["rl.micro_batches"] = 2
+        overrides["rl.minibatches"] = min(int(cli.load_config_file(recipe).rl.minibatches), 2)
+    args = [command, "--config", recipe] + [f"--config.{k}={v}" for k, v in overrides.items()]
+    assert cli.main(args) == 0
+    with open(tmp_path / "run" / "metrics.jsonl") as f:
+        rows = [json.loads(line) for line in f]
+    losses = [r["loss"] for r in rows if "loss" in r]
+    assert losses and all(np.isfinite(losses))
+    tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+    prompt = tok.apply_chat_template([{"role": "user", "content": "What is 3 + 4?"}], add_generation_prompt=True,
+                                     return_dict=False)
+    _logits_match(str(tmp_path / "hf"), list(prompt))

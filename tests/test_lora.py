@@ -17,7 +17,7 @@ from jaxrl_llm.models.lora import (LoraWeight, apply_lora, join_trainable, load_
                                    split_trainable, trainable_count, trainable_value_and_grad)
 from jaxrl_llm.parallel.init import init_sharded
 from jaxrl_llm.parallel.mesh import make_mesh
-from jaxrl_llm.quant import QuantArray, quantize_params
+from jaxrl_llm.quant import QuantArray
 from jaxrl_llm.rollout import SamplingConfig, token_batch
 from jaxrl_llm.train.lora import LoraSpec, apply_lora_sharded, lora_spec, read_adapters, save_adapters
 from jaxrl_llm.train.metrics import read_jsonl
@@ -122,7 +122,7 @@ def test_only_adapters_get_gradients_and_a_is_zero_until_b_moves():
 
 
 def test_optimizer_state_holds_only_adapter_moments():
-    parts, params, rest, shardings = model()
+    _, params, _, shardings = model()
     adapted, lora_sh = apply_lora_sharded(params, shardings, LoraSpec(4, 8.0, PROJECTIONS, "int4"), seed=0)
     opt = optax.adamw(1e-3)
     mesh = make_mesh(1, 1, 1)
@@ -223,7 +223,7 @@ def test_forward_matches_qwix_lora_provider_on_the_same_decoder():
     def pick(path, x):
         name = str(path[-2].key) if hasattr(path[-2], "key") else str(path[-1])
         # qwix also wraps the lm_head (b = 0 there: no effect); ours do not.
-        return ours[name] if name in ours else x
+        return ours.get(name, x)
 
     nnx.update(wrapped, jax.tree_util.tree_map_with_path(pick, state))
     np.testing.assert_allclose(np.asarray(wrapped(TOKENS, POSITIONS)[0]), np.asarray(logits(adapted)), atol=1e-5)

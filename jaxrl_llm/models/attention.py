@@ -1,5 +1,6 @@
 """Grouped-query softmax attention with RoPE, optional q/k/v biases (Qwen2), q/k RMSNorm (Qwen3) and a
-sigmoid output gate (Qwen3-Next)."""
+sigmoid output gate (Qwen3-Next). The kernels (reference, blockwise, cuDNN, splash) live in
+`models.attention_kernels`; `ModelConfig.attention_impl` picks one per call."""
 
 from __future__ import annotations
 
@@ -9,14 +10,16 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxrl_llm.models.attention_kernels import (attend, attention_mask, blockwise_attend, cudnn_attend,
+                                                resolve_attention_impl, splash_attend)
 from jaxrl_llm.models.cache import KVCache, write_slots
 from jaxrl_llm.models.linear import linear, weight_as
 from jaxrl_llm.models.norm import RMSNorm
 from jaxrl_llm.models.params import constant_param, normal_param
 from jaxrl_llm.models.rope import apply_rope
+from jaxrl_llm.parallel.activations import current_mesh
 
-# Finite, so rows with no visible key (padding queries) give a uniform average instead of NaN.
-_MASKED = -1e30
+__all__ = ["Attention", "MixerContext", "attend", "attention_mask", "attend_context"]
 
 
 class MixerContext(NamedTuple):
@@ -24,45 +27,55 @@ class MixerContext(NamedTuple):
 
     positions: `[B, T]` int32 RoPE positions of the queries.
     segment_ids: `[B, T]` int32 query segments (0 = padding).
-    mask: `[B, T, S]` bool, query t may attend key slot s (S = T without a cache, else cache length).
+    q_slots: `[T]` int32 slot of each query (its index, or the cache slot it is written to).
+    k_segment_ids: `[B, S]` int32 segments of the key slots (S = T without a cache, else cache length).
+    k_slots: `[S]` int32 slot of each key.
     cos, sin: `[B, T, R]` float32 RoPE tables (R = rotary dims, `Dh` unless partial rotary).
     cache_index: `[]` int32 first slot written by this call, or None without a cache.
+
+    `mask` (`[B, T, S]` bool) is built only when read: the blockwise, cuDNN and splash kernels take the
+    segment ids and slots instead.
     """
 
     positions: jax.Array
     segment_ids: jax.Array
-    mask: jax.Array
+    q_slots: jax.Array
+    k_segment_ids: jax.Array
+    k_slots: jax.Array
     cos: jax.Array
     sin: jax.Array
     cache_index: jax.Array | None
 
+    @property
+    def mask(self) -> jax.Array:
+        """`[B, T, S]` bool: query t may attend key slot s (`attention_mask`)."""
+        return attention_mask(self.segment_ids, self.q_slots, self.k_segment_ids, self.k_slots)
 
-def attention_mask(q_segment_ids: jax.Array, q_slots: jax.Array, k_segment_ids: jax.Array,
-                   k_slots: jax.Array) -> jax.Array:
-    """`[B, T, S]` bool: same non-zero segment and key slot not after the query slot.
 
-    q_segment_ids `[B, T]`, q_slots `[T]`, k_segment_ids `[B, S]`, k_slots `[S]`.
+def target_platform() -> str:
+    """The platform this computation is traced for: the active activation mesh's devices (an AOT
+    compile for a TPU or GPU topology), else the default backend."""
+    mesh = current_mesh()
+    return mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
+
+
+def attend_context(q: jax.Array, k: jax.Array, v: jax.Array, ctx: MixerContext, *, impl: str = "auto",
+                   block: int = 512) -> jax.Array:
+    """Attention under `ctx`'s mask by the kernel `impl` resolves to (`resolve_attention_impl`).
+
+    q `[B, T, H, Dh]`, k/v `[B, S, KVH, Dh]` -> `[B, T, H, Dh]`; `block` is the blockwise / splash
+    block size.
     """
-    same_segment = q_segment_ids[:, :, None] == k_segment_ids[:, None, :]
-    causal = k_slots[None, None, :] <= q_slots[None, :, None]
-    return same_segment & causal & (k_segment_ids[:, None, :] != 0)
-
-
-def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-    """Softmax attention, softmax in float32.
-
-    q `[B, T, H, Dh]`, k/v `[B, S, KVH, Dh]` (H a multiple of KVH), mask `[B, T, S]` -> `[B, T, H, Dh]`.
-    """
-    b, t, h, dh = q.shape
-    kvh = k.shape[2]
-    q = q.reshape(b, t, kvh, h // kvh, dh)
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k.astype(q.dtype), preferred_element_type=jnp.float32)
-    scores = scores * (dh ** -0.5)
-    scores = jnp.where(mask[:, None, None, :, :], scores, _MASKED)
-    probs = jax.nn.softmax(scores, axis=-1)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs.astype(q.dtype), v.astype(q.dtype),
-                     preferred_element_type=jnp.float32)
-    return out.reshape(b, t, h, dh).astype(q.dtype)
+    chosen = resolve_attention_impl(impl, platform=target_platform(), dtype=q.dtype, head_dim=q.shape[-1],
+                                    t=q.shape[1], s=k.shape[1], cached=ctx.cache_index is not None)
+    if chosen == "reference":
+        return attend(q, k, v, ctx.mask)
+    if chosen == "blockwise":
+        return blockwise_attend(q, k, v, ctx.segment_ids, ctx.q_slots, ctx.k_segment_ids, ctx.k_slots,
+                                block_q=block, block_k=block)
+    if chosen == "cudnn":
+        return cudnn_attend(q, k, v, ctx.segment_ids, ctx.q_slots, ctx.k_segment_ids, ctx.k_slots)
+    return splash_attend(q, k, v, ctx.segment_ids, block=block, mesh=current_mesh())
 
 
 class Attention(nnx.Module):
@@ -78,6 +91,7 @@ class Attention(nnx.Module):
         pd = c.jnp_param_dtype
         self.num_heads, self.num_kv_heads, self.head_dim = c.num_heads, c.num_kv_heads, c.head_dim
         self.output_gate = c.attention_output_gate
+        self.attention_impl, self.attention_block = c.attention_impl, c.attention_block
         q_out, kv_out = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
         q_width = 2 * q_out if self.output_gate else q_out
         self.q_proj = normal_param(rngs, (c.hidden_size, q_width), ("embed", "heads"), pd)
@@ -116,7 +130,7 @@ class Attention(nnx.Module):
         if cache is not None:
             cache = KVCache(write_slots(cache.k, k, ctx.cache_index), write_slots(cache.v, v, ctx.cache_index))
             k, v = cache.k, cache.v
-        out = attend(q, k, v, ctx.mask)
+        out = attend_context(q, k, v, ctx, impl=self.attention_impl, block=self.attention_block)
         if gate is not None:
             out = out * jax.nn.sigmoid(gate.astype(jnp.float32)).astype(out.dtype)
         out = out.reshape(*x.shape[:2], self.num_heads * self.head_dim)

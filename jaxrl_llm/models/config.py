@@ -10,6 +10,8 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from jaxrl_llm.models.attention_kernels import IMPLS as ATTENTION_IMPLS
+
 ATTENTION = "attention"
 QWEN3_NEXT = "Qwen3NextForCausalLM"
 SUPPORTED_ARCHITECTURES = ("Qwen2ForCausalLM", "Qwen3ForCausalLM", "LlamaForCausalLM", QWEN3_NEXT)
@@ -18,6 +20,9 @@ LLAMA3_ROPE_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_m
 # The kernels' implementations (`jaxrl_llm.kernels.delta_rule.IMPLS`), repeated so that configs stay
 # importable without the kernels.
 DELTA_IMPLS = ("recurrent", "chunked", "pallas", "auto")
+# Per-layer rematerialisation (`ModelConfig.remat`): nothing, everything but the dots without batch
+# dimensions (the weight matmuls), or everything recomputed in the backward.
+REMAT_POLICIES = ("none", "dots", "full")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +66,11 @@ class ModelConfig:
       linear_conv_kernel_dim: width W of the depthwise causal conv before the delta rule.
       delta_impl: delta-rule kernel: "chunked", "recurrent", "pallas" or "auto".
       delta_chunk_size: chunk length C of the chunked / Pallas kernels.
+      attention_impl: softmax attention kernel: "auto" (by backend and size, see
+        `attention_kernels.resolve_attention_impl`), "reference", "blockwise", "cudnn" or "splash".
+      attention_block: query / key block size of the blockwise and splash kernels.
+      remat: per-layer `jax.checkpoint` in the backward: "none", "dots" (save the weight matmuls'
+        outputs, recompute the rest) or "full" (save only each layer's input).
     """
 
     vocab_size: int
@@ -92,6 +102,9 @@ class ModelConfig:
     linear_conv_kernel_dim: int = 4
     delta_impl: str = "auto"
     delta_chunk_size: int = 64
+    attention_impl: str = "auto"
+    attention_block: int = 512
+    remat: str = "none"
 
     def __post_init__(self):
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
@@ -110,6 +123,7 @@ class ModelConfig:
                 f"ModelConfig.partial_rotary_factor must be in (0, 1] with int(head_dim * factor) even and "
                 f">= 2; got {self.partial_rotary_factor} (rotary_dim {self.rotary_dim}, head_dim {self.head_dim})")
         self._resolve_delta_fields()
+        self._check_attention_fields()
         for name in ("param_dtype", "dtype"):
             if getattr(self, name) not in _DTYPES:
                 raise ValueError(f"ModelConfig.{name} must be one of {_DTYPES}; got {getattr(self, name)!r}")
@@ -149,6 +163,16 @@ class ModelConfig:
                 f"linear_num_key_heads ({self.linear_num_key_heads})")
         if self.delta_impl not in DELTA_IMPLS:
             raise ValueError(f"ModelConfig.delta_impl must be one of {DELTA_IMPLS}; got {self.delta_impl!r}")
+
+    def _check_attention_fields(self) -> None:
+        if self.attention_impl not in ATTENTION_IMPLS:
+            raise ValueError(f"ModelConfig.attention_impl must be one of {ATTENTION_IMPLS}; "
+                             f"got {self.attention_impl!r}")
+        block = self.attention_block
+        if not isinstance(block, int) or isinstance(block, bool) or block <= 0:
+            raise ValueError(f"ModelConfig.attention_block must be a positive int; got {block!r}")
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"ModelConfig.remat must be one of {REMAT_POLICIES}; got {self.remat!r}")
 
     @property
     def rotary_dim(self) -> int:

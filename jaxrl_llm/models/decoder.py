@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxrl_llm.models.attention import MixerContext, attention_mask
+from jaxrl_llm.models.attention import MixerContext
 from jaxrl_llm.models.cache import DecoderCache, write_slots
 from jaxrl_llm.models.config import ModelConfig
 from jaxrl_llm.models.layers import DecoderLayer, mixer_spec
@@ -122,23 +122,24 @@ class Decoder(nnx.Module):
         segment_ids = _check_inputs(tokens, positions, segment_ids, cache)
         t = tokens.shape[1]
         if cache is None:
-            slots = jnp.arange(t, dtype=jnp.int32)
-            mask = attention_mask(segment_ids, slots, segment_ids, slots)
-            index = None
+            q_slots = k_slots = jnp.arange(t, dtype=jnp.int32)
+            k_segments, index = segment_ids, None
         else:
             index = cache.index
-            slot_segments = write_slots(cache.segment_ids, segment_ids, index)
-            mask = attention_mask(segment_ids, index + jnp.arange(t, dtype=jnp.int32), slot_segments,
-                                  jnp.arange(cache.max_len, dtype=jnp.int32))
+            slot_segments = k_segments = write_slots(cache.segment_ids, segment_ids, index)
+            q_slots = index + jnp.arange(t, dtype=jnp.int32)
+            k_slots = jnp.arange(cache.max_len, dtype=jnp.int32)
         c = self.config
         cos, sin = rope_tables(positions, inverse_frequencies(c.rotary_dim, c.rope_theta, c.rope_scaling))
-        ctx = MixerContext(positions=positions, segment_ids=segment_ids, mask=mask, cos=cos, sin=sin,
-                           cache_index=index)
+        # The [B, T, S] mask is left to the attention kernel (`MixerContext.mask`), built only if needed.
+        ctx = MixerContext(positions=positions, segment_ids=segment_ids, q_slots=q_slots,
+                           k_segment_ids=k_segments, k_slots=k_slots, cos=cos, sin=sin, cache_index=index)
         # The residual stream stays batch-sharded at layer boundaries (see parallel/activations.py).
         x = constrain(embedding_rows(self.embed.get_value(), tokens, self.config.jnp_dtype), RESIDUAL)
         new_layers = []
+        run_layer = remat_layer(c.remat)
         for i, layer in enumerate(self.layers):
-            x, layer_cache = layer(x, ctx, None if cache is None else cache.layers[i])
+            x, layer_cache = run_layer(layer, x, ctx, None if cache is None else cache.layers[i])
             x = constrain(x, RESIDUAL)
             new_layers.append(layer_cache)
         x = self.final_norm(x)
@@ -154,6 +155,36 @@ class Decoder(nnx.Module):
         if return_hidden:
             return logits, new_cache, hidden
         return logits, new_cache
+
+
+def _call_layer(layer: DecoderLayer, x: jax.Array, ctx: MixerContext, layer_cache: Any):
+    return layer(x, ctx, layer_cache)
+
+
+def remat_layer(remat: str):
+    """`f(layer, x [B, T, D], ctx, layer_cache) -> (x, layer_cache)` under `ModelConfig.remat`'s policy.
+
+    "none" calls the layer; "dots" and "full" run it under `jax.checkpoint`, so the backward
+    recomputes the layer from its input, saving the outputs of dots without batch dimensions (the
+    weight matmuls, not the attention scores) for "dots" and nothing for "full". The layer goes in
+    split (graphdef + state) and is merged inside, so it works at any trace level (a decode
+    `while_loop` body included); layers do not update their state in the forward.
+    """
+    if remat == "none":
+        return _call_layer
+    policies = {"dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+                "full": jax.checkpoint_policies.nothing_saveable}
+    if remat not in policies:
+        raise ValueError(f"ModelConfig.remat must be one of ('none', {', '.join(map(repr, policies))}); "
+                         f"got {remat!r}")
+
+    def run(layer: DecoderLayer, x: jax.Array, ctx: MixerContext, layer_cache: Any):
+        graphdef, state = nnx.split(layer)
+        pure = lambda state, x, ctx, layer_cache: _call_layer(nnx.merge(graphdef, state), x, ctx,  # noqa: E731
+                                                              layer_cache)
+        return jax.checkpoint(pure, policy=policies[remat])(state, x, ctx, layer_cache)
+
+    return run
 
 
 def _check_inputs(tokens, positions, segment_ids, cache) -> jax.Array:

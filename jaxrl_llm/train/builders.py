@@ -7,6 +7,7 @@ anything compiles. `build_policy` makes the mesh and the sharded decoder: random
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,7 +28,7 @@ from jaxrl_llm.train.lora import lora_policy, restore_merged_params
 from jaxrl_llm.train.optim import make_optimizer, make_schedule
 
 __all__ = ["build_tokenizer", "build_model_config", "build_task", "build_optimizer", "build_schedule",
-           "build_policy", "build_model", "check_vocab", "task_from_config"]
+           "build_policy", "build_model", "policy_model_section", "check_vocab", "task_from_config"]
 
 
 def build_tokenizer(cfg: Mapping[str, Any]) -> Tokenizer:
@@ -36,11 +37,16 @@ def build_tokenizer(cfg: Mapping[str, Any]) -> Tokenizer:
     `data.chat` lays prompts out with the folder's chat template (system turn `data.system_prompt`).
     """
     name, chat, system_prompt = cfg["tokenizer"], bool(cfg.get("chat", False)), cfg.get("system_prompt", "")
+    template_kwargs = dict(cfg.get("chat_template_kwargs", None) or {})  # e.g. Qwen3's enable_thinking
     if name == "char":
         if system_prompt:
             raise ValueError("data.system_prompt needs data.chat=True and a Hugging Face tokenizer folder")
+        if template_kwargs:
+            raise ValueError("data.chat_template_kwargs needs data.chat=True and a Hugging Face tokenizer folder")
         return CharTokenizer(chat=chat)
-    return HFTokenizer.from_file(name, chat=chat, system_prompt=system_prompt)
+    if template_kwargs and not chat:
+        raise ValueError(f"data.chat_template_kwargs {sorted(template_kwargs)} only apply with data.chat=True")
+    return HFTokenizer.from_file(name, chat=chat, system_prompt=system_prompt, template_kwargs=template_kwargs)
 
 
 def build_model_config(model_cfg: Mapping[str, Any], tokenizer: Tokenizer) -> ModelConfig:
@@ -75,6 +81,14 @@ def build_optimizer(opt_cfg: Mapping[str, Any], total_steps: int):
 
 def build_schedule(opt_cfg: Mapping[str, Any], total_steps: int):
     return make_schedule(opt_cfg, total_steps)
+
+
+def policy_model_section(cfg: Any) -> Any:
+    """`cfg.model`, with the value head switched on when the RL critic is (`rl.critic.enabled`)."""
+    model = copy.deepcopy(cfg.model)
+    if cfg.get("rl", {}).get("critic", {}).get("enabled", False):
+        model.value_head = True
+    return model
 
 
 def build_policy(cfg: Any, tokenizer: Tokenizer | None = None, *,

@@ -37,15 +37,15 @@ import numpy as np
 
 from jaxrl_llm.data.tokenizer import Tokenizer, stop_ids_of
 from jaxrl_llm.envs.task import Problem
+from jaxrl_llm.models.lora import merge_lora
 from jaxrl_llm.parallel.distributed import initialize_distributed, is_primary_process
 from jaxrl_llm.parallel.mesh import mesh_from_config
-from jaxrl_llm.models.lora import merge_lora
 from jaxrl_llm.quant.params import quantize_params
 from jaxrl_llm.rollout.sampler import FINISH_LENGTH, Rollout, SamplingConfig
-from jaxrl_llm.train.builders import build_model, build_policy, build_task, build_tokenizer
+from jaxrl_llm.train.builders import build_model, build_policy, build_task, build_tokenizer, policy_model_section
 from jaxrl_llm.train.evaluate import exact_match_accuracy, greedy_completions, make_greedy_generate
 from jaxrl_llm.train.init_from import check_init_from
-from jaxrl_llm.train.rl_rollout import concat_rollouts, decode_responses, encode_texts, sample_responses, select_rows
+from jaxrl_llm.train.rl_rollout import concat_rollouts, decode_responses, sample_responses, select_rows
 
 __all__ = ["pass_at_k", "majority_answer", "majority_vote", "length_stats", "response_answer", "is_correct",
            "sample_metrics", "Evaluation", "evaluate", "eval_key", "EvalSettings", "check_eval_config",
@@ -162,8 +162,9 @@ def _sample_all(parts: Any, params: Any, rest: Any, tokenizer: Tokenizer, prompt
                 config: SamplingConfig, key: jax.Array, batch_size: int, mesh: Any,
                 on_chunk: Callable[[int], None]) -> Rollout:
     """`config.n` samples of every prompt, `batch_size` prompts per sampler call (the last call padded
-    with copies of its first prompt, so every call has one shape); chunk c draws with `fold_in(key, c)`."""
-    ids = encode_texts(tokenizer, prompts)
+    with copies of its first prompt, so every call has one shape); chunk c draws with `fold_in(key, c)`.
+    Prompts are encoded as the greedy completions' are (`tokenizer.encode_prompt`)."""
+    ids = [tokenizer.encode_prompt(p) for p in prompts]
     n = config.n
     pieces = []
     for c, start in enumerate(range(0, len(ids), batch_size)):
@@ -218,9 +219,9 @@ def evaluate(parts: Any, params: Any, rest: Any, task: Any, tokenizer: Tokenizer
         rollout, texts = None, []
         if k:
             bar.set_postfix_str(f"{k} samples/problem")
+            stops = stop_ids_of(tokenizer) if stop_ids is None else tuple(stop_ids)
             config = SamplingConfig(max_new_tokens=max_new_tokens, temperature=float(temperature), top_k=int(top_k),
-                                    top_p=float(top_p), n=k, stop_ids=stop_ids_of(tokenizer) if stop_ids is None else tuple(stop_ids),
-                                    pad_id=tokenizer.pad_id)
+                                    top_p=float(top_p), n=k, stop_ids=stops, pad_id=tokenizer.pad_id)
             # LoRA adapters merge first: the quantized sampler rounds the merged weights.
             sample_params = quantize_params(merge_lora(params), quant_format) if quant_format else params
             rollout = _sample_all(parts, sample_params, rest, tokenizer, prompts, config=config,
@@ -340,8 +341,6 @@ def check_eval_config(cfg: Any) -> EvalSettings:
 def load_policy(cfg: Any, checkpoint: str, tokenizer: Tokenizer) -> tuple[Any, Any, Any, Any]:
     """`(mesh, parts, params, rest)`: `build_policy`'s model when `checkpoint` is "", else the
     parameters of that run's latest (or named) step, with the architecture the run saved."""
-    from jaxrl_llm.train.rl import policy_model_section  # here: rl imports this module
-
     model_cfg = policy_model_section(cfg)  # the critic's value head when the RL config has one
     if not checkpoint:
         mesh, parts, params, rest, _ = build_policy(cfg, tokenizer, model_cfg=model_cfg)

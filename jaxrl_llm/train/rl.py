@@ -36,7 +36,8 @@ from jaxrl_llm.parallel.batch import row_shards
 from jaxrl_llm.parallel.distributed import initialize_distributed, is_primary_process
 from jaxrl_llm.parallel.mesh import mesh_from_config
 from jaxrl_llm.rollout.sampler import SamplingConfig
-from jaxrl_llm.train.builders import build_model, build_policy, build_tokenizer, task_from_config
+from jaxrl_llm.train.builders import (build_model, build_policy, build_tokenizer, policy_model_section,
+                                      task_from_config)
 from jaxrl_llm.train.export import export_hf
 from jaxrl_llm.train.init_from import check_init_from
 from jaxrl_llm.train.checkpoint import Checkpointer
@@ -158,14 +159,6 @@ def check_rl_config(cfg: Any) -> None:
     if hints_config(rl) is not None:
         check_hints_config(rl, task_from_config(cfg.data))  # LANG's hint schedule and switch
     update_options(cfg)  # validates reuse and gate fields
-
-
-def policy_model_section(cfg: Any) -> ConfigDict:
-    """`cfg.model`, with the value head switched on when the RL critic is (`rl.critic.enabled`)."""
-    model = copy.deepcopy(cfg.model)
-    if cfg.get("rl", {}).get("critic", {}).get("enabled", False):
-        model.value_head = True
-    return model
 
 
 def sft_warmup_config(cfg: Any) -> ConfigDict:
