@@ -101,10 +101,10 @@ HF_RECIPES = {"configs/qwen2_5_0_5b_gsm8k_grpo.py": ("qwen2", "jsonl"),
 REDUCED_RL = {"rl.steps": 1, "rl.prompts_per_step": 2, "rl.samples_per_prompt": 4, "rl.max_new_tokens": 8,
               "rl.progress_bar": False, "rl.prompt_bucket": 16, "rl.overlong.cache_length": 0,
               "eval.num_problems": 2, "eval.samples_per_prompt": 2, "eval.batch_size": 2,
-              "eval.max_new_tokens": 4, "checkpoint.every": 0, "rl.optimizer.warmup_steps": 0}
+              "eval.max_new_tokens": 4, "checkpoint.every": 0, "rl.optimizer.warmup_steps": 0, "mesh.fsdp": 2}
 REDUCED_SFT = {"train.steps": 2, "train.batch_size": 4, "train.log_every": 1, "train.progress_bar": False,
                "data.seq_len": 192, "eval.num_problems": 2, "eval.batch_size": 2, "eval.max_new_tokens": 4,
-               "checkpoint.every": 0, "optimizer.warmup_steps": 0}
+               "checkpoint.every": 0, "optimizer.warmup_steps": 0, "mesh.fsdp": 2, "train.micro_batches": 2}
 
 
 def _math_records():

@@ -157,9 +157,10 @@ def base_config(preset_name: str):
             c.model[field.name] = value
     c.mesh = ConfigDict(dict(data=1, fsdp=-1, tensor=1))  # -1: the devices left over
     c.optimizer = ConfigDict(dict(learning_rate=1e-5, warmup_steps=10, decay_steps=0, end_learning_rate_ratio=0.1,
-                                  b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.0, grad_clip_norm=1.0))
+                                  b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.0, grad_clip_norm=1.0,
+                                  state_dtype="", master_weights=False))
     c.train = ConfigDict(dict(micro_batches=1))
-    c.rl = ConfigDict(dict(objective="grpo", reuse_epochs=1, minibatches=1, logprob_chunk=8192))
+    c.rl = ConfigDict(dict(objective="grpo", reuse_epochs=1, minibatches=1, micro_batches=1, logprob_chunk=8192))
     c.rl.dgg = ConfigDict(dict(enabled=True, tau=1.0, window=20, statistic="delta"))
     # Rollout: prompt width = seq - max_new_tokens; 0 = half of --seq.
     c.rollout = ConfigDict(dict(max_new_tokens=0))
@@ -245,7 +246,7 @@ def lower_rl_update(parts, rest, cfg, mesh, batch: int, seq: int):
     options = RLUpdateOptions(objective=rl.objective, reuse_epochs=int(rl.reuse_epochs),
                               minibatches=int(rl.minibatches), dgg=bool(rl.dgg.enabled), dgg_tau=float(rl.dgg.tau),
                               dgg_window=int(rl.dgg.window), dgg_statistic=rl.dgg.statistic,
-                              logprob_chunk=int(rl.logprob_chunk))
+                              logprob_chunk=int(rl.logprob_chunk), micro_batches=int(rl.micro_batches))
     optimizer = rl_optimizer(make_optimizer(cfg.optimizer, 1000), options)
     state, shardings, _ = abstract_train_state(parts, optimizer, mesh)
     update = make_rl_update(parts, optimizer, options, rest=rest, mesh=mesh, state_shardings=shardings)

@@ -10,8 +10,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxrl_llm.models.attention_kernels import (attend, attention_mask, blockwise_attend, cudnn_attend,
-                                                resolve_attention_impl, splash_attend)
+from jaxrl_llm.models.attention_kernels import (
+    attend,
+    attention_mask,
+    blockwise_attend,
+    cudnn_attend,
+    resolve_attention_impl,
+    splash_attend,
+)
 from jaxrl_llm.models.cache import KVCache, write_slots
 from jaxrl_llm.models.linear import linear, weight_as
 from jaxrl_llm.models.norm import RMSNorm
@@ -19,7 +25,7 @@ from jaxrl_llm.models.params import constant_param, normal_param
 from jaxrl_llm.models.rope import apply_rope
 from jaxrl_llm.parallel.activations import current_mesh
 
-__all__ = ["Attention", "MixerContext", "attend", "attention_mask", "attend_context"]
+__all__ = ["Attention", "MixerContext", "attend", "attend_context", "attention_mask"]
 
 
 class MixerContext(NamedTuple):

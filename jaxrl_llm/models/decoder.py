@@ -180,8 +180,10 @@ def remat_layer(remat: str):
 
     def run(layer: DecoderLayer, x: jax.Array, ctx: MixerContext, layer_cache: Any):
         graphdef, state = nnx.split(layer)
-        pure = lambda state, x, ctx, layer_cache: _call_layer(nnx.merge(graphdef, state), x, ctx,  # noqa: E731
-                                                              layer_cache)
+
+        def pure(state, x, ctx, layer_cache):
+            return _call_layer(nnx.merge(graphdef, state), x, ctx, layer_cache)
+
         return jax.checkpoint(pure, policy=policies[remat])(state, x, ctx, layer_cache)
 
     return run
