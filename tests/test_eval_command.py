@@ -266,3 +266,9 @@ def test_rl_periodic_eval_reports_pass_maj_and_lengths_from_evaluate(tmp_path, s
     assert metrics["eval/pass@3"] == direct.metrics["pass@3"] and metrics["eval/maj@3"] == direct.metrics["maj@3"]
     assert metrics["eval/truncated"] == direct.metrics["truncated"]
     assert 1.0 <= metrics["eval/mean_length"] <= 3.0
+
+
+def test_truncation_warning_names_the_limit_field_and_the_share():
+    with pytest.warns(UserWarning, match=r"RL step 3: 75% of responses reached rl.max_new_tokens=5 tokens"):
+        assert eval_run.warn_truncated(0.75, field="rl.max_new_tokens", limit=5, where="RL step 3")
+    assert not eval_run.warn_truncated(0.2, field="rl.max_new_tokens", limit=5, where="RL step 3")

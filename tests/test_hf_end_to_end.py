@@ -83,7 +83,9 @@ def test_sft_then_rl_from_a_hugging_face_folder_with_its_chat_template(family, d
             "--config.rl.progress_bar=false", "--config.rl.dgg.window=2", "--config.eval.num_problems=2",
             "--config.eval.samples_per_prompt=1", "--config.eval.batch_size=2", "--config.eval.max_new_tokens=4",
             f"--config.export.hf_dir={rl_hf}", *COMMON]
-    assert cli.main(args) == 0
+    # A random model rarely emits <|im_end|> within 6 tokens: the run says so, naming the field.
+    with pytest.warns(UserWarning, match=r"of responses reached rl.max_new_tokens=6 tokens"):
+        assert cli.main(args) == 0
     with open(rl_out / "metrics.jsonl") as f:
         rows = [json.loads(line) for line in f]
     steps = [r for r in rows if "rollout/tokens" in r]

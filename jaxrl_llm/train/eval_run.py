@@ -28,6 +28,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -94,6 +95,23 @@ def majority_vote(answers: Sequence[str | None], correct_fn: Callable[[str], boo
     answer parses)."""
     winner = majority_answer(answers)
     return 0.0 if winner is None else float(bool(correct_fn(winner)))
+
+
+# Share of responses cut at the token limit above which a run warns: the reward then mostly scores
+# unfinished answers, and the limit, not the policy, sets the accuracy.
+TRUNCATION_WARNING = 0.2
+
+
+def warn_truncated(fraction: float, *, field: str, limit: int, where: str,
+                   threshold: float = TRUNCATION_WARNING) -> bool:
+    """Warns (and returns True) when `fraction` of the responses hit `limit` new tokens without a stop
+    token; the message names the config `field` that sets the limit."""
+    if not fraction > threshold:
+        return False
+    warnings.warn(f"{where}: {fraction:.0%} of responses reached {field}={limit} tokens without a stop "
+                  f"token (truncated; above {threshold:.0%}); raise {field}, or check the stop tokens "
+                  "(data.chat, the tokenizer's eos)", stacklevel=2)
+    return True
 
 
 def length_stats(lengths: np.ndarray, finish_reasons: np.ndarray) -> dict[str, float | int]:
@@ -386,6 +404,9 @@ def run_eval(cfg: Any) -> dict[str, Any]:
                       max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size,
                       key=eval_key(int(cfg.seed)), quant_format=str(cfg.get("rl", {}).get("rollout_quant", "")),
                       mesh=mesh, progress=progress)
+    if settings.samples:
+        warn_truncated(float(result.metrics["truncated"]), field="eval.max_new_tokens",
+                       limit=settings.max_new_tokens, where="eval")
     if primary:
         payload = {"metrics": result.metrics, "settings": dataclasses.asdict(settings),
                    "task": cfg.data.task, "seed": int(cfg.seed), "problems": result.records}

@@ -41,7 +41,7 @@ from jaxrl_llm.train.builders import (build_model, build_policy, build_tokenizer
 from jaxrl_llm.train.export import export_hf
 from jaxrl_llm.train.init_from import check_init_from
 from jaxrl_llm.train.checkpoint import Checkpointer
-from jaxrl_llm.train.eval_run import eval_key, evaluate
+from jaxrl_llm.train.eval_run import eval_key, evaluate, warn_truncated
 from jaxrl_llm.train.evaluate import make_greedy_generate
 from jaxrl_llm.train.loop import drive
 from jaxrl_llm.train.lora import check_lora_rl, save_run_adapters
@@ -368,9 +368,13 @@ def rl_train_loop(setup: RLSetup, state: TrainState, num_steps: int, *, writer: 
         return state, record, int(record["rollout/tokens"])
 
     guard = float(cfg.rl.get("max_mismatch", 0.0))
+    warned = []  # the truncation warning is given once per run
 
     def after_step(state, record):
         at = int(state.step)
+        if not warned and warn_truncated(float(record.get("rollout/truncated", 0.0)), field="rl.max_new_tokens",
+                                         limit=int(cfg.rl.max_new_tokens), where=f"RL step {at}"):
+            warned.append(at)
         mismatch = float(record.get("rollout/mismatch_abs_logp", 0.0))
         if guard and mismatch > guard:
             raise MismatchError(at, mismatch, guard, cfg.rl.rollout_quant, bool(cfg.rl.qarl))

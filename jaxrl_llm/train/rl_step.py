@@ -263,6 +263,7 @@ def collect_rollout_batch(setup: RLSetup, state: TrainState) -> tuple[Any, dict[
         metrics.update({"dapo/rounds": float(len(drawn)), "dapo/kept_groups": float(kept.sum()),
                         "rollout/drawn_samples": float(len(drawn) * n_prompts * n),
                         "dapo/informative_first_round": float(informative[:n_prompts].mean())})
+    metrics["rollout/truncated"] = float(truncated.mean())  # share of responses cut at rl.max_new_tokens
     if float(rl.overlong.cache_length) or rl.overlong.filter:
         metrics["overlong/truncated"] = float(truncated.mean())
     if cond is not None:
