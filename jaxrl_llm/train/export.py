@@ -18,7 +18,7 @@ import jax
 
 from jaxrl_llm.models.hf import save_pretrained
 
-__all__ = ["TOKENIZER_FILES", "export_hf", "copy_tokenizer_files", "run_export"]
+__all__ = ["TOKENIZER_FILES", "export_hf", "copy_tokenizer_files", "run_export", "export_run"]
 
 # What a tokenizer folder holds besides weights; each is copied when present.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
@@ -50,6 +50,23 @@ def export_hf(module: Any, path: str, *, tokenizer: str = "", dtype: str | None 
     out = str(save_pretrained(module, module.config, path, dtype=dtype))
     if jax.process_index() == 0:
         copy_tokenizer_files(tokenizer, out)
+    return out
+
+
+def export_run(cfg: Any, parts: Any, params: Any, rest: Any, run_dir: str) -> dict[str, str]:
+    """What a finished `sft` / `rl` run writes besides its checkpoints: the policy as a Hugging Face
+    folder (`export.hf_dir`, merged LoRA weights) and, with `model.lora.rank > 0`, the adapters alone.
+    Returns `{"hf_dir": ..., "lora_adapters": ...}` for the outputs written."""
+    from jaxrl_llm.train.lora import save_run_adapters  # noqa: PLC0415
+
+    out: dict[str, str] = {}
+    export = cfg.get("export", {})
+    if export.get("hf_dir", ""):
+        out["hf_dir"] = export_hf(parts.merge(params, rest), str(export.hf_dir), tokenizer=str(cfg.data.tokenizer),
+                                  dtype=str(export.get("dtype", "")) or None)
+    adapters = save_run_adapters(cfg.model, params, run_dir)
+    if adapters:
+        out["lora_adapters"] = adapters
     return out
 
 

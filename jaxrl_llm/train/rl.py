@@ -38,13 +38,13 @@ from jaxrl_llm.parallel.mesh import mesh_from_config
 from jaxrl_llm.rollout.sampler import SamplingConfig
 from jaxrl_llm.train.builders import (build_model, build_policy, build_tokenizer, policy_model_section,
                                       task_from_config)
-from jaxrl_llm.train.export import export_hf
+from jaxrl_llm.train.export import export_run
 from jaxrl_llm.train.init_from import check_init_from
 from jaxrl_llm.train.checkpoint import Checkpointer
 from jaxrl_llm.train.eval_run import eval_key, evaluate, warn_truncated
 from jaxrl_llm.train.evaluate import make_greedy_generate
 from jaxrl_llm.train.loop import drive
-from jaxrl_llm.train.lora import check_lora_rl, save_run_adapters
+from jaxrl_llm.train.lora import check_lora_rl
 from jaxrl_llm.train.metrics import MetricsWriter, read_jsonl
 from jaxrl_llm.train.run_dir import open_run_dir, truncate_metrics
 from jaxrl_llm.train.optim import make_optimizer, optimizer_dtypes
@@ -465,14 +465,7 @@ def run_rl(cfg: Any, *, stop_after: int | None = None, initial: tuple | None = N
         summary["eval_num_problems"] = len(setup.eval_problems)
     if primary and os.path.exists(jsonl):
         summary["plot"] = plot_rl_curves(jsonl, os.path.join(run_dir, "rl.png"))
-    export = cfg.get("export", {}).get("hf_dir", "")
-    if export:  # the trained policy as a Hugging Face checkpoint (with the tokenizer files)
-        summary["hf_dir"] = export_hf(setup.parts.merge(state.params, setup.rest), export,
-                                      tokenizer=str(cfg.data.tokenizer),
-                                      dtype=str(cfg.export.get("dtype", "")) or None)
-    adapters = save_run_adapters(cfg.model, state.params, run_dir)  # model.lora.rank > 0: the adapters alone
-    if adapters:
-        summary["lora_adapters"] = adapters
+    summary.update(export_run(cfg, setup.parts, state.params, setup.rest, run_dir))  # HF folder, LoRA adapters
     summary["checkpoint_dir"] = ckpt_dir
     summary["wall_time_s"] = time.perf_counter() - t0
     return summary

@@ -28,10 +28,10 @@ from jaxrl_llm.parallel.mesh import mesh_from_config
 from jaxrl_llm.train.builders import (build_model_config, build_optimizer, build_policy, build_schedule,
                                       build_tokenizer, task_from_config)
 from jaxrl_llm.train.checkpoint import Checkpointer
-from jaxrl_llm.train.export import export_hf
+from jaxrl_llm.train.export import export_run
 from jaxrl_llm.train.init_from import check_init_from
 from jaxrl_llm.train.evaluate import exact_match_accuracy, greedy_completions, make_greedy_generate
-from jaxrl_llm.train.lora import check_lora_config, save_run_adapters
+from jaxrl_llm.train.lora import check_lora_config
 from jaxrl_llm.train.loop import NonFiniteLossError, drive  # noqa: F401  (NonFiniteLossError: the public name)
 from jaxrl_llm.train.metrics import MetricsWriter, plot_loss_curve
 from jaxrl_llm.train.optim import optimizer_dtypes
@@ -274,16 +274,9 @@ def run_sft(cfg: Any) -> dict[str, Any]:
         if writer is not None:
             writer.close()
         checkpointer.close()
-    export = cfg.get("export", {}).get("hf_dir", "")
-    if export:
-        # A Hugging Face checkpoint of the trained model: e.g. the teacher of an RL run
-        # (`rl.teacher.source = "hf:DIR"`), or for `transformers`.
-        summary["hf_dir"] = export_hf(setup.parts.merge(state.params, setup.rest), export,
-                                      tokenizer=str(cfg.data.tokenizer),
-                                      dtype=str(cfg.export.get("dtype", "")) or None)
-    adapters = save_run_adapters(cfg.model, state.params, run_dir)  # model.lora.rank > 0: the adapters alone
-    if adapters:
-        summary["lora_adapters"] = adapters
+    # A Hugging Face folder of the trained model (e.g. the teacher of an RL run, `rl.teacher.source =
+    # "hf:DIR"`, or for `transformers`) and LoRA adapters.
+    summary.update(export_run(cfg, setup.parts, state.params, setup.rest, run_dir))
     summary["wall_time_s"] = time.perf_counter() - t0
     summary["checkpoint_dir"] = checkpointer.directory
     return summary
