@@ -1,20 +1,17 @@
 """HCC proxy and editor (spec section 4), Skill1 / HeavySkill / Spec-o3 pieces (section 10), and the
 HCC notebook."""
 
-import json
 import pathlib
-import sys
 
-import nbformat
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from nbclient import NotebookClient
 
 from jaxrl_llm.analysis import hcc
 from jaxrl_llm.analysis import short_methods as sm
 from jaxrl_llm.envs.math_answer import extract_answer
+from notebook_run import assert_stored_without_outputs, execute_notebook
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "02_hcc.ipynb"
@@ -244,25 +241,11 @@ def test_speco3_breakdown():
 
 
 def test_hcc_notebook_is_stored_without_outputs():
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    for cell in nb.cells:
-        if cell.cell_type == "code":
-            assert cell.outputs == [] and cell.execution_count is None
+    assert_stored_without_outputs(NOTEBOOK)
 
 
 def test_hcc_notebook_executes(tmp_path, monkeypatch):
-    spec_dir = tmp_path / "kernels" / "jaxrl-hcc-test"
-    spec_dir.mkdir(parents=True)
-    (spec_dir / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "test interpreter", "language": "python"}))
-    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path))
-    monkeypatch.setenv("MPLBACKEND", "Agg")
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    client = NotebookClient(nb, kernel_name="jaxrl-hcc-test", timeout=120,
-                            resources={"metadata": {"path": str(ROOT)}})
-    client.execute()
-    text = "".join(out.get("text", "") for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs)
+    nb, text, has_png = execute_notebook(NOTEBOOK, tmp_path, monkeypatch, timeout=120)
     assert "k_ans = 2" in text and "boundary b = 3" in text and "removed 3 of 7 steps" in text
     assert "answer unchanged: True" in text
-    assert any("image/png" in out.get("data", {}) for cell in nb.cells for out in cell.get("outputs", []))
+    assert has_png

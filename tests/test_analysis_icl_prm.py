@@ -1,17 +1,13 @@
 """ICL uncertainty decomposition (spec §6) and PRM labels/metrics (spec §5), plus their notebook."""
 
-import json
 import math
 import pathlib
-import sys
 
 import jax
 import jax.numpy as jnp
-import nbformat
 import numpy as np
 import pytest
 from flax import nnx
-from nbclient import NotebookClient
 
 from jaxrl_llm.analysis.icl_uncertainty import (
     entropy,
@@ -33,6 +29,7 @@ from jaxrl_llm.analysis.prm import (
 from jaxrl_llm.envs.arith_chain import ArithChainTask, parse_steps
 from jaxrl_llm.models.config import ModelConfig
 from jaxrl_llm.models.decoder import Decoder
+from notebook_run import assert_stored_without_outputs, execute_notebook
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "03_uncertainty_and_neurons.ipynb"
@@ -212,25 +209,11 @@ def test_arith_chain_truth_adapter():
 # ---- notebook ---------------------------------------------------------------------------------------
 
 def test_notebook_is_stored_without_outputs():
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    for cell in nb.cells:
-        if cell.cell_type == "code":
-            assert cell.outputs == [] and cell.execution_count is None
+    assert_stored_without_outputs(NOTEBOOK)
 
 
 def test_uncertainty_notebook_executes(tmp_path, monkeypatch):
-    spec_dir = tmp_path / "kernels" / "jaxrl-icl-test"
-    spec_dir.mkdir(parents=True)
-    (spec_dir / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "test interpreter", "language": "python"}))
-    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path))
-    monkeypatch.setenv("MPLBACKEND", "Agg")
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    client = NotebookClient(nb, kernel_name="jaxrl-icl-test", timeout=120,
-                            resources={"metadata": {"path": str(ROOT)}})
-    client.execute()
-    text = "".join(out.get("text", "") for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs)
+    nb, text, has_png = execute_notebook(NOTEBOOK, tmp_path, monkeypatch, timeout=120)
     assert "TU falls with k: True" in text and "EU falls with k: True" in text
     assert "duplicated demos keep EU: True" in text
-    assert any("image/png" in out.get("data", {}) for cell in nb.cells for out in cell.get("outputs", []))
+    assert has_png

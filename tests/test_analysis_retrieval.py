@@ -2,17 +2,14 @@
 and bag-of-words baseline end to end, and the retrieval-metrics notebook."""
 
 import itertools
-import json
 import math
 import pathlib
-import sys
 
-import nbformat
 import numpy as np
 import pytest
-from nbclient import NotebookClient
 
 from jaxrl_llm.analysis import retrieval as rt
+from notebook_run import assert_stored_without_outputs, execute_notebook
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "05_retrieval_metrics.ipynb"
@@ -220,25 +217,11 @@ def test_bad_inputs_raise():
 
 
 def test_notebook_is_stored_without_outputs():
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    for cell in nb.cells:
-        if cell.cell_type == "code":
-            assert cell.outputs == [] and cell.execution_count is None
+    assert_stored_without_outputs(NOTEBOOK)
 
 
 def test_retrieval_notebook_executes(tmp_path, monkeypatch):
-    spec_dir = tmp_path / "kernels" / "jaxrl-retrieval-test"
-    spec_dir.mkdir(parents=True)
-    (spec_dir / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "test interpreter", "language": "python"}))
-    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path))
-    monkeypatch.setenv("MPLBACKEND", "Agg")
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    client = NotebookClient(nb, kernel_name="jaxrl-retrieval-test", timeout=120,
-                            resources={"metadata": {"path": str(ROOT)}})
-    client.execute()
-    text = "".join(out.get("text", "") for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs)
+    nb, text, has_png = execute_notebook(NOTEBOOK, tmp_path, monkeypatch, timeout=120)
     assert "clusters: 10" in text and "turns: 50" in text
     assert "recall@20" in text and "full history" in text and "last 5" in text
-    assert any("image/png" in out.get("data", {}) for cell in nb.cells for out in cell.get("outputs", []))
+    assert has_png

@@ -1,13 +1,11 @@
 """CPT scaling law (spec section 9): LR areas, closed-form loss, fitter, metrics, notebook."""
 
-import json
 import pathlib
-import sys
 
-import nbformat
 import numpy as np
 import pytest
-from nbclient import NotebookClient
+
+from notebook_run import assert_stored_without_outputs, execute_notebook
 
 from jaxrl_llm.analysis.scaling_law import (
     CPTAreas,
@@ -163,27 +161,13 @@ def test_bad_inputs_raise_named_errors():
 
 
 def test_notebook_is_stored_without_outputs():
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    for cell in nb.cells:
-        if cell.cell_type == "code":
-            assert cell.outputs == [] and cell.execution_count is None
+    assert_stored_without_outputs(NOTEBOOK)
 
 
 def test_scaling_law_notebook_executes(tmp_path, monkeypatch):
-    spec_dir = tmp_path / "kernels" / "jaxrl-scaling-law-test"
-    spec_dir.mkdir(parents=True)
-    (spec_dir / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "test interpreter", "language": "python"}))
-    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path))
-    monkeypatch.setenv("MPLBACKEND", "Agg")
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    client = NotebookClient(nb, kernel_name="jaxrl-scaling-law-test", timeout=120,
-                            resources={"metadata": {"path": str(ROOT)}})
-    client.execute()
-    text = "".join(out.get("text", "") for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs)
+    nb, text, has_png = execute_notebook(NOTEBOOK, tmp_path, monkeypatch, timeout=120)
     assert "fitted parameters" in text and "WSD R^2" in text
-    assert any("image/png" in out.get("data", {}) for cell in nb.cells for out in cell.get("outputs", []))
+    assert has_png
 
 
 def test_analytic_jacobian_matches_finite_differences():

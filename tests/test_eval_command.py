@@ -191,7 +191,9 @@ def test_eval_command_on_an_sft_checkpoint_reports_its_accuracy_and_sampling_met
     passes = [m[f"pass@{j}"] for j in range(1, 5)]
     assert passes == sorted(passes) and all(0.0 <= p <= 1.0 for p in passes)
     assert 0.0 <= m["maj@4"] <= 1.0 and 0.0 <= m["accuracy"] <= 1.0 and 0.0 <= m["truncated"] <= 1.0
-    assert 1 <= m["mean_length"] <= m["max_length"] <= 3
+    lengths = [s["length"] for r in report["problems"] for s in r["samples"]]
+    assert len(lengths) == 4 * m["num_problems"]
+    assert m["mean_length"] == pytest.approx(np.mean(lengths)) and m["max_length"] == max(lengths)
     # The same problems and the same weights as the SFT run's own evaluation: the same greedy answers.
     assert m["accuracy"] == sft["eval_accuracy"] and m["num_problems"] == sft["eval_num_problems"] == 12
     assert f"held-out greedy exact-match accuracy: {m['accuracy']:.3f}" in sft_out
@@ -265,7 +267,7 @@ def test_rl_periodic_eval_reports_pass_maj_and_lengths_from_evaluate(tmp_path, s
     assert metrics["eval/greedy_accuracy"] == direct.metrics["accuracy"]
     assert metrics["eval/pass@3"] == direct.metrics["pass@3"] and metrics["eval/maj@3"] == direct.metrics["maj@3"]
     assert metrics["eval/truncated"] == direct.metrics["truncated"]
-    assert 1.0 <= metrics["eval/mean_length"] <= 3.0
+    assert metrics["eval/mean_length"] == direct.metrics["mean_length"]
 
 
 def test_truncation_warning_names_the_limit_field_and_the_share():
