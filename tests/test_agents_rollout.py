@@ -11,11 +11,11 @@ from jaxrl_llm.envs.text_shop import TextShop
 
 def test_prompt_layout_is_exact():
     b = PromptBuilder(instruction="Act.", history_turns=1)
-    text = b.render("buy a hat", "page 2", history=[Turn("a1", "page 1"), Turn("a2", "page 2b")],
+    text = b.render("buy a hat", "page 3", history=[Turn("page 1", "a1"), Turn("page 2", "a2")],
                     admissible=["x", "y"], skill_block="Skill: look first.")
-    assert text == "Act.\nSkill: look first.\nGoal: buy a hat\n> a2\npage 2b\nNow: page 2\nActions: x | y\n"
+    assert text == "Act.\nSkill: look first.\nGoal: buy a hat\nBefore: page 2\nDid: a2\nNow: page 3\nActions: x | y\n"
     none = PromptBuilder(instruction="", history_turns=0, show_actions=False)
-    assert none.render("g", "o", history=[Turn("a", "b")], admissible=["x"]) == "Goal: g\nNow: o\n"
+    assert none.render("g", "o", history=[Turn("b", "a")], admissible=["x"]) == "Goal: g\nNow: o\n"
     assert PromptBuilder(max_actions=1).render("g", "o", admissible=["x", "y"]).endswith("Actions: x\n")
 
 
@@ -56,7 +56,7 @@ def test_oracle_policy_wins_every_episode_and_rows_are_live_turns():
     assert out.task_type == ["color", "color_material", "color", "color_material"]
     # the first prompt of an episode shows its goal and no history line
     first = out.prompts[0]
-    assert first.startswith(PromptBuilder().instruction) and "Goal: " in first and "\n> " not in first
+    assert first.startswith(PromptBuilder().instruction) and "Goal: " in first and "Before: " not in first
     np.testing.assert_allclose(episode_returns(out), 1.0)
 
 

@@ -220,17 +220,30 @@ def test_skillc_correction_is_one_sided_case_c2():
 
 
 def test_skillc_curriculum_scales_and_retires():
-    state = obj.skillc_curriculum_init(jnp.array([0.4, 0.2]))
+    # Two types, patience 2. Step 1: dbar = [0.02, -0.1], ref = max(0, mean -0.04) = 0 => lam 0,
+    # p_with = [0.5 (0.01 / 1e-6 clipped), 0.125 (p_min)].
+    state = obj.skillc_curriculum_init(2)
     state, lam, p_with = obj.skillc_curriculum_update(state, jnp.array([0.2, -1.0]), patience=2)
-    np.testing.assert_allclose(state.gap_ema, [0.38, 0.08], atol=1e-6)
-    np.testing.assert_allclose(lam, [0.95, 0.4], atol=1e-6)
-    np.testing.assert_allclose(p_with, [0.475, 0.2], atol=1e-6)
-    for _ in range(3):
-        state, lam, p_with = obj.skillc_curriculum_update(state, jnp.array([0.4, -1.0]), patience=2)
+    np.testing.assert_allclose(state.dbar, [0.02, -0.1], atol=1e-6)
+    assert state.patience.tolist() == [0, 1] and state.active.tolist() == [True, True]
+    np.testing.assert_allclose(float(state.ref), 0.0, atol=1e-7)
+    np.testing.assert_allclose(float(lam), 0.0, atol=1e-7)
+    np.testing.assert_allclose(p_with, [0.5, 0.125], atol=1e-6)
+    # Step 2: dbar = [0.058, -0.19]; type 1 hits patience 2 and retires; ref = 0.058 => lam 1.
+    state, lam, p_with = obj.skillc_curriculum_update(state, jnp.array([0.4, -1.0]), patience=2)
+    np.testing.assert_allclose(state.dbar, [0.058, -0.19], atol=1e-6)
     assert state.active.tolist() == [True, False]
-    assert float(lam[1]) == 0.0 and float(p_with[1]) == 0.0
-    state, _, _ = obj.skillc_curriculum_update(state, jnp.array([0.4, 5.0]), patience=2)
-    assert not bool(state.active[1])  # retirement is permanent
+    np.testing.assert_allclose(float(state.ref), 0.058, atol=1e-6)
+    np.testing.assert_allclose(float(lam), 1.0, atol=1e-6)
+    np.testing.assert_allclose(p_with, [0.5, 0.0], atol=1e-6)
+    # Step 3: type 1's dbar turns positive (0.329) but retirement is permanent; ref = 0.0922.
+    state, _, p_with = obj.skillc_curriculum_update(state, jnp.array([0.4, 5.0]), patience=2)
+    np.testing.assert_allclose(state.dbar, [0.0922, 0.329], atol=1e-6)
+    assert state.active.tolist() == [True, False] and float(p_with[1]) == 0.0
+    # Step 4: dbar[0] = 0.08298 => ratio 0.9 against ref 0.0922: lam 0.9, p_with 0.45.
+    state, lam, p_with = obj.skillc_curriculum_update(state, jnp.array([0.0, 0.0]), patience=2)
+    np.testing.assert_allclose(float(lam), 0.9, atol=1e-5)
+    np.testing.assert_allclose(p_with, [0.45, 0.0], atol=1e-5)
 
 
 def test_skillc_bad_input():

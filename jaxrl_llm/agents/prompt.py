@@ -5,10 +5,10 @@ A turn prompt holds, in this order (blocks that are empty are left out)::
     <instruction>
     <skill block>                       # SkillC / D2Skill / Skill1 guidance, when injected
     Goal: <goal>
-    > <action of turn t-2>              # the last `history_turns` (action, observation) pairs
-    <observation after it>
-    > <action of turn t-1>
-    <observation after it>
+    Before: <observation of turn t-2>   # the last `history_turns` (observation, action) pairs
+    Did: <action of turn t-2>
+    Before: <observation of turn t-1>
+    Did: <action of turn t-1>
     Now: <current observation>
     Actions: <a1> | <a2> | ...          # the admissible actions, when shown
 
@@ -32,10 +32,10 @@ PRIVILEGED_HEADER = "[Privileged Skill Information]"
 
 @dataclasses.dataclass(frozen=True)
 class Turn:
-    """One past turn: the action taken and the observation it produced."""
+    """One past turn: the observation the agent saw and the action it took."""
 
-    action: str
     observation: str
+    action: str
 
 
 def format_action(action: str, action_format: str) -> str:
@@ -55,7 +55,7 @@ class PromptBuilder:
     """Renders a turn prompt (module docstring).
 
     instruction: the first line(s); "" for none.
-    history_turns: how many past (action, observation) pairs to show (0: none).
+    history_turns: how many past (observation, action) pairs to show (0: none).
     show_actions: list the admissible actions.
     max_actions: at most this many admissible actions are listed (0: all).
     action_format: "plain" or "tagged" (what the instruction asks for and `format_action` writes).
@@ -84,8 +84,8 @@ class PromptBuilder:
         lines.append(f"Goal: {goal}")
         shown = list(history)[-self.history_turns:] if self.history_turns else []
         for turn in shown:
-            lines.append(f"> {turn.action}")
-            lines.append(turn.observation)
+            lines.append(f"Before: {turn.observation}")
+            lines.append(f"Did: {turn.action}")
         lines.append(f"Now: {observation}")
         if self.show_actions and admissible:
             acts = list(admissible)[:self.max_actions] if self.max_actions else list(admissible)

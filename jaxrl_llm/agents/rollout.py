@@ -24,7 +24,9 @@ import numpy as np
 from jaxrl_llm.agents.prompt import PromptBuilder, Turn
 from jaxrl_llm.envs.text_env import extract_action
 
-__all__ = ["AgentRollout", "run_episodes", "episode_returns"]
+__all__ = ["AgentRollout", "run_episodes", "episode_returns", "NO_ACTION"]
+
+NO_ACTION = "(no action)"  # what the history shows for a turn whose response held no action
 
 # act(prompts [E] str, turn) -> (responses [E] str, payloads [E]): one response per episode.
 ActFn = Callable[[list[str], int], tuple[list[str], Sequence[Any]]]
@@ -110,7 +112,8 @@ def run_episodes(env: Any, builder: PromptBuilder, episodes: Sequence[tuple[int,
             raise ValueError(f"act must return {e} responses and payloads (one per episode); got "
                              f"{len(responses)} and {len(payloads)}")
         live = ~done
-        actions = [(extract_action(r) or "") if live[i] else "" for i, r in enumerate(responses)]
+        # U+FFFD marks ids outside the tokenizer (decode_responses): never part of an action or of the history.
+        actions = [(extract_action(r.replace("\ufffd", "")) or "") if live[i] else "" for i, r in enumerate(responses)]
         oracle = [infos[i].get("oracle_action") for i in range(e)]
         new_obs, reward, new_done, new_infos = env.step(actions)
         for i in np.flatnonzero(live):
@@ -121,7 +124,7 @@ def run_episodes(env: Any, builder: PromptBuilder, episodes: Sequence[tuple[int,
                 rows[key].append(value)
             trajectories[i].append({"observation": obs[i], "action": actions[i], "oracle_action": oracle[i],
                                     "invalid": bad})
-            history[i].append(Turn(actions[i] or responses[i].strip(), new_obs[i]))
+            history[i].append(Turn(obs[i], actions[i] or NO_ACTION))
             env_return[i] += float(reward[i])
             num_turns[i] += 1
             invalid_turns[i] += int(bad)

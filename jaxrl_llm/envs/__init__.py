@@ -12,6 +12,8 @@
 - `autothink_reward`: the `autothink` scorer (base reward + staged batch shaping, mode metrics).
 - `text_env`: the multi-turn `TextEnv` protocol and `BatchedTextEnv`.
 - `text_shop`: TextShop, a small WebShop-like environment.
+- `text_house`: TextHouse, a small ALFWorld-like household environment.
+- `env_registry`: `register_env` / `make_env`: a name (or "package.module:Class") -> a batched env.
 """
 
 from jaxrl_llm.envs.arithmetic import ARITHMETIC_LEVELS, ArithmeticLevel, ArithmeticTask
@@ -34,6 +36,8 @@ from jaxrl_llm.envs.registry import build_task, register_task
 from jaxrl_llm.envs.task import DrawnTask, Problem, TrainerTask, VerifiableTask
 from jaxrl_llm.envs.text_env import BatchedTextEnv, TextEnv, extract_action
 from jaxrl_llm.envs.text_shop import TextShop
+from jaxrl_llm.envs.text_house import TextHouse
+from jaxrl_llm.envs.env_registry import env_names, make_env, register_env
 
 __all__ = [
     "ARITHMETIC_LEVELS",
@@ -47,6 +51,7 @@ __all__ = [
     "Problem",
     "RewardSpec",
     "TextEnv",
+    "TextHouse",
     "TextShop",
     "TrainerTask",
     "VerifiableTask",
@@ -58,9 +63,12 @@ __all__ = [
     "correctness_rewards",
     "extract_action",
     "extract_answer",
+    "env_names",
     "format_rewards",
     "normalize_answer",
+    "make_env",
     "overlong_penalty",
+    "register_env",
     "register_task",
     "reward_vectors",
     "score_batch",

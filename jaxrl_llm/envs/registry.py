@@ -92,3 +92,6 @@ def _register_builtins() -> None:
     from jaxrl_llm.envs.dataset_task import DatasetTask
 
     TASKS.setdefault("dataset", DatasetTask)  # prompts from a file (data/datasets.py)
+    from jaxrl_llm.agents.task import AgentTask  # episodes of a multi-turn env (agents/task.py)
+
+    TASKS.setdefault("agent", AgentTask)

@@ -30,8 +30,8 @@ from jaxrl_llm.objectives.rdpo import maq_normalize, rdpo_advantages
 from jaxrl_llm.objectives.registry import (AdvantageOutput, get_advantage, get_objective, list_advantages,
                                            list_objectives, register_advantage, register_objective)
 from jaxrl_llm.objectives.regularizers import compose, entropy_bonus, kl_estimate, kl_penalty
-from jaxrl_llm.objectives.skillc import (SkillCCurriculum, skillc_advantages, skillc_curriculum_init,
-                                         skillc_curriculum_update)
+from jaxrl_llm.objectives.skillc import (SkillCCurriculum, skillc_advantages, skillc_allocation,
+                                         skillc_curriculum_init, skillc_curriculum_update)
 from jaxrl_llm.objectives.tbpo import tbpo_loss, tbpo_mismatch_weight
 from jaxrl_llm.objectives.token_stats import hidden_token_stats, logits_token_stats, naive_token_stats
 

@@ -8,6 +8,8 @@ anything compiles. `build_policy` makes the mesh and the sharded decoder: random
 from __future__ import annotations
 
 import copy
+import functools
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,6 +17,7 @@ import jax
 from flax import nnx
 
 from jaxrl_llm.data.tokenizer import CharTokenizer, HFTokenizer, Tokenizer
+from jaxrl_llm.data.word_tokenizer import word_tokenizer
 from jaxrl_llm.envs.registry import build_task as build_registered_task
 from jaxrl_llm.models.config import ModelConfig, preset
 from jaxrl_llm.models.decoder import Decoder
@@ -32,12 +35,19 @@ __all__ = ["build_tokenizer", "build_model_config", "build_task", "build_optimiz
 
 
 def build_tokenizer(cfg: Mapping[str, Any]) -> Tokenizer:
-    """`data.tokenizer`: `"char"` -> `CharTokenizer`; anything else is a `tokenizer.json` (or its folder).
+    """`data.tokenizer`: `"char"` -> `CharTokenizer`; `"word"` -> a word-level tokenizer over the task's own
+    texts (`data/word_tokenizer.py`; the task provides `vocabulary_texts()`); anything else is a
+    `tokenizer.json` (or its folder).
 
     `data.chat` lays prompts out with the folder's chat template (system turn `data.system_prompt`).
     """
     name, chat, system_prompt = cfg["tokenizer"], bool(cfg.get("chat", False)), cfg.get("system_prompt", "")
     template_kwargs = dict(cfg.get("chat_template_kwargs", None) or {})  # e.g. Qwen3's enable_thinking
+    if name == "word":
+        if chat or system_prompt or template_kwargs:
+            raise ValueError("data.tokenizer='word' has no chat template: data.chat, data.system_prompt and "
+                             "data.chat_template_kwargs need a Hugging Face tokenizer folder")
+        return _word_tokenizer(json.dumps({k: _plain(v) for k, v in dict(cfg).items()}, sort_keys=True, default=str))
     if name == "char":
         if system_prompt:
             raise ValueError("data.system_prompt needs data.chat=True and a Hugging Face tokenizer folder")
@@ -47,6 +57,21 @@ def build_tokenizer(cfg: Mapping[str, Any]) -> Tokenizer:
     if template_kwargs and not chat:
         raise ValueError(f"data.chat_template_kwargs {sorted(template_kwargs)} only apply with data.chat=True")
     return HFTokenizer.from_file(name, chat=chat, system_prompt=system_prompt, template_kwargs=template_kwargs)
+
+
+def _plain(value: Any) -> Any:
+    return value.to_dict() if hasattr(value, "to_dict") else value
+
+
+@functools.lru_cache(maxsize=8)
+def _word_tokenizer(data_json: str) -> Tokenizer:
+    """The word tokenizer of the data section's task (cached: every trainer of a run builds the same one)."""
+    data = json.loads(data_json)
+    task = build_registered_task(data)
+    if not hasattr(task, "vocabulary_texts"):
+        raise ValueError(f"data.tokenizer='word' builds its vocabulary from the task's texts, but data.task="
+                         f"{data['task']!r} has no vocabulary_texts(); use 'char' or a tokenizer folder")
+    return word_tokenizer(task.vocabulary_texts())
 
 
 def build_model_config(model_cfg: Mapping[str, Any], tokenizer: Tokenizer) -> ModelConfig:

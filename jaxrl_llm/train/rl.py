@@ -51,6 +51,9 @@ from jaxrl_llm.train.optim import make_optimizer, optimizer_dtypes
 from jaxrl_llm.train.rl_plot import plot_rl_curves
 from jaxrl_llm.train.rl_rollout import privileged_prompts, response_pieces
 from jaxrl_llm.train.rl_hints import check_hints_config, hints_config, initial_extras
+from jaxrl_llm.train.agent_step import (agent_extras, agent_rows, check_agent_config, evaluate_agent,
+                                       make_agent_runtime)
+from jaxrl_llm.agents.task import is_agent_task
 from jaxrl_llm.train.rl_step import collect_rollout_batch, mixed_groups, rl_step  # noqa: F401  (public names)
 from jaxrl_llm.train.rl_update import (
     RLUpdateOptions,
@@ -117,8 +120,13 @@ def check_rl_config(cfg: Any) -> None:
         if int(rl[name]) < 1:
             raise ValueError(f"rl.{name} must be >= 1; got {rl[name]}")
     rows = int(rl.prompts_per_step) * int(rl.samples_per_prompt)
+    agent_task = task_from_config(cfg.data) if cfg.data.task == "agent" else None
+    if agent_task is not None:
+        check_agent_config(cfg, agent_task)
+        rows = agent_rows(cfg, agent_task)  # one row per turn: episodes x agent.max_turns
     if rows % int(rl.minibatches):
-        raise ValueError(f"rl.minibatches={rl.minibatches} must divide prompts_per_step x samples_per_prompt = {rows}")
+        raise ValueError(f"rl.minibatches={rl.minibatches} must divide prompts_per_step x samples_per_prompt"
+                         f"{' x agent.max_turns' if agent_task is not None else ''} = {rows}")
     if int(rl.dynamic_sampling.max_rounds) < 0:
         raise ValueError(f"rl.dynamic_sampling.max_rounds must be >= 0; got {rl.dynamic_sampling.max_rounds}")
     if not 0 <= int(rl.overlong.cache_length) <= int(rl.max_new_tokens):
@@ -235,6 +243,7 @@ class RLSetup:
     teacher: Teacher | None = None
     teacher_fn: Any = None  # the actor's own pass on privileged prompts (rl.teacher.source = "privileged")
     values_fn: Any = None  # the critic's pass before the update
+    agent: Any = None  # train/agent_step.py: AgentRuntime, for data.task = "agent" (episodes turn by turn)
 
 
 def teacher_model_section(cfg: Any) -> ConfigDict:
@@ -277,15 +286,21 @@ def setup_rl(cfg: Any, *, warm_up: bool = True, initial: tuple | None = None) ->
     total = int(rl.steps) * options.reuse_epochs * options.minibatches
     optimizer = rl_optimizer(make_optimizer(rl.optimizer, total), options)
     ref_params = jax.tree.map(lambda x: x.copy(), params) if needs_reference(rl) else None
-    state = create_train_state(params, optimizer, mesh, shardings, seed=int(cfg.seed), extras=initial_extras(rl))
+    agent = is_agent_task(task)
+    extras = {**initial_extras(rl), **(agent_extras(cfg, task) if agent else {})}
+    state = create_train_state(params, optimizer, mesh, shardings, seed=int(cfg.seed), extras=extras)
     state_shardings = jax.tree.map(lambda x: x.sharding, state)
     update_fn = make_rl_update(parts, optimizer, options, rest=rest, mesh=mesh, state_shardings=state_shardings)
     logprob_fn = make_logprob_fn(parts, chunk_size=options.logprob_chunk, qarl_format=options.qarl_format,
                                  temperature=options.temperature)
-    eval_problems = task.eval_set(int(cfg.eval.num_problems), seed=int(cfg.seed)) if int(cfg.eval.num_problems) else []
+    runtime = make_agent_runtime(cfg, task) if agent else None
+    if agent:
+        eval_problems = runtime.eval_episodes  # held-out episodes (task_id, seed)
+    else:
+        eval_problems = task.eval_set(int(cfg.eval.num_problems), seed=int(cfg.seed)) if int(cfg.eval.num_problems) else []
     eval_generate = make_greedy_generate(parts, int(cfg.eval.max_new_tokens), valid_vocab_size=tokenizer.vocab_size)
     setup = RLSetup(cfg, mesh, tokenizer, task, parts, rest, state, update_fn, logprob_fn,
-                    sampling_config(cfg, tokenizer), ref_params, eval_problems, eval_generate)
+                    sampling_config(cfg, tokenizer), ref_params, eval_problems, eval_generate, agent=runtime)
     if rl.teacher.source.startswith(("hf:", "orbax:")):
         setup.teacher = load_teacher(cfg, mesh, tokenizer)
     elif rl.teacher.source == "privileged":
@@ -301,6 +316,8 @@ def evaluate_policy(setup: RLSetup, params: Any) -> dict[str, float]:
     """Held-out `eval/accuracy` (sampled, see the module docstring) and `eval/greedy_accuracy`, from
     `train/eval_run.py: evaluate`; with samples also `eval/mean_length` and `eval/truncated`, and with
     `n = eval.samples_per_prompt > 1` samples `eval/pass@n` and `eval/maj@n`."""
+    if setup.agent is not None:
+        return evaluate_agent(setup, params)
     cfg = setup.cfg
     problems = setup.eval_problems
     n = int(cfg.eval.samples_per_prompt)

@@ -32,6 +32,7 @@ from jaxrl_llm.parallel.init import ModelParts
 from jaxrl_llm.quant.params import quantize_params
 from jaxrl_llm.rollout.sampler import Rollout, SamplingConfig, generate
 from jaxrl_llm.train.evaluate import truncate_at_stop
+from jaxrl_llm.rollout.prompts import left_pad, round_up
 from jaxrl_llm.train.rl_batch import RolloutBatch, assemble_token_arrays, response_to_token_axis
 
 _STEP_SEED_STRIDE = 1_000_003  # a prime: (seed, step) pairs map to distinct task seeds
@@ -98,6 +99,23 @@ def privileged_prompts(task: Any, problems: Sequence[Problem]) -> list[str]:
         raise ValueError(f"task {getattr(task, 'name', type(task).__name__)!r} has no privileged_prompt(problem); "
                          "it cannot feed rl.teacher.source='privileged' or rl.condition.source='privileged'")
     return [task.privileged_prompt(p) for p in problems]
+
+
+def privileged_teacher_outputs(teacher_fn: Any, params: Any, rest: Any, tokenizer: Tokenizer, texts: Sequence[str],
+                               rollout: Rollout, *, max_prompt_tokens: int = 0, bucket: int = 16
+                               ) -> dict[str, np.ndarray]:
+    """The actor's pass (`teacher_fn`, at rollout parameters) on each row's prompt `texts[r]` followed by
+    the row's sampled response: `{"logp": [B, N], ...}` over the response columns. Prompts are
+    re-tokenised and left-truncated to `max_prompt_tokens` (0: no limit); response tokens are unchanged."""
+    ids = encode_texts(tokenizer, texts, max_tokens=max_prompt_tokens)
+    pad = tokenizer.pad_id
+    # A bucketed width: the jitted teacher pass compiles once per bucket, not per longest prompt.
+    prompt, prompt_lengths = left_pad(ids, round_up(max(len(r) for r in ids), bucket), pad_id=pad)
+    t_width = prompt.shape[1]
+    arrays = assemble_token_arrays(prompt, prompt_lengths, np.asarray(rollout.response), np.asarray(rollout.lengths),
+                                   pad)
+    out = teacher_fn(params, rest, arrays["tokens"], arrays["positions"], arrays["segment_ids"])
+    return {k: np.asarray(v)[:, t_width:] for k, v in out.items()}
 
 
 def condition_flags(num_prompts: int, samples_per_prompt: int, fraction: float) -> np.ndarray:

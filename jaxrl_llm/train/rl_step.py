@@ -18,12 +18,11 @@ from jaxrl_llm.envs.error_tokens import error_token_metrics, has_error_definitio
 from jaxrl_llm.envs.rewards import overlong_penalty, prefix_step_labels
 from jaxrl_llm.envs.step_labels import has_step_labels, prm_step_scores, task_step_labels
 from jaxrl_llm.objectives.preference import nsa_step_consensus
-from jaxrl_llm.rollout.prompts import left_pad, round_up
+from jaxrl_llm.rollout.prompts import round_up
 from jaxrl_llm.rollout.sampler import FINISH_STOP
 from jaxrl_llm.train.rl_hints import (EMA_KEY, hints_config, prompts_with_hints, switch_from_metrics, switch_record,
                                       with_switch)
 from jaxrl_llm.train.rl_batch import (
-    assemble_token_arrays,
     response_to_token_axis,
     token_rewards,
 )
@@ -37,6 +36,7 @@ from jaxrl_llm.train.rl_rollout import (
     estimate,
     pick_groups,
     privileged_prompts,
+    privileged_teacher_outputs,
     prompts_for_step,
     response_pieces,
     sample_responses,
@@ -44,6 +44,7 @@ from jaxrl_llm.train.rl_rollout import (
     select_rows,
 )
 from jaxrl_llm.train.state import TrainState
+from jaxrl_llm.train.agent_step import collect_agent_batch
 
 RLSetup = Any  # `jaxrl_llm.train.rl.RLSetup`, built there (rl.py imports this module)
 
@@ -82,17 +83,9 @@ def teacher_pass(setup: RLSetup, state: TrainState, batch: Any, rollout: Any, pr
         response = {k: v[:, width:] for k, v in out.items()}
     else:
         texts = privileged_prompts(setup.task, problems)
-        ids = encode_texts(setup.tokenizer, texts, max_tokens=int(rl.teacher.max_prompt_tokens))
-        pad = setup.tokenizer.pad_id
-        rows = [ids[i // n] for i in range(batch.shape[0])]
-        # A bucketed width: the jitted teacher pass compiles once per bucket, not per longest prompt.
-        width_bucket = round_up(max(len(r) for r in rows), setup.sampling.prompt_bucket)
-        prompt, prompt_lengths = left_pad(rows, width_bucket, pad_id=pad)
-        t_width = prompt.shape[1]
-        arrays = assemble_token_arrays(prompt, prompt_lengths, np.asarray(rollout.response),
-                                       np.asarray(rollout.lengths), pad)
-        out = setup.teacher_fn(state.params, setup.rest, arrays["tokens"], arrays["positions"], arrays["segment_ids"])
-        response = {k: np.asarray(v)[:, t_width:] for k, v in out.items()}
+        response = privileged_teacher_outputs(
+            setup.teacher_fn, state.params, setup.rest, setup.tokenizer, [texts[i // n] for i in range(batch.shape[0])],
+            rollout, max_prompt_tokens=int(rl.teacher.max_prompt_tokens), bucket=setup.sampling.prompt_bucket)
     fields = {"teacher_logprobs": response_to_token_axis(response["logp"], width, mask)}
     if "topk_idx" in response:
         fields["teacher_topk_idx"] = response_to_token_axis(response["topk_idx"], width, mask)
@@ -281,7 +274,10 @@ def collect_rollout_batch(setup: RLSetup, state: TrainState) -> tuple[Any, dict[
 
 def rl_step(setup: RLSetup, state: TrainState) -> tuple[TrainState, dict[str, float]]:
     """One full iteration (see the module docstring); returns the new state and its flat record."""
-    batch, record = collect_rollout_batch(setup, state)
+    if setup.agent is not None:
+        state, batch, record = collect_agent_batch(setup, state)  # episodes turn by turn (train/agent_step.py)
+    else:
+        batch, record = collect_rollout_batch(setup, state)
     t0 = time.perf_counter()
     state, metrics = setup.update_fn(state, batch)
     if EMA_KEY in state.extras:

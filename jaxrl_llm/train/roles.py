@@ -86,8 +86,9 @@ def teacher_enabled(rl: Mapping[str, Any]) -> bool:
     return bool(rl["teacher"]["source"])
 
 
-def objective_fields(rl: Mapping[str, Any]) -> set[str]:
-    """Fields the configured trainer can hand to the objective (inside the update)."""
+def objective_fields(rl: Mapping[str, Any], *, skill_flags: bool = False) -> set[str]:
+    """Fields the configured trainer can hand to the objective (inside the update). `skill_flags`: an agent
+    run whose SkillC curriculum sets `cond` (`agent.skillc.enabled`)."""
     fields = {"logp", "entropy", "student_logits", "old_logp", "rollout_logp", "mask", "advantages",
               "rewards", "group_ids", "ref_logp"}
     if teacher_enabled(rl):
@@ -97,19 +98,19 @@ def objective_fields(rl: Mapping[str, Any]) -> set[str]:
     if rl["critic"]["enabled"]:
         # returns: GAE's with rl.advantage = "gae", else the outcome reward at every response token.
         fields |= {"values", "old_values", "returns"}
-    if rl["condition"]["source"]:
+    if rl["condition"]["source"] or skill_flags:
         fields.add("cond")
     if rl["step_labels"]["enabled"]:
         fields |= {"step_id", "step_ok"}
     return fields
 
 
-def estimator_fields(rl: Mapping[str, Any]) -> set[str]:
+def estimator_fields(rl: Mapping[str, Any], *, skill_flags: bool = False) -> set[str]:
     """Fields the configured trainer can hand to the advantage estimator (on the host)."""
     fields = {"rewards", "group_ids", "token_rewards", "mask"}
     if rl["critic"]["enabled"]:
         fields.add("values")
-    if rl["condition"]["source"]:
+    if rl["condition"]["source"] or skill_flags:
         fields.add("cond")
     return fields
 
@@ -192,12 +193,13 @@ def check_roles(cfg: Any) -> None:
         if not 0.0 <= float(rl.step_labels.get("prm_threshold", 0.5)) <= 1.0:
             raise ValueError(f"rl.step_labels.prm_threshold must be in [0, 1]; got {rl.step_labels.prm_threshold}")
 
-    available = objective_fields(rl)
+    skill_flags = bool(cfg.get("agent", {}).get("skillc", {}).get("enabled", False))
+    available = objective_fields(rl, skill_flags=skill_flags)
     kwargs = configured_objective_kwargs(rl)
     missing = spec.missing_inputs(available, kwargs)
     if missing:
         raise _missing_error(spec, "rl.objective", missing, available)
-    est_available = estimator_fields(rl)
+    est_available = estimator_fields(rl, skill_flags=skill_flags)
     missing = est.missing_inputs(est_available, dict(rl.advantage_kwargs))
     if missing:
         raise _missing_error(est, "rl.advantage", missing, est_available)

@@ -1,0 +1,87 @@
+"""Multi-turn agent RL on CPU: GRPO on TextHouse (ALFWorld-like), after a cold-start SFT on oracle turns.
+
+    python -m jaxrl_llm.cli rl --config configs/agents_house_grpo.py
+    python -m jaxrl_llm.cli rl --config configs/agents_house_grpo.py --config.data.task_kwargs.env=textshop
+
+The warm-up teaches the tiny decoder the oracle's action at every turn of noisy oracle episodes
+(`agents/task.py`); RL then plays `rl.prompts_per_step` houses `rl.samples_per_prompt` times each,
+turn by turn, and trains every action on its episode's group-normalised reward (the env's score,
+minus `agent.invalid_penalty` per invalid action). `eval/accuracy` is the held-out success rate at
+`agent.eval_temperature`, `eval/greedy_accuracy` the greedy one; per task type under
+`eval/success/<type>`. The SkillC, SDAR, D2Skill, Skill1, MAP and HeavySkill recipes start from this one.
+"""
+
+import copy
+import os
+
+from ml_collections import ConfigDict
+
+from jaxrl_llm.cli import load_config_file
+
+
+def get_config() -> ConfigDict:
+    here = os.path.dirname(os.path.abspath(__file__))
+    c = load_config_file(os.path.join(here, "quickstart.py"))
+    c.output_dir = "runs/agents_house_grpo"
+    c.model.num_layers = 4
+    # One token per word of the env's texts (data/word_tokenizer.py): a TextHouse turn prompt is ~80
+    # tokens instead of ~330 characters. The word vocabulary of texthouse / textshop is ~180 / ~290.
+    c.data.tokenizer = "word"
+    c.model.vocab_size = 512
+
+    # data.task = "agent": a registered multi-turn env (envs/env_registry.py: register_env, or
+    # "package.module:ClassName"), its prompt layout and the oracle records of the warm-up.
+    c.data.task = "agent"
+    c.data.task_kwargs = ConfigDict()
+    c.data.task_kwargs.env = "texthouse"  # or "textshop", a registered name, or "package.module:ClassName"
+    c.data.task_kwargs.env_kwargs = ConfigDict()  # the env's constructor arguments (e.g. num_receptacles)
+    c.data.task_kwargs.history_turns = 1  # past (action, observation) pairs in each turn prompt
+    c.data.task_kwargs.show_actions = True  # list the admissible actions
+    c.data.task_kwargs.action_format = "plain"  # "plain" (the action) or "tagged" (<action>...</action>)
+    c.data.task_kwargs.oracle_noise = 0.3  # warm-up episodes take a random action this often (recovery states)
+    c.data.num_train = 20000  # oracle turn records for the warm-up
+    c.data.seq_len = 208  # turn prompt + action + eos
+    c.data.long_records = "drop"
+
+    c.sft.train.steps = 300  # stopped early: the policy has the action format and room to improve
+    c.sft.train.batch_size = 32
+    c.sft.optimizer.decay_steps = 1000
+
+    c.agent = ConfigDict()
+    c.agent.max_turns = 10  # 0: the env's max_steps; each turn is one row of the update
+    c.agent.max_prompt_tokens = 192  # fixed prompt width of every turn (longer prompts keep their end)
+    c.agent.invalid_penalty = 0.1  # subtracted from the episode reward per invalid action
+    c.agent.reward = "score"  # the env's final score ("won": 1 on success)
+    c.agent.eval_temperature = 0.4  # held-out success is sampled at this temperature (0: greedy)
+    c.agent.skills = ""  # skill library: "" (none), "builtin" (the env's), or a JSON file {general, by_type}
+    c.agent.skillc = ConfigDict()  # SkillC curriculum (configs/agents_house_skillc.py)
+    c.agent.skillc.enabled = False
+    c.agent.skillc.validate_every = 5  # RL steps between with / without-skills validations
+    c.agent.skillc.val_episodes = 4  # held-out episodes per task type and condition
+    c.agent.skillc.alpha = 0.9
+    c.agent.skillc.patience = 10
+    c.agent.skillc.lam = 1.0
+    c.agent.skillc.p_min = 0.125
+    c.agent.skillc.eps_ret = 0.0
+    c.agent.sdar = ConfigDict()
+    c.agent.sdar.skill_all = False  # SDAR's teacher sees every skill, not only the task type's
+
+    c.rl.steps = 30
+    c.rl.prompts_per_step = 4  # houses per step
+    c.rl.samples_per_prompt = 8  # episodes per house (the GRPO group)
+    c.rl.max_new_tokens = 10  # one action per turn (a few words)
+    c.rl.reuse_epochs = 1
+    c.rl.minibatches = 2
+    c.rl.dgg.enabled = False  # one pass per batch: nothing to gate
+    c.rl.optimizer.learning_rate = 1e-4
+    c.rl.optimizer.warmup_steps = 4
+    c.rl.max_mismatch = 1.0
+
+    c.eval.num_problems = 24  # held-out episodes
+    c.eval.every = 10
+    c.eval.samples_per_prompt = 0
+    c.eval.max_new_tokens = 10
+    c.eval.batch_size = 24
+    c.checkpoint.every = 10
+    c.export = copy.deepcopy(c.export)
+    return c

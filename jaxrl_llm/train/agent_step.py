@@ -1,0 +1,395 @@
+"""The RL step on a multi-turn environment (`data.task = "agent"`): episodes -> turn samples -> update.
+
+`collect_agent_batch(setup, state)` replaces the single-turn rollout stage of `train/rl_step.py`:
+
+1. the step's `rl.prompts_per_step` episodes `(task_id, seed)`, each replicated `rl.samples_per_prompt`
+   times (a GRPO group = one house played n times);
+2. `agents/rollout.py: run_episodes` steps them turn by turn through the sampler: every turn samples
+   one `[E, agent.max_prompt_tokens]` batch (fixed shape: one compile for every turn of every step);
+3. episode rewards: the env's final score minus `agent.invalid_penalty` per invalid turn; the
+   registered estimator turns them into per-episode advantages (SkillC's reads the skill flags);
+4. each live turn is one row of the `RolloutBatch` carrying its episode's advantage; the prompt
+   (observation, history, skills) is outside the loss mask, only the action tokens train. Rows are
+   padded to `E * agent.max_turns` (copies of row 0 with an empty loss mask), so the jitted update
+   compiles once.
+
+Skills: with `agent.skillc.enabled`, the first `n_with` episodes of each group see their task type's
+skill text (`agents/skills.py`), `n_with` from the SkillC curriculum (`objectives/skillc.py`),
+whose state lives in `TrainState.extras` and is updated from a with / without-skills validation
+every `agent.skillc.validate_every` steps. SDAR (`rl.objective = "sdar"`, `rl.teacher.source =
+"privileged"`): the teacher is the actor on `agents/prompt.py: privileged_prompt(skill text, turn
+prompt)` with the same response tokens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import defaultdict
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxrl_llm.agents.prompt import privileged_prompt
+from jaxrl_llm.agents.rollout import AgentRollout, episode_returns, run_episodes
+from jaxrl_llm.rollout.sampler import FINISH_STOP
+from jaxrl_llm.train.rl_batch import response_to_token_axis
+from jaxrl_llm.train.rl_rollout import (build_rollout_batch, concat_rollouts, decode_responses, encode_texts,
+                                       estimate, privileged_teacher_outputs, sample_responses, select_rows)
+from jaxrl_llm.train.state import TrainState
+
+RLSetup = Any  # train/rl.py: RLSetup
+
+__all__ = ["AgentRuntime", "agent_rows", "collect_agent_batch", "evaluate_agent", "make_agent_runtime",
+           "check_agent_config", "agent_extras", "play"]
+
+REWARDS = ("score", "won")
+SKILLC_KEYS = ("skillc_dbar", "skillc_patience", "skillc_active", "skillc_ref", "skillc_lam", "skillc_p_with")
+_EPISODE_SEED_STRIDE = 1_000_003
+
+
+def max_turns(cfg: Any, task: Any) -> int:
+    """`agent.max_turns`, or the env's own step limit when 0."""
+    return int(cfg.agent.max_turns) or int(task.max_steps)
+
+
+def agent_rows(cfg: Any, task: Any) -> int:
+    """Rows of an agent update batch: episodes x turns (`prompts_per_step * samples_per_prompt * max_turns`)."""
+    return int(cfg.rl.prompts_per_step) * int(cfg.rl.samples_per_prompt) * max_turns(cfg, task)
+
+
+def check_agent_config(cfg: Any, task: Any) -> None:
+    """Fail before anything compiles on a bad `agent.*` field, naming it."""
+    if "agent" not in cfg:
+        raise ValueError("data.task='agent' needs an `agent` section (configs/agents_house_grpo.py has every field)")
+    a = cfg.agent
+    if int(a.max_turns) < 0:
+        raise ValueError(f"agent.max_turns must be >= 0 (0: the env's max_steps); got {a.max_turns}")
+    if int(a.max_prompt_tokens) < 8:
+        raise ValueError(f"agent.max_prompt_tokens must be >= 8; got {a.max_prompt_tokens}")
+    if a.reward not in REWARDS:
+        raise ValueError(f"agent.reward must be one of {REWARDS}; got {a.reward!r}")
+    if float(a.invalid_penalty) < 0:
+        raise ValueError(f"agent.invalid_penalty must be >= 0; got {a.invalid_penalty}")
+    if not 0.0 <= float(a.eval_temperature):
+        raise ValueError(f"agent.eval_temperature must be >= 0 (0: greedy); got {a.eval_temperature}")
+    rl = cfg.rl
+    if rl.critic.enabled or rl.advantage == "gae":
+        raise ValueError("agent runs use outcome (per-episode) advantages: rl.critic.enabled and rl.advantage='gae' "
+                         "are single-turn only")
+    for field in ("dynamic_sampling.enabled", "step_labels.enabled", "hints.enabled"):
+        section, key = field.split(".")
+        if rl.get(section, {}).get(key, False):
+            raise ValueError(f"rl.{field} is single-turn only; it cannot run with data.task='agent'")
+    if rl.condition.source:
+        raise ValueError("rl.condition.source is single-turn; agent runs set skill flags with agent.skillc.enabled")
+    skillc = bool(a.skillc.enabled)
+    if (rl.advantage == "skillc") != skillc:
+        raise ValueError("agent.skillc.enabled and rl.advantage='skillc' go together (the estimator reads the skill "
+                         f"flags the curriculum sets); got agent.skillc.enabled={skillc}, rl.advantage={rl.advantage!r}")
+    needs_skills = skillc or rl.teacher.source == "privileged"
+    if needs_skills and not a.skills:
+        raise ValueError("agent.skills must name a skill library ('builtin' or a JSON file) for "
+                         + ("agent.skillc.enabled" if skillc else "rl.teacher.source='privileged' (SDAR)"))
+    if rl.teacher.source not in ("", "privileged") and not rl.teacher.source.startswith(("hf:", "orbax:")):
+        raise ValueError(f"rl.teacher.source={rl.teacher.source!r} is not '', 'privileged', 'hf:PATH' or 'orbax:PATH'")
+    if skillc:
+        s = a.skillc
+        if int(s.validate_every) < 1:
+            raise ValueError(f"agent.skillc.validate_every must be >= 1; got {s.validate_every}")
+        if int(s.val_episodes) < 1:
+            raise ValueError(f"agent.skillc.val_episodes must be >= 1 (per task type); got {s.val_episodes}")
+        if int(rl.samples_per_prompt) < 2:
+            raise ValueError("agent.skillc.enabled pairs skill-injected and skill-free rollouts of a task: "
+                             f"rl.samples_per_prompt must be >= 2; got {rl.samples_per_prompt}")
+    if a.skills:
+        skill_library(cfg, task)  # a missing or malformed file fails now
+
+
+def skill_library(cfg: Any, task: Any) -> Any:
+    """The configured skill library (`agent.skills`: 'builtin' = the env's built-in one, else a JSON file)."""
+    from jaxrl_llm.agents.skills import builtin_skill_library, load_skill_library  # noqa: PLC0415
+
+    name = str(cfg.agent.skills)
+    if name == "builtin":
+        return builtin_skill_library(task.env_name)
+    return load_skill_library(name)
+
+
+def agent_extras(cfg: Any, task: Any) -> dict[str, np.ndarray]:
+    """`TrainState.extras` of the SkillC curriculum (one entry per task type), when it is on."""
+    if "agent" not in cfg or not bool(cfg.agent.skillc.enabled):
+        return {}
+    s = len(task.task_types)
+    return {"skillc_dbar": np.zeros(s, np.float32), "skillc_patience": np.zeros(s, np.int32),
+            "skillc_active": np.ones(s, bool), "skillc_ref": np.zeros((), np.float32),
+            "skillc_lam": np.zeros((), np.float32), "skillc_p_with": np.full(s, 0.5, np.float32)}
+
+
+@dataclasses.dataclass
+class AgentRuntime:
+    """Host-side pieces of an agent run: the batched env, the skill library and the eval episodes."""
+
+    env: Any
+    library: Any
+    eval_episodes: list
+    turns: int
+
+
+def make_agent_runtime(cfg: Any, task: Any) -> AgentRuntime:
+    library = skill_library(cfg, task) if cfg.agent.skills else None
+    n_eval = int(cfg.eval.num_problems)
+    episodes = task.eval_episodes(n_eval, seed=int(cfg.seed)) if n_eval else []
+    return AgentRuntime(task.make_env(), library, episodes, max_turns(cfg, task))
+
+
+def play(setup: RLSetup, params: Any, episodes: list, *, key: jax.Array, temperature: float,
+         skills: Any = None) -> tuple[AgentRollout, list]:
+    """Plays `episodes` with the policy `params` (one sampled batch of `E` rows per turn).
+
+    Returns the `AgentRollout` (each live turn's payload is `(turn, row)`) and the per-turn `Rollout`s.
+    """
+    cfg, tok = setup.cfg, setup.tokenizer
+    width = int(cfg.agent.max_prompt_tokens)
+    sampling = dataclasses.replace(setup.sampling, n=1, temperature=float(temperature), prompt_bucket=width)
+    turn_rollouts: list = []
+    truncated = [0]
+
+    def act(prompts: list[str], turn: int):
+        ids = encode_texts(tok, prompts)
+        truncated[0] += sum(len(x) > width for x in ids)
+        ids = [x[-width:] for x in ids]  # left truncation: the current observation and actions stay
+        rollout = sample_responses(setup.parts, params, setup.rest, ids, key=jax.random.fold_in(key, turn),
+                                   config=sampling, quant_format=cfg.rl.rollout_quant, mesh=setup.mesh)
+        turn_rollouts.append(rollout)
+        return decode_responses(tok, rollout), [(turn, i) for i in range(len(prompts))]
+
+    out = run_episodes(setup.agent.env, setup.task.builder, episodes, act=act, max_turns=setup.agent.turns,
+                       skills=skills)
+    out.prompt_truncated = truncated[0]
+    return out, turn_rollouts
+
+
+def _skill_blocks(library: Any, task_types: list[str], injected: np.ndarray):
+    """A `run_episodes` skill function: episode i sees its task type's skill text when `injected[i]`."""
+    def skills(i: int, goal: str, obs: str, turn: int) -> str:
+        return library.text_for(task_types[i]) if injected[i] else ""
+    return skills
+
+
+def _curriculum_p_with(state: TrainState, task: Any) -> tuple[np.ndarray, float]:
+    return np.asarray(state.extras["skillc_p_with"]), float(state.extras["skillc_lam"])
+
+
+def skillc_flags(p_with: np.ndarray, task_types: list[str], all_types: tuple, n: int) -> np.ndarray:
+    """`[E]` bool: within each group of `n` episodes, the first `n_with(type)` see skills (SkillC allocation)."""
+    from jaxrl_llm.objectives.skillc import skillc_allocation  # noqa: PLC0415
+
+    n_with = np.asarray(skillc_allocation(jnp.asarray(p_with), n))
+    flags = np.zeros(len(task_types), bool)
+    for g in range(len(task_types) // n):
+        k = int(n_with[all_types.index(task_types[g * n])])
+        flags[g * n:g * n + k] = True
+    return flags
+
+
+def _episode_types(setup: RLSetup, episodes: list) -> list[str]:
+    types = setup.task.task_types
+    return [types[t % len(types)] for t, _ in episodes]
+
+
+def skillc_validate(setup: RLSetup, state: TrainState) -> tuple[TrainState, dict[str, float]]:
+    """SkillC's validation: success with and without skills per task type on held-out episodes, then one
+    curriculum update (`objectives/skillc.py`) written into `state.extras`."""
+    from jaxrl_llm.objectives.skillc import SkillCCurriculum, skillc_curriculum_update  # noqa: PLC0415
+
+    cfg, task = setup.cfg, setup.task
+    s = cfg.agent.skillc
+    types = task.task_types
+    per_type = int(s.val_episodes)
+    episodes = [ep for t in range(len(types)) for ep in _typed_eval_episodes(task, t, per_type, int(cfg.seed))]
+    ep_types = _episode_types(setup, episodes)
+    key = jax.random.fold_in(jax.random.key(int(cfg.seed) + 17), int(state.step))
+    temp = float(cfg.agent.eval_temperature)
+    with_out, _ = play(setup, state.params, episodes, key=key, temperature=temp,
+                       skills=_skill_blocks(setup.agent.library, ep_types, np.ones(len(episodes), bool)))
+    free_out, _ = play(setup, state.params, episodes, key=key, temperature=temp)
+    sr_with = np.array([with_out.won[[i for i, t in enumerate(ep_types) if t == ty]].mean() for ty in types])
+    sr_free = np.array([free_out.won[[i for i, t in enumerate(ep_types) if t == ty]].mean() for ty in types])
+    ex = state.extras
+    cur = SkillCCurriculum(*(jnp.asarray(ex[k]) for k in SKILLC_KEYS[:4]))
+    cur, lam, p_with = skillc_curriculum_update(cur, jnp.asarray(sr_with - sr_free, jnp.float32),
+                                                alpha=float(s.alpha), patience=int(s.patience), lam=float(s.lam),
+                                                p_min=float(s.p_min), eps_ret=float(s.eps_ret))
+    values = dict(zip(SKILLC_KEYS, (*cur, lam, p_with)))
+    extras = dict(ex)
+    for k, v in values.items():
+        extras[k] = jax.device_put(jnp.asarray(v, ex[k].dtype), ex[k].sharding)
+    metrics = {"skillc/sr_with": float(sr_with.mean()), "skillc/sr_without": float(sr_free.mean()),
+               "skillc/active": float(np.asarray(cur.active).sum()), "skillc/lam": float(lam)}
+    metrics.update({f"skillc/p_with/{t}": float(v) for t, v in zip(types, np.asarray(p_with))})
+    metrics.update({f"skillc/gap/{t}": float(v) for t, v in zip(types, sr_with - sr_free)})
+    return state.replace(extras=extras), metrics
+
+
+def _typed_eval_episodes(task: Any, type_index: int, n: int, seed: int) -> list:
+    """`n` held-out episodes of one task type (deterministic)."""
+    out: list = []
+    pool = task.eval_episodes(max(4 * n * len(task.task_types), 32), seed=seed)
+    for ep in pool:
+        if ep[0] % len(task.task_types) == type_index:
+            out.append(ep)
+        if len(out) == n:
+            break
+    return out
+
+
+def turn_batch(setup: RLSetup, out: AgentRollout, turn_rollouts: list, rows_total: int) -> tuple[Any, np.ndarray]:
+    """The `[rows_total, P + N]` rollout of the live turns (real rows first, then copies of row 0) and the
+    `[rows_total]` bool mask of real rows."""
+    real = len(out.payloads)
+    if real > rows_total:
+        raise ValueError(f"{real} turn samples exceed the update's {rows_total} rows (agent.max_turns too small)")
+    pieces = [select_rows(turn_rollouts[t], np.array([i])) for t, i in out.payloads]
+    merged = concat_rollouts(pieces, setup.tokenizer.pad_id)
+    index = np.concatenate([np.arange(real), np.zeros(rows_total - real, np.int64)])
+    return select_rows(merged, index), np.arange(rows_total) < real
+
+
+def collect_agent_batch(setup: RLSetup, state: TrainState) -> tuple[TrainState, Any, dict[str, float]]:
+    """`(state, batch, metrics)`: the `RolloutBatch` of step `state.step` on the agent task and its metrics
+    (module docstring); `state` carries the SkillC curriculum updated by this step's validation."""
+    cfg, rl, task = setup.cfg, setup.cfg.rl, setup.task
+    step = int(state.step)
+    g, n = int(rl.prompts_per_step), int(rl.samples_per_prompt)
+    t0 = time.perf_counter()
+    metrics: dict[str, float] = {}
+    skillc = bool(cfg.agent.skillc.enabled)
+    if skillc and step % int(cfg.agent.skillc.validate_every) == 0:
+        state, val = skillc_validate(setup, state)
+        metrics.update(val)
+    groups = task.episodes(g, int(cfg.seed) * _EPISODE_SEED_STRIDE + step, "train")
+    episodes = [ep for ep in groups for _ in range(n)]
+    types = _episode_types(setup, episodes)
+    injected = np.zeros(len(episodes), bool)
+    lam = 0.0
+    if skillc:
+        p_with, lam = _curriculum_p_with(state, task)
+        injected = skillc_flags(p_with, types, task.task_types, n)
+    key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), step)
+    skills = _skill_blocks(setup.agent.library, types, injected) if injected.any() else None
+    out, turn_rollouts = play(setup, state.params, episodes, key=key, temperature=float(rl.temperature),
+                              skills=skills)
+    rollout_s = time.perf_counter() - t0
+    returns = episode_returns(out, invalid_penalty=float(cfg.agent.invalid_penalty), reward=str(cfg.agent.reward))
+    group_of_episode = np.repeat(np.arange(g, dtype=np.int32), n)
+    kwargs = dict(rl.advantage_kwargs)
+    if skillc:
+        kwargs["attribution"] = lam  # the curriculum's lambda_k scales the contrastive correction
+    fields = {"rewards": returns, "group_ids": group_of_episode, "cond": injected.astype(np.int32) if skillc else None}
+    ep_adv, _, adv_metrics = estimate(rl.advantage, fields, g, **kwargs)
+    if ep_adv.ndim != 1:
+        raise ValueError(f"rl.advantage={rl.advantage!r} gives per-token advantages; agent runs need one per episode")
+    rows_total = agent_rows(cfg, task)
+    rollout, real = turn_batch(setup, out, turn_rollouts, rows_total)
+    ep = np.concatenate([out.episode, np.zeros(rows_total - len(out.episode), np.int32)])
+    batch = build_rollout_batch(rollout, returns[ep], group_of_episode[ep], np.where(real, ep_adv[ep], 0.0),
+                                pad_id=setup.tokenizer.pad_id)
+    batch = batch.replace(loss_mask=np.where(real[:, None], batch.loss_mask, 0.0).astype(np.float32))
+    if skillc:
+        batch = batch.replace(cond=injected[ep].astype(np.int32))
+    arrays = (batch.tokens, batch.positions, batch.segment_ids)
+    mask = batch.loss_mask
+    old, _ = setup.logprob_fn(state.params, setup.rest, *arrays)
+    batch = batch.replace(old_logprobs=np.asarray(old) * mask)
+    if setup.ref_params is not None:
+        ref, _ = setup.logprob_fn(setup.ref_params, setup.rest, *arrays)
+        batch = batch.replace(ref_logprobs=np.asarray(ref) * mask)
+    if setup.teacher is not None:
+        out_t = setup.teacher.pass_fn(setup.teacher.params, setup.teacher.rest, *arrays)
+        batch = batch.replace(teacher_logprobs=np.asarray(out_t["logp"]) * mask)
+    elif setup.teacher_fn is not None:
+        batch = batch.replace(**agent_teacher_fields(setup, state, out, rollout, ep, mask))
+    metrics.update(agent_metrics(out, returns, rollout, real, task.task_types))
+    metrics.update({
+        "reward/mean": float(returns.mean()), "reward/std": float(returns.std()),
+        "accuracy": float(out.won.mean()),
+        "reward/mixed_groups": float(np.mean(returns.reshape(g, n).max(1) > returns.reshape(g, n).min(1))),
+        "rollout/mismatch_abs_logp": float(np.sum(np.abs(batch.old_logprobs - batch.rollout_logprobs) * mask)
+                                           / max(mask.sum(), 1.0)),
+        "rollout/time_s": rollout_s,
+        **{f"advantage/{k}": v for k, v in adv_metrics.items()},
+    })
+    metrics["rollout/tokens_per_s"] = metrics["rollout/tokens"] / max(rollout_s, 1e-9)
+    if skillc:
+        metrics["skillc/injected_frac"] = float(injected.mean())
+        metrics["train/success_with_skills"] = float(out.won[injected].mean()) if injected.any() else 0.0
+        metrics["train/success_without_skills"] = float(out.won[~injected].mean()) if (~injected).any() else 0.0
+    return state, batch, metrics
+
+
+def agent_teacher_fields(setup: RLSetup, state: TrainState, out: AgentRollout, rollout: Any, ep: np.ndarray,
+                         mask: np.ndarray) -> dict[str, np.ndarray]:
+    """SDAR's `teacher_logprobs [R, T]`: the actor at rollout parameters on each turn prompt behind the
+    privileged skill block of its episode's task type, response tokens unchanged (`agents-analysis.md` s.3)."""
+    lib = setup.agent.library
+    include_all = bool(setup.cfg.agent.sdar.skill_all)
+    prompts = out.prompts + [out.prompts[0]] * (len(ep) - len(out.prompts))
+    texts = [privileged_prompt(lib.text_for(out.task_type[e], include_all=include_all), p)
+             for e, p in zip(ep, prompts)]
+    bucket = int(setup.cfg.rl.teacher.max_prompt_tokens) or int(setup.cfg.agent.max_prompt_tokens)
+    response = privileged_teacher_outputs(setup.teacher_fn, state.params, setup.rest, setup.tokenizer, texts, rollout,
+                                          max_prompt_tokens=int(setup.cfg.rl.teacher.max_prompt_tokens), bucket=bucket)
+    fields = {"teacher_logprobs": response_to_token_axis(response["logp"], rollout.prompt_width, mask)}
+    if "topk_idx" in response:
+        fields["teacher_topk_idx"] = response_to_token_axis(response["topk_idx"], rollout.prompt_width, mask)
+        fields["teacher_topk_logp"] = response_to_token_axis(response["topk_logp"], rollout.prompt_width, mask)
+    return fields
+
+
+def agent_metrics(out: AgentRollout, returns: np.ndarray, rollout: Any, real: np.ndarray, task_types: tuple,
+                  prefix: str = "") -> dict[str, float]:
+    """Success (overall and per task type), turns per episode, invalid-action rate, response lengths."""
+    lengths = np.asarray(rollout.lengths)[real] if rollout is not None else np.zeros(0)
+    finished = (np.asarray(rollout.finish_reasons)[real] == FINISH_STOP) if rollout is not None else np.zeros(0)
+    m = {f"{prefix}success": float(out.won.mean()), f"{prefix}score": float(out.score.mean()),
+         f"{prefix}turns_per_episode": float(out.num_turns.mean()),
+         f"{prefix}invalid_rate": float(out.invalid.mean()) if len(out.invalid) else 0.0,
+         f"{prefix}cut_episodes": float(out.cut.mean())}
+    by_type: dict[str, list] = defaultdict(list)
+    for t, w in zip(out.task_type, out.won):
+        by_type[t].append(float(w))
+    m.update({f"{prefix}success/{t}": float(np.mean(v)) for t, v in sorted(by_type.items())})
+    if not prefix:
+        m.update({"response_length": float(lengths.mean()) if len(lengths) else 0.0,
+                  "rollout/tokens": float(lengths.sum()), "rollout/turn_samples": float(real.sum()),
+                  "rollout/truncated": float(1.0 - finished.mean()) if len(finished) else 0.0,
+                  "agent/prompt_truncated": float(getattr(out, "prompt_truncated", 0)) / max(len(out.prompts), 1)})
+    return m
+
+
+def evaluate_agent(setup: RLSetup, params: Any) -> dict[str, float]:
+    """Held-out episodes without skills: `eval/accuracy` = success at `agent.eval_temperature`,
+    `eval/greedy_accuracy` = greedy success, plus per-type success, turns and invalid rate; with a skill
+    library also `eval/success_with_skills` (greedy)."""
+    cfg = setup.cfg
+    episodes = setup.agent.eval_episodes
+    key = jax.random.key(int(cfg.seed) + 29)
+    greedy, _ = play(setup, params, episodes, key=key, temperature=0.0)
+    out = {"eval/greedy_accuracy": float(greedy.won.mean()),
+           **agent_metrics(greedy, np.zeros(0), None, np.zeros(0, bool), setup.task.task_types, prefix="eval/greedy_")}
+    temp = float(cfg.agent.eval_temperature)
+    if temp > 0:
+        sampled, _ = play(setup, params, episodes, key=key, temperature=temp)
+        out.update(agent_metrics(sampled, np.zeros(0), None, np.zeros(0, bool), setup.task.task_types, prefix="eval/"))
+        out["eval/accuracy"] = out["eval/success"]
+    else:
+        out["eval/accuracy"] = out["eval/greedy_accuracy"]
+    if setup.agent.library is not None and bool(cfg.agent.skillc.enabled):
+        types = _episode_types(setup, episodes)
+        with_skills, _ = play(setup, params, episodes, key=key, temperature=0.0,
+                              skills=_skill_blocks(setup.agent.library, types, np.ones(len(episodes), bool)))
+        out["eval/success_with_skills"] = float(with_skills.won.mean())
+    return out
