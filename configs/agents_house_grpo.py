@@ -65,6 +65,17 @@ def get_config() -> ConfigDict:
     c.agent.skillc.eps_ret = 0.0
     c.agent.sdar = ConfigDict()
     c.agent.sdar.skill_all = False  # SDAR's teacher sees every skill, not only the task type's
+    c.agent.d2skill = ConfigDict()  # D2Skill's dynamic skill bank (configs/agents_house_d2skill.py)
+    c.agent.d2skill.enabled = False
+    c.agent.d2skill.top_k = 3  # skills kept per retrieval (of the 2k most similar)
+    c.agent.d2skill.min_sim = 0.7  # cosine similarity floor, applied after ranking
+    c.agent.d2skill.alpha = 0.1  # score = alpha (sim + 1) / 2 + (1 - alpha) (utility + c UCB bonus)
+    c.agent.d2skill.c = 0.05
+    c.agent.d2skill.beta = 0.5  # utility EMA rate
+    c.agent.d2skill.kappa = 1.0  # intrinsic reward kappa (s_i - b_g)
+    c.agent.d2skill.max_size = 300  # per pool; eviction at evaluation steps
+    c.agent.d2skill.min_age = 10  # only skills at least this many steps old are evicted
+    c.agent.d2skill.max_reflections = 10  # reflected failures per step
 
     c.rl.steps = 30
     c.rl.prompts_per_step = 4  # houses per step

@@ -234,14 +234,30 @@ def _eval(cfg: ConfigDict) -> dict[str, Any]:
     return run_eval(cfg)
 
 
+def _hcc(cfg: ConfigDict) -> dict[str, Any]:
+    """Scores SFT records (hcc.input) with a model and cuts their harmful continuation (HCC): writes the
+    edited records (hcc.output) and a report (hcc.report)."""
+    from jaxrl_llm.train.hcc_run import run_hcc
+
+    return run_hcc(cfg)
+
+
+def _prm(cfg: ConfigDict) -> dict[str, Any]:
+    """Trains a process reward model head (per-step BCE) and writes its step P/R/F1 and PRM@N report (prm.eval.output)."""
+    from jaxrl_llm.train.prm_run import run_prm
+
+    return run_prm(cfg)
+
+
 COMMANDS: dict[str, Callable[[ConfigDict], dict[str, Any]]] = {"sft": _sft, "rl": _rl, "dpo": _dpo,
                                                                "dpo_vp": _dpo_vp, "export": _export,
-                                                               "eval": _eval}
+                                                               "eval": _eval, "hcc": _hcc, "prm": _prm}
 
 # Config a command's `--help` describes when no --config is given, relative to the repo root.
 DEFAULT_CONFIGS: dict[str, str] = {"sft": "configs/sft_tiny.py", "rl": "configs/quickstart.py",
                                    "dpo": "configs/dpo_tiny.py", "dpo_vp": "configs/dpo_vp.py",
-                                   "export": "configs/sft_tiny.py", "eval": "configs/sft_tiny.py"}
+                                   "export": "configs/sft_tiny.py", "eval": "configs/sft_tiny.py",
+                                   "hcc": "configs/hcc_arith_chain.py", "prm": "configs/prm_arith_chain.py"}
 
 
 def first_sentence(doc: str | None) -> str:

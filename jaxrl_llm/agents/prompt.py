@@ -32,10 +32,12 @@ PRIVILEGED_HEADER = "[Privileged Skill Information]"
 
 @dataclasses.dataclass(frozen=True)
 class Turn:
-    """One past turn: the observation the agent saw and the action it took."""
+    """One past turn: the observation the agent saw and the action it took (and, for reflectors and
+    editors, the env's oracle action there; never shown to the policy)."""
 
     observation: str
     action: str
+    oracle_action: str | None = None
 
 
 def format_action(action: str, action_format: str) -> str:

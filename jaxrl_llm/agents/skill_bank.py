@@ -32,6 +32,8 @@ from typing import NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
+from jaxrl_llm.agents.prompt import Turn  # one past turn (observation, action, oracle action)
+
 from jaxrl_llm.analysis.retrieval import cosine_matrix, tokenize
 from jaxrl_llm.envs.task import make_rng, stable_hash
 
@@ -233,13 +235,6 @@ def skill_split(group_size: int, *, fraction: float = 0.5) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- reflection
-
-
-@dataclass(frozen=True)
-class Turn:
-    observation: str
-    action: str
-    oracle_action: str | None = None  # the env's info["oracle_action"]; never shown to the policy
 
 
 @dataclass(frozen=True)

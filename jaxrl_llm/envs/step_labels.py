@@ -8,14 +8,16 @@ token: `step_id [B, N]` (the step each response token belongs to, -1 outside eve
 
 A PRM-style second judge plugs in through `register_step_scorer`: a scorer gives each step a score
 in [0, 1] and the trainer keeps a step correct only when the checker says so and the score reaches
-a threshold theta (BCPG-NSA's consensus, `objectives.preference.nsa_step_consensus`). No learned
-PRM ships yet: the hook is the place one goes.
+a threshold theta (BCPG-NSA's consensus, `objectives.preference.nsa_step_consensus`). A scorer
+registered with `options=True` also gets the `rl.step_labels` section (e.g. the trained PRM head
+of `train/prm_run.py`, "prm_head", reads its run directory from `rl.step_labels.prm_path`).
 
 Plain NumPy: this runs on the host between rollout and update.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -37,6 +39,7 @@ __all__ = [
 # (problem, response, steps) -> one score in [0, 1] per step.
 StepScorer = Callable[[Problem, str, Sequence[Any]], Sequence[float]]
 _STEP_SCORERS: dict[str, StepScorer] = {}
+_TAKES_OPTIONS: set[str] = set()  # scorers called with `options=` (the rl.step_labels section)
 
 
 def has_step_labels(task: Any) -> bool:
@@ -93,13 +96,17 @@ def task_step_labels(task: Any, problems: Sequence[Problem], piece_texts: Sequen
     return step_id, step_ok
 
 
-def register_step_scorer(name: str, *, overwrite: bool = False) -> Callable[[StepScorer], StepScorer]:
+def register_step_scorer(name: str, *, overwrite: bool = False, options: bool = False
+                         ) -> Callable[[StepScorer], StepScorer]:
     """Decorator: `@register_step_scorer("my_prm")` on `fn(problem, response, steps) -> [K] scores`
-    in [0, 1]; `rl.step_labels.prm="my_prm"` then joins it to the checker's labels."""
+    in [0, 1]; `rl.step_labels.prm="my_prm"` then joins it to the checker's labels. With
+    `options=True` the scorer is called as `fn(problem, response, steps, options=...)` with the
+    `rl.step_labels` section (a mapping), so its settings live in the config."""
     def wrap(fn: StepScorer) -> StepScorer:
         if name in _STEP_SCORERS and not overwrite:
             raise ValueError(f"step scorer {name!r} is already registered (pass overwrite=True to replace it)")
         _STEP_SCORERS[name] = fn
+        (_TAKES_OPTIONS.add if options else _TAKES_OPTIONS.discard)(name)
         return fn
 
     return wrap
@@ -116,10 +123,13 @@ def list_step_scorers() -> list[str]:
 
 
 def prm_step_scores(name: str, task: Any, problems: Sequence[Problem], piece_texts: Sequence[Sequence[str]], *,
-                    num_steps: int) -> np.ndarray:
+                    num_steps: int, options: Any = None) -> np.ndarray:
     """`[B, num_steps]` float32: the registered scorer's score of each step of `task.step_labels`
-    (the same segmentation as `task_step_labels`), 0 past the last step."""
+    (the same segmentation as `task_step_labels`), 0 past the last step. `options` (the
+    `rl.step_labels` section) reaches scorers registered with `options=True`."""
     scorer = get_step_scorer(name)
+    if name in _TAKES_OPTIONS:
+        scorer = functools.partial(scorer, options=options if options is not None else {})
     out = np.zeros((len(piece_texts), num_steps), np.float32)
     for i, (problem, pieces) in enumerate(zip(problems, piece_texts)):
         text, steps = _steps(task, problem, pieces)

@@ -161,8 +161,19 @@ def sdar_gate(logp: Array, teacher_logp: Array, *, gate_beta: float = 5.0) -> Ar
 SDAR_GATES = ("sigmoid", "none")
 
 
+def sdar_warmdown(coef: float, step, warmdown_steps: int):
+    """SDAR's optional warm-down (SkillSD variant): `coef * (1 - step / warmdown_steps)` before
+    `warmdown_steps`, 0 from then on; `warmdown_steps = 0` keeps `coef` (no warm-down).
+
+    Example: `sdar_warmdown(0.01, 25, 100) == 0.0075`.
+    """
+    if warmdown_steps <= 0:
+        return coef
+    return coef * jnp.clip(1.0 - jnp.asarray(step, jnp.float32) / warmdown_steps, 0.0, 1.0)
+
+
 def sdar_aux_loss(logp: Array, teacher_logp: Array, mask: Array, *, gate_beta: float = 5.0,
-                  coef: float = 1.0, gate: str = "sigmoid") -> LossOutput:
+                  coef: float = 1.0, gate: str = "sigmoid", row_scale: Array | None = None) -> LossOutput:
     """SDAR auxiliary self-distillation loss (arXiv 2605.15155): coef * token-mean(w_t (teacher - logp)).
 
     gate="sigmoid" (SDAR): w_t = g_t = sg(sigmoid(beta gap_t)), gap_t = teacher_logp - sg(logp).
@@ -173,6 +184,7 @@ def sdar_aux_loss(logp: Array, teacher_logp: Array, mask: Array, *, gate_beta: f
     reverse-KL signal itself, so a teacher rejection (gap < 0) pushes the token down as hard as an
     endorsement pushes it up; `gate_beta` is unused. (w_t = 1 would not be "ungated OPSD": its
     gradient -1/N carries no teacher information.)
+    row_scale: optional [B] per-row weight of the term (the warm-down's coef_t / coef, `sdar_warmdown`).
     logp, teacher_logp, mask: [B, T]. Metrics: gate_mean (mean w_t), gate_active_ratio (w > 0.5
     for the sigmoid, w > 0 ungated: tokens the teacher endorses), teacher_gap_mean, loss (before coef).
     """
@@ -183,7 +195,8 @@ def sdar_aux_loss(logp: Array, teacher_logp: Array, mask: Array, *, gate_beta: f
     gap = jax.lax.stop_gradient(teacher_logp - logp)
     weight = sdar_gate(logp, teacher_logp, gate_beta=gate_beta) if gate == "sigmoid" else gap
     maskf = mask.astype(logp.dtype)
-    value = token_mean(weight * (teacher_logp - logp), maskf)
+    scaled = weight if row_scale is None else weight * jax.lax.stop_gradient(row_scale)[:, None]
+    value = token_mean(scaled * (teacher_logp - logp), maskf)
     metrics = {
         "gate_mean": masked_mean(weight, maskf),
         "gate_active_ratio": masked_mean((weight > (0.5 if gate == "sigmoid" else 0.0)).astype(logp.dtype), maskf),

@@ -292,17 +292,22 @@ def _ppo_value(batch, **hparams):
     return compose(value=LossOutput(out.loss, {"clipfrac": out.metrics["vf_clipfrac"]}))
 
 
-@register_objective("sdar", inputs=_POLICY_INPUTS + ("teacher_logp",), when=_EXTRAS_WHEN,
+@register_objective("sdar", inputs=_POLICY_INPUTS + ("teacher_logp",),
+                    when=_EXTRAS_WHEN + (("warmdown_steps", ("aux_scale",)),),
                     choices=(("gate", distillation.SDAR_GATES),))
 def _sdar(batch, *, clip_low: float = 0.2, clip_ratio_c: float = 3.0, kl_coef: float = 0.01,
           kl_kind: str = "k3", sdar_coef: float = 0.01, gate_beta: float = 5.0, entropy_coef: float = 0.0,
-          gate: str = "sigmoid"):
+          gate: str = "sigmoid", warmdown_steps: int = 0):
     """GRPO (dual-clip, token-mean) + kl_coef KL_k3 + sdar_coef * SDAR auxiliary (released-script defaults).
 
-    gate="none": the auxiliary without SDAR's sigmoid gate (naive GRPO + OPSD; `sdar_aux_loss`)."""
+    gate="none": the auxiliary without SDAR's sigmoid gate (naive GRPO + OPSD; `sdar_aux_loss`).
+    warmdown_steps > 0: the auxiliary's weight decays linearly to 0 over that many RL steps
+    (`sdar_warmdown`); the trainer supplies it per row as `aux_scale [B]`."""
     logp, old, adv, mask, teacher = _need(batch, "sdar", *_POLICY_INPUTS, "teacher_logp")
     pg = policy_losses.dual_clip_loss(logp, old, adv, mask, clip_low=clip_low, clip_ratio_c=clip_ratio_c)
-    aux = distillation.sdar_aux_loss(logp, teacher, mask, gate_beta=gate_beta, coef=sdar_coef, gate=gate)
+    scale = _need(batch, "sdar", "aux_scale")[0] if warmdown_steps > 0 else None
+    aux = distillation.sdar_aux_loss(logp, teacher, mask, gate_beta=gate_beta, coef=sdar_coef, gate=gate,
+                                     row_scale=scale)
     return _with_extras("sdar", pg, batch, kl_coef=kl_coef, kl_kind=kl_kind, entropy_coef=entropy_coef, sdar=aux)
 
 

@@ -24,6 +24,8 @@ prompt)` with the same response tokens.
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import time
 from collections import defaultdict
 from typing import Any
@@ -34,6 +36,7 @@ import numpy as np
 
 from jaxrl_llm.agents.prompt import privileged_prompt
 from jaxrl_llm.agents.rollout import AgentRollout, episode_returns, run_episodes
+from jaxrl_llm.parallel.distributed import is_primary_process
 from jaxrl_llm.rollout.sampler import FINISH_STOP
 from jaxrl_llm.train.rl_batch import response_to_token_axis
 from jaxrl_llm.train.rl_rollout import (build_rollout_batch, concat_rollouts, decode_responses, encode_texts,
@@ -106,6 +109,19 @@ def check_agent_config(cfg: Any, task: Any) -> None:
                              f"rl.samples_per_prompt must be >= 2; got {rl.samples_per_prompt}")
     if a.skills:
         skill_library(cfg, task)  # a missing or malformed file fails now
+    if d2skill_enabled(cfg):
+        d = a.d2skill
+        if skillc:
+            raise ValueError("agent.d2skill.enabled and agent.skillc.enabled both inject skills; choose one")
+        if int(rl.samples_per_prompt) < 2:
+            raise ValueError("agent.d2skill.enabled splits each group into skill / no-skill halves: "
+                             f"rl.samples_per_prompt must be >= 2; got {rl.samples_per_prompt}")
+        for name, lo, hi in (("alpha", 0.0, 1.0), ("beta", 0.0, 1.0), ("min_sim", -1.0, 1.0)):
+            if not lo <= float(d[name]) <= hi:
+                raise ValueError(f"agent.d2skill.{name} must be in [{lo}, {hi}]; got {d[name]}")
+        for name in ("top_k", "max_size", "max_reflections"):
+            if int(d[name]) < 1:
+                raise ValueError(f"agent.d2skill.{name} must be >= 1; got {d[name]}")
 
 
 def skill_library(cfg: Any, task: Any) -> Any:
@@ -130,19 +146,95 @@ def agent_extras(cfg: Any, task: Any) -> dict[str, np.ndarray]:
 
 @dataclasses.dataclass
 class AgentRuntime:
-    """Host-side pieces of an agent run: the batched env, the skill library and the eval episodes."""
+    """Host-side pieces of an agent run: the batched env, the skill library, the eval episodes and
+    D2Skill's bank (saved to `bank_path` after every step, so a resumed run continues it)."""
 
     env: Any
     library: Any
     eval_episodes: list
     turns: int
+    bank: Any = None
+    bank_path: str = ""
+
+
+def d2skill_enabled(cfg: Any) -> bool:
+    return "d2skill" in cfg.agent and bool(cfg.agent.d2skill.enabled)
 
 
 def make_agent_runtime(cfg: Any, task: Any) -> AgentRuntime:
     library = skill_library(cfg, task) if cfg.agent.skills else None
     n_eval = int(cfg.eval.num_problems)
     episodes = task.eval_episodes(n_eval, seed=int(cfg.seed)) if n_eval else []
-    return AgentRuntime(task.make_env(), library, episodes, max_turns(cfg, task))
+    runtime = AgentRuntime(task.make_env(), library, episodes, max_turns(cfg, task))
+    if d2skill_enabled(cfg):
+        from jaxrl_llm.agents.skill_bank import SkillBank  # noqa: PLC0415
+
+        d = cfg.agent.d2skill
+        runtime.bank_path = os.path.join(cfg.output_dir, "skill_bank.json")
+        if bool(cfg.checkpoint.resume) and os.path.exists(runtime.bank_path):
+            with open(runtime.bank_path) as f:
+                runtime.bank = SkillBank.from_json(json.load(f)["bank"])
+        else:
+            runtime.bank = SkillBank(top_k=int(d.top_k), min_sim=float(d.min_sim), alpha=float(d.alpha), c=float(d.c),
+                                     beta=float(d.beta), max_size=int(d.max_size), min_age=int(d.min_age))
+    return runtime
+
+
+class D2SkillPrompts:
+    """D2Skill's skill blocks for `run_episodes`: for the episodes with `with_skill`, the task skills
+    retrieved once with the goal and the step skills retrieved each turn with goal + observation,
+    rendered as the bank's "Task-level / Step-level experience" sections; the ids shown are recorded."""
+
+    def __init__(self, bank: Any, with_skill: np.ndarray):
+        self.bank, self.with_skill = bank, np.asarray(with_skill, bool)
+        e = len(self.with_skill)
+        self.task_skills: list[list] = [[] for _ in range(e)]
+        self.step_ids: list[dict] = [{} for _ in range(e)]
+
+    def __call__(self, i: int, goal: str, obs: str, turn: int) -> str:
+        if not self.with_skill[i]:
+            return ""
+        if turn == 0:
+            self.task_skills[i] = self.bank.retrieve_task(goal)
+        steps = self.bank.retrieve_step(goal, obs)
+        self.step_ids[i].update({sk.id: None for sk in steps})
+        return self.bank.render(self.task_skills[i], steps)
+
+
+def d2skill_update(setup: RLSetup, out: AgentRollout, prompts: D2SkillPrompts, success: np.ndarray, step: int,
+                   n: int) -> tuple[np.ndarray, dict[str, float]]:
+    """After a step's episodes: credit the skills shown (utility EMA), reflect on failed skill-injected
+    episodes (the oracle reflector), evict at evaluation steps and save the bank. Returns the intrinsic
+    rewards `kappa (s_i - b_g)` `[E]` and the bank's metrics."""
+    from jaxrl_llm.agents.skill_bank import Trajectory, intrinsic_rewards, reflect_step  # noqa: PLC0415
+    from jaxrl_llm.agents.prompt import Turn  # noqa: PLC0415
+
+    cfg, bank = setup.cfg, setup.agent.bank
+    d = cfg.agent.d2skill
+    trajs = [Trajectory(out.goal[i], out.task_type[i],
+                        tuple(Turn(t["observation"], t["action"], t["oracle_action"]) for t in out.trajectories[i]),
+                        success=float(success[i]), with_skill=bool(prompts.with_skill[i]),
+                        task_skill_ids=tuple(sk.id for sk in prompts.task_skills[i]),
+                        step_skill_ids=tuple(prompts.step_ids[i])) for i in range(len(success))]
+    groups = [trajs[g * n:(g + 1) * n] for g in range(len(trajs) // n)]
+    intrinsic = np.zeros(len(success), np.float32)
+    for g, group in enumerate(groups):
+        credit = bank.update_group(group)
+        intrinsic[g * n:(g + 1) * n] = intrinsic_rewards(success[g * n:(g + 1) * n], credit.baseline,
+                                                         kappa=float(d.kappa))
+    added = reflect_step(bank, groups, rng=int(cfg.seed) * _EPISODE_SEED_STRIDE + step, step=step,
+                         max_reflections=int(d.max_reflections))
+    evicted = bank.evict(step) if int(cfg.eval.every) and step % int(cfg.eval.every) == 0 else []
+    if is_primary_process():
+        os.makedirs(os.path.dirname(setup.agent.bank_path) or ".", exist_ok=True)
+        tmp = setup.agent.bank_path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"step": step + 1, "bank": bank.to_json()}, f)
+        os.replace(tmp, setup.agent.bank_path)  # never a half-written bank on a crash
+    metrics = {**bank.metrics(), "d2skill/added": float(len(added)), "d2skill/evicted": float(len(evicted)),
+               "d2skill/injected_frac": float(np.mean([bool(b) for b in out.skill_injected])) if len(out.skill_injected)
+               else 0.0}
+    return intrinsic, metrics
 
 
 def play(setup: RLSetup, params: Any, episodes: list, *, key: jax.Array, temperature: float,
@@ -253,7 +345,8 @@ def turn_batch(setup: RLSetup, out: AgentRollout, turn_rollouts: list, rows_tota
     if real > rows_total:
         raise ValueError(f"{real} turn samples exceed the update's {rows_total} rows (agent.max_turns too small)")
     pieces = [select_rows(turn_rollouts[t], np.array([i])) for t, i in out.payloads]
-    merged = concat_rollouts(pieces, setup.tokenizer.pad_id)
+    # Every turn's prompt part is padded to agent.max_prompt_tokens: one update shape for every step.
+    merged = concat_rollouts(pieces, setup.tokenizer.pad_id, width=int(setup.cfg.agent.max_prompt_tokens))
     index = np.concatenate([np.arange(real), np.zeros(rows_total - real, np.int64)])
     return select_rows(merged, index), np.arange(rows_total) < real
 
@@ -280,10 +373,23 @@ def collect_agent_batch(setup: RLSetup, state: TrainState) -> tuple[TrainState, 
         injected = skillc_flags(p_with, types, task.task_types, n)
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), step)
     skills = _skill_blocks(setup.agent.library, types, injected) if injected.any() else None
+    d2 = None
+    if setup.agent.bank is not None:
+        from jaxrl_llm.agents.skill_bank import skill_split  # noqa: PLC0415
+
+        d2 = skills = D2SkillPrompts(setup.agent.bank, np.tile(skill_split(n), g))
     out, turn_rollouts = play(setup, state.params, episodes, key=key, temperature=float(rl.temperature),
                               skills=skills)
     rollout_s = time.perf_counter() - t0
     returns = episode_returns(out, invalid_penalty=float(cfg.agent.invalid_penalty), reward=str(cfg.agent.reward))
+    if d2 is not None:
+        success = out.won.astype(np.float32) if cfg.agent.reward == "won" else out.score
+        intrinsic, d2_metrics = d2skill_update(setup, out, d2, success, step, n)
+        returns = returns + intrinsic  # D2Skill's intrinsic reward kappa (s_i - b_g)
+        metrics.update(d2_metrics)
+        with_skill = d2.with_skill
+        metrics["train/success_with_skills"] = float(out.won[with_skill].mean()) if with_skill.any() else 0.0
+        metrics["train/success_without_skills"] = float(out.won[~with_skill].mean()) if (~with_skill).any() else 0.0
     group_of_episode = np.repeat(np.arange(g, dtype=np.int32), n)
     kwargs = dict(rl.advantage_kwargs)
     if skillc:
@@ -392,4 +498,9 @@ def evaluate_agent(setup: RLSetup, params: Any) -> dict[str, float]:
         with_skills, _ = play(setup, params, episodes, key=key, temperature=0.0,
                               skills=_skill_blocks(setup.agent.library, types, np.ones(len(episodes), bool)))
         out["eval/success_with_skills"] = float(with_skills.won.mean())
+    if setup.agent.bank is not None:
+        # D2Skill's validation: every episode with the bank's skills (greedy); the bank is not updated.
+        with_bank, _ = play(setup, params, episodes, key=key, temperature=0.0,
+                            skills=D2SkillPrompts(setup.agent.bank, np.ones(len(episodes), bool)))
+        out["eval/success_with_skills"] = float(with_bank.won.mean())
     return out

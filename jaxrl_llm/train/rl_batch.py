@@ -38,7 +38,8 @@ class RolloutBatch(TokenBatch):
     teacher_topk_idx: [B, T, k] int32 and teacher_topk_logp: [B, T, k], the teacher's top-k next tokens;
     old_values, returns: [B, T] critic values before the update and GAE returns;
     cond: [B] int32 condition flag (1 = the sample saw the privileged prompt);
-    step_id: [B, T] int32 (-1 outside a step) and step_ok: [B, K] bool, process labels per step.
+    step_id: [B, T] int32 (-1 outside a step) and step_ok: [B, K] bool, process labels per step;
+    aux_scale: [B] float32, per-row weight of an auxiliary term (SDAR's warm-down, `sdar_warmdown`).
     """
 
     old_logprobs: Array = None
@@ -55,6 +56,7 @@ class RolloutBatch(TokenBatch):
     cond: Array | None = None
     step_id: Array | None = None
     step_ok: Array | None = None
+    aux_scale: Array | None = None
 
 
 def check_rollout_batch(batch: RolloutBatch) -> tuple[int, int]:

@@ -112,7 +112,7 @@ def step_label_fields(setup: RLSetup, rollout: Any, problems: list, mask: np.nda
                                               delimiter=str(rl.step_labels.delimiter), num_steps=width)
     prm = str(rl.step_labels.get("prm", ""))
     if prm:
-        scores = prm_step_scores(prm, setup.task, rows, pieces, num_steps=width)
+        scores = prm_step_scores(prm, setup.task, rows, pieces, num_steps=width, options=rl.step_labels)
         step_ok = np.asarray(nsa_step_consensus(step_ok, scores,
                                                 prm_threshold=float(rl.step_labels.get("prm_threshold", 0.5))))
     return {"step_id": response_to_token_axis(step_id, rollout.prompt_width, mask, fill=-1), "step_ok": step_ok}
@@ -272,12 +272,25 @@ def collect_rollout_batch(setup: RLSetup, state: TrainState) -> tuple[Any, dict[
     return batch, metrics
 
 
+def warmdown_scale(rl: Any, step: int, rows: int) -> np.ndarray | None:
+    """`aux_scale [rows]` = 1 - step / warmdown_steps (clipped at 0) when `rl.objective_kwargs.warmdown_steps`
+    is set (SDAR's warm-down: the objective multiplies its auxiliary weight by it), else None."""
+    steps = int(dict(rl.objective_kwargs).get("warmdown_steps", 0) or 0)
+    if steps <= 0:
+        return None
+    return np.full(rows, max(0.0, 1.0 - step / steps), np.float32)
+
+
 def rl_step(setup: RLSetup, state: TrainState) -> tuple[TrainState, dict[str, float]]:
     """One full iteration (see the module docstring); returns the new state and its flat record."""
     if setup.agent is not None:
         state, batch, record = collect_agent_batch(setup, state)  # episodes turn by turn (train/agent_step.py)
     else:
         batch, record = collect_rollout_batch(setup, state)
+    scale = warmdown_scale(setup.cfg.rl, int(state.step), batch.shape[0])
+    if scale is not None:
+        batch = batch.replace(aux_scale=scale)
+        record["sdar/warmdown_scale"] = float(scale[0])
     t0 = time.perf_counter()
     state, metrics = setup.update_fn(state, batch)
     if EMA_KEY in state.extras:

@@ -184,7 +184,7 @@ BATCH_TO_OBJECTIVE = {"old_logprobs": "old_logp", "rollout_logprobs": "rollout_l
                       "teacher_logprobs": "teacher_logp", "teacher_topk_idx": "teacher_topk_idx",
                       "teacher_topk_logp": "teacher_topk_logp", "loss_mask": "mask", "advantages": "advantages",
                       "rewards": "rewards", "group_ids": "group_ids", "cond": "cond", "old_values": "old_values",
-                      "returns": "returns", "step_id": "step_id", "step_ok": "step_ok"}
+                      "returns": "returns", "step_id": "step_id", "step_ok": "step_ok", "aux_scale": "aux_scale"}
 
 
 def objective_inputs(mb: RolloutBatch, learner: Mapping[str, jax.Array]) -> dict[str, Any]:

@@ -102,6 +102,8 @@ def objective_fields(rl: Mapping[str, Any], *, skill_flags: bool = False) -> set
         fields.add("cond")
     if rl["step_labels"]["enabled"]:
         fields |= {"step_id", "step_ok"}
+    if int(dict(rl["objective_kwargs"]).get("warmdown_steps", 0) or 0) > 0:
+        fields.add("aux_scale")  # the warm-down's per-row weight (train/rl_step.py: warmdown_scale)
     return fields
 
 
