@@ -39,8 +39,13 @@ def get_config() -> ConfigDict:
     c.data.task_kwargs.show_actions = True  # list the admissible actions
     c.data.task_kwargs.action_format = "plain"  # "plain" (the action) or "tagged" (<action>...</action>)
     c.data.task_kwargs.oracle_noise = 0.3  # warm-up episodes take a random action this often (recovery states)
+    c.data.task_kwargs.context = ""  # "map": MAP's explored house map in every turn prompt (configs/agents_house_map.py)
+    c.data.task_kwargs.map_budget = 30  # MAP explorer: at most this many env steps (E) per house
+    c.data.task_kwargs.map_patience = 3  # MAP explorer: stop after this many steps without a new fact (w)
+    c.data.task_kwargs.skill1 = False  # add Skill1's query / rerank / distil records (configs/agents_house_skill1.py)
     c.data.num_train = 20000  # oracle turn records for the warm-up
-    c.data.seq_len = 208  # turn prompt + action + eos
+    c.data.seq_len = 256  # rows of packed turn records (a record is ~85 tokens, at most ~140)
+    c.data.packing = True  # several records per row: no padding, ~3x the supervised tokens per step
     c.data.long_records = "drop"
 
     c.sft.train.steps = 300  # stopped early: the policy has the action format and room to improve
@@ -76,6 +81,19 @@ def get_config() -> ConfigDict:
     c.agent.d2skill.max_size = 300  # per pool; eviction at evaluation steps
     c.agent.d2skill.min_age = 10  # only skills at least this many steps old are evicted
     c.agent.d2skill.max_reflections = 10  # reflected failures per step
+    c.agent.skill1 = ConfigDict()  # Skill1: query -> rerank -> solve -> distil, one policy (configs/agents_house_skill1.py)
+    c.agent.skill1.enabled = False  # needs data.task_kwargs.skill1 = True; rows per episode: agent.max_turns + 3
+    c.agent.skill1.top_k = 3  # candidates shown to the rerank segment
+    c.agent.skill1.top_candidates = 10  # the most similar skills ranked by the retrieval score
+    c.agent.skill1.min_sim = 0.0  # similarity floor (0: any skill sharing no word still ranks)
+    c.agent.skill1.alpha = 0.1  # score = alpha (sim + 1) / 2 + (1 - alpha) (utility + c UCB bonus)
+    c.agent.skill1.c = 0.05  # UCB bonus in training; evaluation retrieves greedily (c = 0)
+    c.agent.skill1.rate = 0.05  # utility EMA U <- (1 - rate) U + rate r of the picked skill
+    c.agent.skill1.lambda_rerank = 0.3  # select reward r + lambda_rerank (U_picked - mean U)
+    c.agent.skill1.lambda_distill = 0.3  # distil reward r + lambda_distill (r - max U)
+    c.agent.skill1.max_size = 300  # skills kept after each step's eviction
+    c.agent.skill1.min_age = 10  # only skills at least this many steps old are evicted
+    c.agent.skill1.add_failed = False  # also add skills distilled from failed episodes
 
     c.rl.steps = 30
     c.rl.prompts_per_step = 4  # houses per step

@@ -93,6 +93,16 @@ def get_config() -> ConfigDict:
     c.rl.hints.alpha = 0.9
     c.rl.hints.tau = 0.6
     c.rl.hints.switch = True  # False: hints only decay (never switched off early)
+    # HeavySkill (agents/heavyskill.py, configs/heavyskill.py): per problem, K solutions from the policy (not
+    # trained on), each trimmed to (context - template - reserve) // K tokens (tail + answer kept), go into a
+    # deliberation prompt padded to context - reserve; the rl.samples_per_prompt samples are deliberations on it
+    # and GRPO trains on them alone (reward = the task's correctness).
+    c.rl.heavyskill = ConfigDict()
+    c.rl.heavyskill.enabled = False
+    c.rl.heavyskill.num_solutions = 8  # K parallel solutions per problem
+    c.rl.heavyskill.summary_k = 4  # deliberations voted on at evaluation (tools/exp_heavyskill.py)
+    c.rl.heavyskill.context = 0  # tokens a deliberation row holds (prompt + response); 0: data.seq_len
+    c.rl.heavyskill.reserve = 0  # tokens kept for the deliberation itself; 0: rl.max_new_tokens
     c.rl.prompt_bucket = 0  # > 0: left-pad the batch's prompts to a multiple of this (fewer update compiles)
     c.rl.reuse_epochs = 4  # K: optimizer passes over each rollout batch
     c.rl.minibatches = 1  # optimizer steps per pass

@@ -60,10 +60,18 @@ METHODS: dict[str, tuple[str, str, str]] = {
     "skillc_chain": ("configs/skillc_chain.py", "hint-contrastive credit helps hint-free accuracy", "reward/cond1"),
     "dpo_vp": ("configs/dpo_vp.py", "iterative DPO on verified pairs matches GRPO at equal rollouts",
                "round/pairs"),
+    # Multi-turn agents on TextHouse (tools/exp_agents.py runs these; --set data.task_kwargs.env=textshop).
+    "agents_grpo": ("configs/agents_house_grpo.py", "baseline (ReAct-style GRPO over turns)", "invalid_rate"),
+    "agents_skillc": ("configs/agents_house_skillc.py", "skill-free success >= GRPO's (skills internalised)",
+                      "skillc/injected_frac"),
+    "agents_sdar": ("configs/agents_house_sdar.py", "gated privileged-skill distillation >= GRPO", "sdar/gate_mean"),
+    "agents_d2skill": ("configs/agents_house_d2skill.py", "skill-free success >= GRPO's with a reflected bank",
+                       "d2skill/step_pool_size"),
 }
 # The run each recipe is compared with, same seed (default "grpo").
 BASELINES = {"grpo_chain": "grpo_chain", "sdar_chain": "grpo_chain", "opsd_chain": "grpo_chain",
-             "skillc_chain": "grpo_chain"}
+             "skillc_chain": "grpo_chain", "agents_skillc": "agents_grpo", "agents_sdar": "agents_grpo",
+             "agents_d2skill": "agents_grpo"}
 
 
 def baseline_of(name: str) -> str:
@@ -206,7 +214,10 @@ def run_one(name: str, seed: int, args, out: str, shared: dict, teacher: str | N
             "final_accuracy": summary["accuracy_after"], "final_greedy_accuracy": summary["greedy_accuracy_after"],
             "response_length": float(np.mean([r["response_length"] for r in records])),
             "metric": metric, "metric_mean": float(np.mean(values)) if values else None,
-            "wall_time_s": time.perf_counter() - t0, **curves}
+            "wall_time_s": time.perf_counter() - t0, **curves,
+            # the last held-out evaluation's every eval/ metric (per-type success, turns, skills for agents)
+            "final_eval": next(({k: v for k, v in r.items() if k.startswith("eval/")}
+                                for r in reversed(records) if "eval/accuracy" in r), {})}
 
 
 def summarize(results: list[dict]) -> list[dict[str, Any]]:

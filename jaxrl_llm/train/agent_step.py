@@ -19,6 +19,13 @@ whose state lives in `TrainState.extras` and is updated from a with / without-sk
 every `agent.skillc.validate_every` steps. SDAR (`rl.objective = "sdar"`, `rl.teacher.source =
 "privileged"`): the teacher is the actor on `agents/prompt.py: privileged_prompt(skill text, turn
 prompt)` with the same response tokens.
+
+MAP (`data.task_kwargs.context = "map"`): `play` puts each episode's house map
+(`AgentTask.context_block`) first in every turn's skill block, before any other skill block (joined by
+a newline), in training and evaluation alike; `map/explore_steps` is the explorer's mean env steps.
+Skill1 (`agent.skill1.enabled`, `agents/skill1.py`): each episode adds a query, a rerank (with >= 2
+candidates) and a distil row to its turn rows, each segment GRPO-normalised within its group; the
+update batch has `E * (agent.max_turns + 3)` rows.
 """
 
 from __future__ import annotations
@@ -45,12 +52,13 @@ from jaxrl_llm.train.state import TrainState
 
 RLSetup = Any  # train/rl.py: RLSetup
 
-__all__ = ["AgentRuntime", "agent_rows", "collect_agent_batch", "evaluate_agent", "make_agent_runtime",
-           "check_agent_config", "agent_extras", "play"]
+__all__ = ["AgentRuntime", "TurnSampler", "agent_rows", "collect_agent_batch", "evaluate_agent", "make_agent_runtime",
+           "check_agent_config", "agent_extras", "play", "skill1_play", "with_context"]
 
 REWARDS = ("score", "won")
 SKILLC_KEYS = ("skillc_dbar", "skillc_patience", "skillc_active", "skillc_ref", "skillc_lam", "skillc_p_with")
 _EPISODE_SEED_STRIDE = 1_000_003
+SKILL1_SEGMENT_ROWS = 3  # Skill1's query, rerank and distil rows per episode
 
 
 def max_turns(cfg: Any, task: Any) -> int:
@@ -58,9 +66,15 @@ def max_turns(cfg: Any, task: Any) -> int:
     return int(cfg.agent.max_turns) or int(task.max_steps)
 
 
+def skill1_enabled(cfg: Any) -> bool:
+    return "skill1" in cfg.agent and bool(cfg.agent.skill1.enabled)
+
+
 def agent_rows(cfg: Any, task: Any) -> int:
-    """Rows of an agent update batch: episodes x turns (`prompts_per_step * samples_per_prompt * max_turns`)."""
-    return int(cfg.rl.prompts_per_step) * int(cfg.rl.samples_per_prompt) * max_turns(cfg, task)
+    """Rows of an agent update batch: episodes x turns (`prompts_per_step * samples_per_prompt * max_turns`);
+    with Skill1 episodes x (max_turns + 3), room for its query, rerank and distil rows."""
+    per_episode = max_turns(cfg, task) + (SKILL1_SEGMENT_ROWS if skill1_enabled(cfg) else 0)
+    return int(cfg.rl.prompts_per_step) * int(cfg.rl.samples_per_prompt) * per_episode
 
 
 def check_agent_config(cfg: Any, task: Any) -> None:
@@ -122,6 +136,30 @@ def check_agent_config(cfg: Any, task: Any) -> None:
         for name in ("top_k", "max_size", "max_reflections"):
             if int(d[name]) < 1:
                 raise ValueError(f"agent.d2skill.{name} must be >= 1; got {d[name]}")
+    if skill1_enabled(cfg):
+        s1 = a.skill1
+        if skillc or d2skill_enabled(cfg):
+            raise ValueError("agent.skill1.enabled picks its own skills; it cannot run with agent.skillc.enabled or "
+                             "agent.d2skill.enabled")
+        if rl.teacher.source == "privileged":
+            raise ValueError("agent.skill1.enabled cannot run with rl.teacher.source='privileged' (SDAR's teacher "
+                             "reads turn rows only)")
+        if not getattr(task, "skill1", False):
+            raise ValueError("agent.skill1.enabled needs data.task_kwargs.skill1=True: the warm-up records teach the "
+                             "query / rerank / distil formats (and give the word tokenizer their words)")
+        if int(rl.samples_per_prompt) < 2:
+            raise ValueError("agent.skill1.enabled normalises each segment within its group: rl.samples_per_prompt "
+                             f"must be >= 2; got {rl.samples_per_prompt}")
+        for name in ("top_k", "top_candidates", "max_size"):
+            if int(s1[name]) < 1:
+                raise ValueError(f"agent.skill1.{name} must be >= 1; got {s1[name]}")
+        for name, lo, hi in (("alpha", 0.0, 1.0), ("min_sim", -1.0, 1.0)):
+            if not lo <= float(s1[name]) <= hi:
+                raise ValueError(f"agent.skill1.{name} must be in [{lo}, {hi}]; got {s1[name]}")
+        if not 0.0 < float(s1.rate) <= 1.0:
+            raise ValueError(f"agent.skill1.rate must be in (0, 1]; got {s1.rate}")
+        if float(s1.c) < 0:
+            raise ValueError(f"agent.skill1.c (the UCB bonus) must be >= 0; got {s1.c}")
 
 
 def skill_library(cfg: Any, task: Any) -> Any:
@@ -147,7 +185,8 @@ def agent_extras(cfg: Any, task: Any) -> dict[str, np.ndarray]:
 @dataclasses.dataclass
 class AgentRuntime:
     """Host-side pieces of an agent run: the batched env, the skill library, the eval episodes and
-    D2Skill's bank (saved to `bank_path` after every step, so a resumed run continues it)."""
+    D2Skill's bank (saved to `bank_path` after every step, so a resumed run continues it) or Skill1's
+    (`skill1`, saved to `skill1_path`)."""
 
     env: Any
     library: Any
@@ -155,6 +194,8 @@ class AgentRuntime:
     turns: int
     bank: Any = None
     bank_path: str = ""
+    skill1: Any = None
+    skill1_path: str = ""
 
 
 def d2skill_enabled(cfg: Any) -> bool:
@@ -177,7 +218,30 @@ def make_agent_runtime(cfg: Any, task: Any) -> AgentRuntime:
         else:
             runtime.bank = SkillBank(top_k=int(d.top_k), min_sim=float(d.min_sim), alpha=float(d.alpha), c=float(d.c),
                                      beta=float(d.beta), max_size=int(d.max_size), min_age=int(d.min_age))
+    if skill1_enabled(cfg):
+        from jaxrl_llm.agents.skill1 import Skill1Bank  # noqa: PLC0415
+        from jaxrl_llm.agents.skill_bank import SkillBank  # noqa: PLC0415
+
+        s1 = cfg.agent.skill1
+        runtime.skill1_path = os.path.join(cfg.output_dir, "skill1_bank.json")
+        if bool(cfg.checkpoint.resume) and os.path.exists(runtime.skill1_path):
+            with open(runtime.skill1_path) as f:
+                runtime.skill1 = Skill1Bank.from_json(json.load(f)["bank"])
+        else:
+            runtime.skill1 = Skill1Bank(SkillBank(top_k=int(s1.top_k), top_candidates=int(s1.top_candidates),
+                                                  min_sim=float(s1.min_sim), alpha=float(s1.alpha), c=float(s1.c),
+                                                  max_size=int(s1.max_size), min_age=int(s1.min_age)),
+                                        rate=float(s1.rate))
     return runtime
+
+
+def _save_bank(path: str, step: int, bank_json: str) -> None:
+    """`{"step": step + 1, "bank": bank_json}` to `path`, atomically (never a half-written bank on a crash)."""
+    if is_primary_process():
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with open(path + ".tmp", "w") as f:
+            json.dump({"step": step + 1, "bank": bank_json}, f)
+        os.replace(path + ".tmp", path)
 
 
 class D2SkillPrompts:
@@ -225,43 +289,102 @@ def d2skill_update(setup: RLSetup, out: AgentRollout, prompts: D2SkillPrompts, s
     added = reflect_step(bank, groups, rng=int(cfg.seed) * _EPISODE_SEED_STRIDE + step, step=step,
                          max_reflections=int(d.max_reflections))
     evicted = bank.evict(step) if int(cfg.eval.every) and step % int(cfg.eval.every) == 0 else []
-    if is_primary_process():
-        os.makedirs(os.path.dirname(setup.agent.bank_path) or ".", exist_ok=True)
-        tmp = setup.agent.bank_path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"step": step + 1, "bank": bank.to_json()}, f)
-        os.replace(tmp, setup.agent.bank_path)  # never a half-written bank on a crash
+    _save_bank(setup.agent.bank_path, step, bank.to_json())
     metrics = {**bank.metrics(), "d2skill/added": float(len(added)), "d2skill/evicted": float(len(evicted)),
                "d2skill/injected_frac": float(np.mean([bool(b) for b in out.skill_injected])) if len(out.skill_injected)
                else 0.0}
     return intrinsic, metrics
 
 
+class TurnSampler:
+    """The policy as `run_episodes`' `act`: every call samples one `[E, agent.max_prompt_tokens]` batch
+    (fixed shape: one compile for every call), with the key folded by the call's index, and keeps its
+    `Rollout` in `rollouts`; row i's payload is `(call index, i)`. Prompts longer than the width keep
+    their end (the current observation and actions); `truncated` counts them."""
+
+    def __init__(self, setup: RLSetup, params: Any, *, key: jax.Array, temperature: float):
+        self.setup, self.params, self.key = setup, params, key
+        self.width = int(setup.cfg.agent.max_prompt_tokens)
+        self.sampling = dataclasses.replace(setup.sampling, n=1, temperature=float(temperature),
+                                            prompt_bucket=self.width)
+        self.rollouts: list = []
+        self.truncated = 0
+
+    def __call__(self, prompts: list[str], turn: int = 0) -> tuple[list[str], list]:
+        setup = self.setup
+        ids = encode_texts(setup.tokenizer, prompts)
+        self.truncated += sum(len(x) > self.width for x in ids)
+        ids = [x[-self.width:] for x in ids]
+        call = len(self.rollouts)
+        rollout = sample_responses(setup.parts, self.params, setup.rest, ids, key=jax.random.fold_in(self.key, call),
+                                   config=self.sampling, quant_format=setup.cfg.rl.rollout_quant, mesh=setup.mesh)
+        self.rollouts.append(rollout)
+        return decode_responses(setup.tokenizer, rollout), [(call, i) for i in range(len(prompts))]
+
+
+def with_context(task: Any, episodes: list, skills: Any) -> Any:
+    """A `run_episodes` skill function: each episode's context block (`AgentTask.context_block`, MAP's
+    house map) first, then `skills`' block, joined by a newline; `skills` unchanged without a context."""
+    if not getattr(task, "context", ""):
+        return skills
+    blocks = [task.context_block(t, s) for t, s in episodes]
+
+    def composed(i: int, goal: str, obs: str, turn: int) -> str:
+        extra = skills(i, goal, obs, turn) if skills is not None else ""
+        return "\n".join(b for b in (blocks[i], extra) if b)
+    return composed
+
+
 def play(setup: RLSetup, params: Any, episodes: list, *, key: jax.Array, temperature: float,
-         skills: Any = None) -> tuple[AgentRollout, list]:
-    """Plays `episodes` with the policy `params` (one sampled batch of `E` rows per turn).
+         skills: Any = None, sampler: TurnSampler | None = None) -> tuple[AgentRollout, list]:
+    """Plays `episodes` with the policy `params` (one sampled batch of `E` rows per turn), each turn's
+    skill block behind the episode's context block (`with_context`).
 
-    Returns the `AgentRollout` (each live turn's payload is `(turn, row)`) and the per-turn `Rollout`s.
+    `sampler`: a `TurnSampler` to share with other generations (Skill1's segments); a fresh one by
+    default, whose call index is the turn. Returns the `AgentRollout` (each live turn's payload is
+    `(call index, row)`) and the sampler's `Rollout`s.
     """
-    cfg, tok = setup.cfg, setup.tokenizer
-    width = int(cfg.agent.max_prompt_tokens)
-    sampling = dataclasses.replace(setup.sampling, n=1, temperature=float(temperature), prompt_bucket=width)
-    turn_rollouts: list = []
-    truncated = [0]
+    sampler = sampler if sampler is not None else TurnSampler(setup, params, key=key, temperature=temperature)
+    before = sampler.truncated
+    out = run_episodes(setup.agent.env, setup.task.builder, episodes, act=sampler, max_turns=setup.agent.turns,
+                       skills=with_context(setup.task, episodes, skills))
+    out.prompt_truncated = sampler.truncated - before
+    return out, sampler.rollouts
 
-    def act(prompts: list[str], turn: int):
-        ids = encode_texts(tok, prompts)
-        truncated[0] += sum(len(x) > width for x in ids)
-        ids = [x[-width:] for x in ids]  # left truncation: the current observation and actions stay
-        rollout = sample_responses(setup.parts, params, setup.rest, ids, key=jax.random.fold_in(key, turn),
-                                   config=sampling, quant_format=cfg.rl.rollout_quant, mesh=setup.mesh)
-        turn_rollouts.append(rollout)
-        return decode_responses(tok, rollout), [(turn, i) for i in range(len(prompts))]
 
-    out = run_episodes(setup.agent.env, setup.task.builder, episodes, act=act, max_turns=setup.agent.turns,
-                       skills=skills)
-    out.prompt_truncated = truncated[0]
-    return out, turn_rollouts
+def skill1_play(setup: RLSetup, params: Any, episodes: list, *, key: jax.Array, temperature: float,
+                explore: bool) -> tuple[Any, AgentRollout, TurnSampler]:
+    """Skill1's segments on `episodes` (`agents/skill1.py`): query, retrieval from `setup.agent.skill1`
+    (its UCB bonus when `explore`), rerank (episodes with >= 2 candidates), solve with the picked skill
+    as the skill block, distil. One `TurnSampler` generates all of them. Returns
+    `(Skill1Episodes, AgentRollout of the solve turns, sampler)`; the bank is not changed."""
+    from jaxrl_llm.agents import skill1 as s1  # noqa: PLC0415
+
+    bank = setup.agent.skill1
+    sampler = TurnSampler(setup, params, key=key, temperature=temperature)
+    _, infos = setup.agent.env.reset([t for t, _ in episodes], [s for _, s in episodes])
+    goals = [str(info["goal"]) for info in infos]
+    texts, query_payloads = sampler([s1.query_prompt(g) for g in goals])
+    queries = [s1.parse_query(t) for t in texts]
+    cands = [bank.candidates(q, explore=explore) for q in queries]
+    reranked = np.array([len(c) >= 2 for c in cands], bool)
+    picks: list = [0 if c else None for c in cands]  # a lone candidate is used as it is
+    valid = np.zeros(len(episodes), bool)
+    rerank_payloads: list = [None] * len(episodes)
+    if reranked.any():
+        prompts = [s1.rerank_prompt(g, c) if r else s1.query_prompt(g) for g, c, r in zip(goals, cands, reranked)]
+        texts, payloads = sampler(prompts)  # all E rows (fixed shape); only the reranked ones are kept
+        for i in np.flatnonzero(reranked):
+            pick = s1.parse_pick(texts[i], len(cands[i]))
+            valid[i], picks[i], rerank_payloads[i] = pick is not None, 0 if pick is None else pick, payloads[i]
+    blocks = [s1.skill_block(c[p] if p is not None else None) for c, p in zip(cands, picks)]
+    out, _ = play(setup, params, episodes, key=key, temperature=temperature,
+                  skills=lambda i, goal, obs, turn: blocks[i], sampler=sampler)
+    actions = [[t["action"] for t in traj] for traj in out.trajectories]
+    texts, distil_payloads = sampler([s1.distil_prompt(g, a, bool(w)) for g, a, w in zip(out.goal, actions, out.won)])
+    eps = s1.Skill1Episodes(goals, queries, cands, picks, reranked, valid, [s1.parse_skill(t) for t in texts],
+                            {"query": query_payloads, "select": rerank_payloads, "distill": distil_payloads})
+    return eps, out, sampler
 
 
 def _skill_blocks(library: Any, task_types: list[str], injected: np.ndarray):
@@ -341,10 +464,15 @@ def _typed_eval_episodes(task: Any, type_index: int, n: int, seed: int) -> list:
 def turn_batch(setup: RLSetup, out: AgentRollout, turn_rollouts: list, rows_total: int) -> tuple[Any, np.ndarray]:
     """The `[rows_total, P + N]` rollout of the live turns (real rows first, then copies of row 0) and the
     `[rows_total]` bool mask of real rows."""
-    real = len(out.payloads)
+    return rows_batch(setup, out.payloads, turn_rollouts, rows_total)
+
+
+def rows_batch(setup: RLSetup, payloads: list, turn_rollouts: list, rows_total: int) -> tuple[Any, np.ndarray]:
+    """`turn_batch` of any sampled rows: `payloads` are `(call index, row)` into `turn_rollouts`."""
+    real = len(payloads)
     if real > rows_total:
         raise ValueError(f"{real} turn samples exceed the update's {rows_total} rows (agent.max_turns too small)")
-    pieces = [select_rows(turn_rollouts[t], np.array([i])) for t, i in out.payloads]
+    pieces = [select_rows(turn_rollouts[t], np.array([i])) for t, i in payloads]
     # Every turn's prompt part is padded to agent.max_prompt_tokens: one update shape for every step.
     merged = concat_rollouts(pieces, setup.tokenizer.pad_id, width=int(setup.cfg.agent.max_prompt_tokens))
     index = np.concatenate([np.arange(real), np.zeros(rows_total - real, np.int64)])
@@ -378,8 +506,16 @@ def collect_agent_batch(setup: RLSetup, state: TrainState) -> tuple[TrainState, 
         from jaxrl_llm.agents.skill_bank import skill_split  # noqa: PLC0415
 
         d2 = skills = D2SkillPrompts(setup.agent.bank, np.tile(skill_split(n), g))
-    out, turn_rollouts = play(setup, state.params, episodes, key=key, temperature=float(rl.temperature),
-                              skills=skills)
+    s1_eps = None
+    if setup.agent.skill1 is not None:
+        s1_eps, out, sampler = skill1_play(setup, state.params, episodes, key=key, temperature=float(rl.temperature),
+                                           explore=True)
+        turn_rollouts = sampler.rollouts
+    else:
+        out, turn_rollouts = play(setup, state.params, episodes, key=key, temperature=float(rl.temperature),
+                                  skills=skills)
+    if getattr(task, "context", "") == "map":
+        metrics["map/explore_steps"] = float(np.mean([task.exploration(t, s).steps for t, s in groups]))
     rollout_s = time.perf_counter() - t0
     returns = episode_returns(out, invalid_penalty=float(cfg.agent.invalid_penalty), reward=str(cfg.agent.reward))
     if d2 is not None:
@@ -399,9 +535,17 @@ def collect_agent_batch(setup: RLSetup, state: TrainState) -> tuple[TrainState, 
     if ep_adv.ndim != 1:
         raise ValueError(f"rl.advantage={rl.advantage!r} gives per-token advantages; agent runs need one per episode")
     rows_total = agent_rows(cfg, task)
-    rollout, real = turn_batch(setup, out, turn_rollouts, rows_total)
-    ep = np.concatenate([out.episode, np.zeros(rows_total - len(out.episode), np.int32)])
-    batch = build_rollout_batch(rollout, returns[ep], group_of_episode[ep], np.where(real, ep_adv[ep], 0.0),
+    # Row i: payload (sampler call, row), its episode, reward and advantage; padding rows copy row 0.
+    payloads, row_ep = list(out.payloads), np.asarray(out.episode, np.int32)
+    row_reward, row_adv = returns[row_ep], ep_adv[row_ep]
+    if s1_eps is not None:
+        payloads, row_ep, row_reward, row_adv = skill1_rows(setup, s1_eps, out, returns, step, kwargs, metrics,
+                                                            (payloads, row_ep, row_reward, row_adv))
+    rollout, real = rows_batch(setup, payloads, turn_rollouts, rows_total)
+    pad = rows_total - len(payloads)
+    ep = np.concatenate([row_ep, np.zeros(pad, np.int32)]).astype(np.int32)
+    batch = build_rollout_batch(rollout, np.concatenate([row_reward, np.full(pad, row_reward[0])]),
+                                group_of_episode[ep], np.concatenate([row_adv, np.zeros(pad)]),
                                 pad_id=setup.tokenizer.pad_id)
     batch = batch.replace(loss_mask=np.where(real[:, None], batch.loss_mask, 0.0).astype(np.float32))
     if skillc:
@@ -434,6 +578,36 @@ def collect_agent_batch(setup: RLSetup, state: TrainState) -> tuple[TrainState, 
         metrics["train/success_with_skills"] = float(out.won[injected].mean()) if injected.any() else 0.0
         metrics["train/success_without_skills"] = float(out.won[~injected].mean()) if (~injected).any() else 0.0
     return state, batch, metrics
+
+
+def skill1_rows(setup: RLSetup, eps: Any, out: AgentRollout, returns: np.ndarray, step: int, adv_kwargs: dict,
+                metrics: dict, rows: tuple) -> tuple:
+    """Skill1 after a step's episodes: credits and bank updates (`agents/skill1.py: skill1_update`), eviction,
+    the saved bank, and the query / rerank / distil rows appended to the turn `rows` = `(payloads [R],
+    episode [R], reward [R], advantage [R])`, each segment GRPO-normalised within its groups (`rl.advantage`
+    on the segment's rewards; a group with < 2 of a segment's rows gives none)."""
+    from jaxrl_llm.agents.skill1 import full_groups, skill1_update  # noqa: PLC0415
+
+    cfg, bank = setup.cfg, setup.agent.skill1
+    s1 = cfg.agent.skill1
+    n = int(cfg.rl.samples_per_prompt)
+    seg = skill1_update(bank, eps, out.won.astype(np.float32), returns, out.task_type, step=step,
+                        lambda_rerank=float(s1.lambda_rerank), lambda_distill=float(s1.lambda_distill),
+                        add_failed=bool(s1.add_failed))
+    evicted = bank.evict(step)
+    _save_bank(setup.agent.skill1_path, step, bank.to_json())
+    payloads, row_ep, row_reward, row_adv = rows
+    payloads, parts = list(payloads), [(row_ep, row_reward, row_adv)]
+    for name in ("query", "select", "distill"):
+        idx, gid, num = full_groups(seg.present[name], n)
+        if len(idx):
+            adv, _, _ = estimate(cfg.rl.advantage, {"rewards": seg.rewards[name][idx], "group_ids": gid}, num,
+                                 **adv_kwargs)
+            payloads += [eps.payloads[name][i] for i in idx]
+            parts.append((idx.astype(np.int32), seg.rewards[name][idx], adv))
+        metrics[f"skill1/{name}_rows"] = float(len(idx))
+    metrics.update({**seg.metrics, "skill1/evicted": float(len(evicted))})
+    return (payloads, *(np.concatenate([p[k] for p in parts]) for k in range(3)))
 
 
 def agent_teacher_fields(setup: RLSetup, state: TrainState, out: AgentRollout, rollout: Any, ep: np.ndarray,
@@ -498,6 +672,13 @@ def evaluate_agent(setup: RLSetup, params: Any) -> dict[str, float]:
         with_skills, _ = play(setup, params, episodes, key=key, temperature=0.0,
                               skills=_skill_blocks(setup.agent.library, types, np.ones(len(episodes), bool)))
         out["eval/success_with_skills"] = float(with_skills.won.mean())
+    if setup.agent.skill1 is not None:
+        # Skill1's validation: the four segments, greedy retrieval (no UCB bonus) and decoding; no bank update.
+        from jaxrl_llm.agents.skill1 import selection_accuracy  # noqa: PLC0415
+
+        eps, s1_out, _ = skill1_play(setup, params, episodes, key=key, temperature=0.0, explore=False)
+        out["eval/success_with_skills"] = float(s1_out.won.mean())
+        out["eval/skill1_selection_accuracy"] = selection_accuracy(eps, s1_out.task_type)
     if setup.agent.bank is not None:
         # D2Skill's validation: every episode with the bank's skills (greedy); the bank is not updated.
         with_bank, _ = play(setup, params, episodes, key=key, temperature=0.0,

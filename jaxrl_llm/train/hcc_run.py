@@ -10,7 +10,8 @@ the first `hcc.fit_tau_records` records that carry a ground-truth `boundary`, `h
 
 - `hcc.output`: every input record with `completion` replaced by the edited text, plus `hcc_boundary`
   (the last kept step, null = no cut), `hcc_removed_steps`, `hcc_removed_tokens` and
-  `original_completion`;
+  `original_completion` (the input's other fields, e.g. a trace export's steps and labels, describe
+  `original_completion`);
 - `hcc.report`: a JSON report with how much was cut (records, steps and tokens: totals, means per
   record and shares of the reasoning) and, when records carry a ground-truth `boundary` (the last
   step to keep; K - 1 = nothing to cut), the agreement of the editor with it (exact-match rate and
@@ -164,7 +165,9 @@ def run_hcc(cfg: Any) -> dict[str, Any]:
                    "hcc_removed_steps": e.removed_steps, "hcc_removed_tokens": n}
             f.write(json.dumps(out) + "\n")
     steps = [len(s.encoded.split.steps) for s in scored]
-    reasoning_tokens = [int(np.count_nonzero(s.step_ids >= 0)) for s in scored]
+    # The reasoning's tokens: those starting before the end of its last step (separators included).
+    reasoning_tokens = [int(np.count_nonzero(s.encoded.token_spans[:, 0] < s.encoded.split.spans[-1][1]))
+                        for s in scored]
     held_out = labelled[len(fit_ids):]
 
     def agreement(ids: Sequence[int]) -> dict[str, Any]:

@@ -54,6 +54,8 @@ from jaxrl_llm.train.rl_hints import check_hints_config, hints_config, initial_e
 from jaxrl_llm.train.agent_step import (agent_extras, agent_rows, check_agent_config, evaluate_agent,
                                        make_agent_runtime)
 from jaxrl_llm.agents.task import is_agent_task
+from jaxrl_llm.agents.heavyskill import (HeavySkillTask, deliberation_prompt, heavyskill_settings,
+                                      heavyskill_solution_budget)
 from jaxrl_llm.train.rl_step import collect_rollout_batch, mixed_groups, rl_step  # noqa: F401  (public names)
 from jaxrl_llm.train.rl_update import (
     RLUpdateOptions,
@@ -166,7 +168,42 @@ def check_rl_config(cfg: Any) -> None:
         check_init_from({"init_from": rl.teacher.source}, "rl.teacher.source")
     if hints_config(rl) is not None:
         check_hints_config(rl, task_from_config(cfg.data))  # LANG's hint schedule and switch
+    check_heavyskill_config(cfg)
     update_options(cfg)  # validates reuse and gate fields
+
+
+def check_heavyskill_config(cfg: Any) -> None:
+    """`rl.heavyskill` (agents/heavyskill.py): K, summary_k, context and reserve in range, a single-turn task
+    without other prompt rewriters, and room for K trimmed solutions in one train problem's prompt."""
+    heavy = heavyskill_settings(cfg)
+    if heavy is None:
+        return
+    rl = cfg.rl
+    for name in ("num_solutions", "summary_k"):
+        if getattr(heavy, name) < 1:
+            raise ValueError(f"rl.heavyskill.{name} must be >= 1; got {getattr(heavy, name)}")
+    for name in ("context", "reserve"):
+        if int(rl.heavyskill.get(name, 0)) < 0:
+            raise ValueError(f"rl.heavyskill.{name} must be >= 0 (0: the default); got {rl.heavyskill[name]}")
+    if heavy.reserve < int(rl.max_new_tokens):
+        raise ValueError(f"rl.heavyskill.reserve={heavy.reserve} must be >= rl.max_new_tokens={rl.max_new_tokens}: "
+                         "the deliberation is generated inside the context")
+    if cfg.data.task == "agent" or rl.condition.source or rl.teacher.source == "privileged" or hints_config(rl):
+        raise ValueError("rl.heavyskill.enabled rewrites every prompt into a deliberation prompt: it needs a "
+                         "single-turn task and rl.condition.source='', rl.teacher.source != 'privileged', "
+                         "rl.hints.enabled=False")
+    task = task_from_config(cfg.data)
+    if isinstance(task, HeavySkillTask) and task.num_solutions != heavy.num_solutions:
+        raise ValueError(f"data.task_kwargs.num_solutions={task.num_solutions} (the warm-up's deliberation records) "
+                         f"must equal rl.heavyskill.num_solutions={heavy.num_solutions}")
+    problem = task.sample_batch(1, int(cfg.seed), "train")[0]
+    overhead = len(build_tokenizer(cfg.data).encode_prompt(deliberation_prompt(problem.prompt,
+                                                                                 [""] * heavy.num_solutions)))
+    try:
+        heavyskill_solution_budget(heavy.context, overhead, heavy.reserve, heavy.num_solutions)
+    except ValueError as e:
+        raise ValueError(f"rl.heavyskill.context={heavy.context} (0: data.seq_len): {e}; raise data.seq_len or "
+                         "rl.heavyskill.context") from None
 
 
 def sft_warmup_config(cfg: Any) -> ConfigDict:

@@ -14,6 +14,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxrl_llm.agents.heavyskill import HEAVYSKILL_KEY_SALT, deliberation_problems, heavyskill_settings
 from jaxrl_llm.envs.error_tokens import error_token_metrics, has_error_definition
 from jaxrl_llm.envs.rewards import overlong_penalty, prefix_step_labels
 from jaxrl_llm.envs.step_labels import has_step_labels, prm_step_scores, task_step_labels
@@ -130,19 +131,36 @@ def sample_round(setup: RLSetup, state: TrainState, step: int, round_index: int)
     Round 0 is the step's batch; refill rounds (dynamic sampling) use fresh prompts and keys.
     Returns `problems`, `rollout`, `cond` (or None), `rewards` (`[B]` or `[B, R]`, overlong
     shaping added to the first column), `task_reward` (the first scorer's, unshaped) and
-    `scorer_metrics` (what the scorers report, e.g. `autothink/...`).
+    `scorer_metrics` (what the scorers report, e.g. `autothink/...`). With `rl.heavyskill.enabled` the
+    problems carry their deliberation prompts (`agents/heavyskill.py`), the samples are deliberations with
+    prompts left-padded to `context - reserve`, and `scorer_metrics` adds `heavyskill/...`.
     """
     cfg, rl = setup.cfg, setup.cfg.rl
     n = int(rl.samples_per_prompt)
     problems = prompts_for_step(setup.task, int(rl.prompts_per_step), int(cfg.seed), step, round_index)
     problems = prompts_with_hints(rl, setup.task, state, problems, step)  # rl.hints (LANG); unchanged when off
-    prompt_ids, cond = rollout_prompts(setup, problems)
-    sampling = setup.sampling if cond is None else dataclasses.replace(setup.sampling, n=1)
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), step)
     if round_index:
         key = jax.random.fold_in(key, round_index)
+    sampling, heavy, heavy_metrics = setup.sampling, heavyskill_settings(cfg), {}
+    if heavy is not None:
+        # HeavySkill (agents/heavyskill.py): K solutions per problem (no gradient, not trained on), trimmed into
+        # its deliberation prompt; the samples below are the deliberations. One prompt width: one update shape.
+        solutions = sample_responses(setup.parts, state.params, setup.rest, encode_prompts(setup.tokenizer, problems),
+                                     key=jax.random.fold_in(key, HEAVYSKILL_KEY_SALT),
+                                     config=dataclasses.replace(sampling, n=heavy.num_solutions),
+                                     quant_format=rl.rollout_quant, mesh=setup.mesh)
+        problems, heavy_metrics = deliberation_problems(
+            setup.task, setup.tokenizer, problems, np.asarray(solutions.response), np.asarray(solutions.lengths),
+            num_solutions=heavy.num_solutions, context=heavy.context, reserve=heavy.reserve)
+        heavy_metrics["heavyskill/solution_tokens"] = float(np.asarray(solutions.lengths).sum())
+        sampling = dataclasses.replace(sampling, prompt_bucket=heavy.width)
+    prompt_ids, cond = rollout_prompts(setup, problems)
+    sampling = sampling if cond is None else dataclasses.replace(sampling, n=1)
     rollout = sample_responses(setup.parts, state.params, setup.rest, prompt_ids, key=key, config=sampling,
                                quant_format=rl.rollout_quant, mesh=setup.mesh)
+    if heavy is not None:
+        rollout = concat_rollouts([rollout], setup.tokenizer.pad_id, width=heavy.width)  # the one prompt width
     lengths = np.asarray(rollout.lengths)
     texts = decode_responses(setup.tokenizer, rollout)
     finished = np.asarray(rollout.finish_reasons) == FINISH_STOP
@@ -160,7 +178,7 @@ def sample_round(setup: RLSetup, state: TrainState, step: int, round_index: int)
         else:
             rewards[:, 0] += penalty  # the shaping goes into the first scorer's column
     return {"problems": problems, "rollout": rollout, "cond": cond, "rewards": rewards, "task_reward": task_reward,
-            "scorer_metrics": scorer_metrics, "texts": texts}
+            "scorer_metrics": {**scorer_metrics, **heavy_metrics}, "texts": texts}
 
 
 def collect_rollout_batch(setup: RLSetup, state: TrainState) -> tuple[Any, dict[str, float]]:
