@@ -104,6 +104,19 @@ def test_skillc_injects_skill_blocks_into_the_first_episodes_of_each_group(tmp_p
     assert 0.0 < metrics["skillc/injected_frac"] < 1.0
 
 
+def test_agent_steps_run_on_int8_rollouts_with_the_aligned_learner_and_dgg_reuse(tmp_path):
+    cfg = _config(**{"output_dir": str(tmp_path / "q"), "rl.rollout_quant": "int8", "rl.qarl": True,
+                     "rl.dgg.enabled": True, "rl.reuse_epochs": 2, "rl.dgg.window": 2, "rl.steps": 2})
+    setup = setup_rl(cfg, warm_up=False)
+    from jaxrl_llm.train.rl_step import rl_step
+    state = setup.state
+    for _ in range(2):
+        state, record = rl_step(setup, state)
+    assert int(state.step) == 2 and record["reuse/epochs_used"] >= 1
+    # the learner reads the rollout's int8 weights: sampler and learner log-probs agree
+    assert record["rollout/mismatch_abs_logp"] < 1e-4
+
+
 USER_ENV = textwrap.dedent('''
     """A one-step env: say the secret word."""
     class EchoEnv:

@@ -439,6 +439,9 @@ def rl_train_loop(setup: RLSetup, state: TrainState, num_steps: int, *, writer: 
             record["eval/time_s"] = time.perf_counter() - t0
 
     def bar_fields(record):
+        if setup.agent is not None:  # episodes: the success rate, train and held-out
+            return {"reward": record["reward/mean"], "success": record["success"],
+                    "eval_success": record.get("eval/accuracy")}
         return {"reward": record["reward/mean"], "acc": record["accuracy"], "eval_acc": record.get("eval/accuracy")}
 
     return drive(state, step, num_steps, phase="RL", progress=progress, total=min(last, int(state.step) + num_steps),
