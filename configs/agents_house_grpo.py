@@ -39,6 +39,11 @@ def get_config() -> ConfigDict:
     c.data.task_kwargs.show_actions = True  # list the admissible actions
     c.data.task_kwargs.action_format = "plain"  # "plain" (the action) or "tagged" (<action>...</action>)
     c.data.task_kwargs.oracle_noise = 0.3  # warm-up episodes take a random action this often (recovery states)
+    # A share of warm-up episodes reads its task type's skill text (data.task_kwargs.skills: "builtin" or a
+    # JSON file), so the skill-injected episodes of SkillC / SDAR's teacher are in the policy's distribution;
+    # every agent recipe shares this warm-up (GRPO never injects skills).
+    c.data.task_kwargs.skill_fraction = 0.25
+    c.data.task_kwargs.skills = "builtin"
     c.data.task_kwargs.context = ""  # "map": MAP's explored house map in every turn prompt (configs/agents_house_map.py)
     c.data.task_kwargs.map_budget = 30  # MAP explorer: at most this many env steps (E) per house
     c.data.task_kwargs.map_patience = 3  # MAP explorer: stop after this many steps without a new fact (w)

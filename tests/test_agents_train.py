@@ -37,6 +37,14 @@ def test_oracle_records_teach_the_oracle_action_and_splits_are_disjoint():
         assert r.prompt.startswith(task.builder.instruction) and "Now: " in r.prompt
         assert task.score(r, task.sft_target(r)) == 1.0 and task.score(r, "look around") == 0.0
         assert f"{r.reference}" in r.prompt.split("Actions: ")[-1] or r.reference in ("look", "inventory")
+    from jaxrl_llm.agents.skills import builtin_skill_library
+    lib = builtin_skill_library("texthouse")
+    skilled = AgentTask("texthouse", history_turns=1, skill_fraction=0.5).sample_batch(1000, 3)
+    with_text = [lib.text_for(r.metadata["task_type"]) in r.prompt for r in skilled]
+    assert 0.3 < np.mean(with_text) < 0.7  # about half the episodes' turns read their type's skill
+    assert not any(lib.text_for(r.metadata["task_type"]) in r.prompt for r in recs)  # off by default
+    with pytest.raises(ValueError, match="skill_fraction"):
+        AgentTask("texthouse", skill_fraction=1.5)
 
 
 @pytest.fixture(scope="module")

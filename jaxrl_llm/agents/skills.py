@@ -169,3 +169,9 @@ def builtin_skill_library(env_name: str) -> SkillLibrary:
         raise ValueError(f"no built-in skill library for env {env_name!r}; expected one of {BUILTIN_SKILL_ENVS} "
                          "(or point agent.skills at a JSON file)")
     return _BUILTIN[env_name]
+
+
+def skill_library_for(name: str, env_name: str) -> SkillLibrary:
+    """The library a config names (`agent.skills`, `data.task_kwargs.skills`): "builtin" = the env's
+    built-in one, anything else a JSON file."""
+    return builtin_skill_library(env_name) if name == "builtin" else load_skill_library(name)

@@ -9,6 +9,12 @@ policy that makes them needs.
 
 Episodes are `(task_id, seed)` pairs (the env's state is a function of them); a pair belongs to the
 eval split iff a stable hash of it falls below `eval_fraction`, so training never sees an eval house.
+
+`context="map"` (MAP, `agents/map.py`): every turn prompt of an episode, SFT record or RL / eval turn,
+carries the episode's house map (`context_block(task_id, seed)`) first in its skill block; other skill
+blocks (SkillC, D2Skill, Skill1) follow it on the next line. `skill1=True` (`agents/skill1.py`): the
+records also teach Skill1's query / rerank / distil formats, and half of the episodes' turn records
+show the oracle's skill for the episode's task type.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxrl_llm.agents.prompt import PromptBuilder
+from jaxrl_llm.agents.prompt import PromptBuilder, Turn
 from jaxrl_llm.envs.task import Problem, check_split, make_rng, stable_hash
 from jaxrl_llm.envs.text_env import extract_action
 
@@ -28,6 +34,9 @@ _HASH_BUCKETS = 1_000_000
 _MAX_DRAWS = 100_000
 _TASK_ID_RANGE = 1 << 20
 _SEED_RANGE = 1 << 30
+CONTEXTS = ("", "map")
+_MAP_CACHE = 4096  # maps kept per task (an RL step needs prompts_per_step of them)
+SEGMENT_KEY = "segment"  # a Skill1 segment record's metadata key ("query", "select", "distill")
 
 
 def is_agent_task(task: Any) -> bool:
@@ -46,6 +55,9 @@ class AgentTask:
         instead of the oracle's (the record still teaches the oracle's action).
       eval_fraction: share of `(task_id, seed)` pairs held out.
       task_types: restrict episodes to these task types of the env (() = all).
+      context: "" or "map" (module docstring; TextHouse only).
+      map_budget, map_patience: the MAP explorer's env-step budget E and idle-step patience w.
+      skill1: add Skill1's segment records (module docstring).
     """
 
     name = "agent"
@@ -54,13 +66,19 @@ class AgentTask:
     def __init__(self, env: str = "texthouse", env_kwargs: Mapping[str, Any] | None = None, *,
                  history_turns: int = 2, show_actions: bool = True, max_actions: int = 0,
                  action_format: str = "plain", instruction: str = PromptBuilder.instruction,
-                 oracle_noise: float = 0.3, eval_fraction: float = 0.1, task_types: tuple = ()):
+                 oracle_noise: float = 0.3, eval_fraction: float = 0.1, task_types: tuple = (), context: str = "",
+                 map_budget: int = 30, map_patience: int = 3, skill1: bool = False, skill_fraction: float = 0.0,
+                 skills: str = "builtin"):
         from jaxrl_llm.envs.env_registry import make_env  # noqa: PLC0415 (the registry imports the envs)
 
         if not 0.0 <= float(oracle_noise) < 1.0:
             raise ValueError(f"data.task_kwargs.oracle_noise must be in [0, 1); got {oracle_noise}")
         if not 0.0 < float(eval_fraction) < 1.0:
             raise ValueError(f"data.task_kwargs.eval_fraction must be in (0, 1); got {eval_fraction}")
+        if not 0.0 <= float(skill_fraction) <= 1.0:
+            raise ValueError(f"data.task_kwargs.skill_fraction must be in [0, 1]; got {skill_fraction}")
+        self.skill_fraction = float(skill_fraction)
+        self.skills = str(skills)
         self.env_name = str(env)
         self.env_kwargs = dict(env_kwargs or {})
         self.builder = PromptBuilder(instruction=str(instruction), history_turns=int(history_turns),
@@ -77,6 +95,17 @@ class AgentTask:
                              f"it has {list(self.task_types)}")
         self.allowed_types = tuple(task_types) or self.task_types
         self.max_steps = int(probe.max_steps)
+        if context not in CONTEXTS:
+            raise ValueError(f"data.task_kwargs.context must be one of {CONTEXTS}; got {context!r}")
+        if context == "map" and probe.name != "texthouse":
+            raise ValueError(f"data.task_kwargs.context='map' reads TextHouse's texts (agents/map.py); env "
+                             f"{self.env_name!r} is {probe.name!r}")
+        if int(map_budget) < 1 or int(map_patience) < 1:
+            raise ValueError(f"data.task_kwargs.map_budget and map_patience must be >= 1; got {map_budget}, "
+                             f"{map_patience}")
+        self.context, self.map_budget, self.map_patience = str(context), int(map_budget), int(map_patience)
+        self.skill1 = bool(skill1)
+        self._maps: dict[tuple[int, int], tuple[str, Any]] = {}
 
     # --- episodes ---------------------------------------------------------------------------------
     def make_env(self) -> Any:
@@ -111,6 +140,44 @@ class AgentTask:
             seen.setdefault(self._draw_episode(rng, "eval"), None)
         return list(seen)
 
+    # --- MAP context --------------------------------------------------------------------------------
+    def _explore(self, task_id: int, seed: int) -> tuple[str, Any]:
+        from jaxrl_llm.agents.map import house_map  # noqa: PLC0415
+        from jaxrl_llm.envs.env_registry import env_factory  # noqa: PLC0415
+
+        key = (int(task_id), int(seed))
+        if key not in self._maps:
+            if len(self._maps) >= _MAP_CACHE:
+                self._maps.clear()
+            # A fresh copy of the episode's house with room for the whole exploration budget.
+            kwargs = {**self.env_kwargs, "max_steps": max(self.max_steps, self.map_budget + 1)}
+            self._maps[key] = house_map(env_factory(self.env_name)(**kwargs), *key, budget=self.map_budget,
+                                        patience=self.map_patience)
+        return self._maps[key]
+
+    def context_block(self, task_id: int, seed: int) -> str:
+        """The episode's context block: its house map with `context="map"`, else "" (cached per episode)."""
+        return self._explore(task_id, seed)[0] if self.context == "map" else ""
+
+    def exploration(self, task_id: int, seed: int) -> Any:
+        """The MAP explorer's `agents.map.Exploration` of the episode (its `steps`: env steps spent)."""
+        return self._explore(task_id, seed)[1]
+
+    def _oracle_plans(self, episodes: list[tuple[int, int]]) -> list[list[str]]:
+        """The noise-free oracle's actions of each episode (Skill1's distil targets)."""
+        env = self.make_env()
+        _, infos = env.reset([t for t, _ in episodes], [s for _, s in episodes])
+        plans: list[list[str]] = [[] for _ in episodes]
+        for _ in range(self.max_steps):
+            actions = [str(info.get("oracle_action") or "") for info in infos]
+            if not any(actions):
+                break
+            for i, a in enumerate(actions):
+                if a:
+                    plans[i].append(a)
+            _, _, _, infos = env.step(actions)
+        return plans
+
     # --- oracle turn records (SFT) ----------------------------------------------------------------
     def oracle_turns(self, episodes: list[tuple[int, int]], rng: np.random.Generator) -> list[Problem]:
         """Every turn of each episode played by the noisy oracle, as a `Problem` whose reference is the
@@ -120,7 +187,27 @@ class AgentTask:
         history: list[list] = [[] for _ in episodes]
         done = np.zeros(len(episodes), bool)
         out: list[Problem] = []
-        from jaxrl_llm.agents.prompt import Turn  # noqa: PLC0415
+        blocks = [self.context_block(t, s) for t, s in episodes]
+        if self.skill_fraction > 0:
+            # A share of the warm-up episodes reads its type's skill text (the skill library SkillC
+            # injects), so skill-injected RL episodes are in the policy's distribution.
+            library = self.skill_library()
+            for i, info in enumerate(infos):
+                if rng.random() < self.skill_fraction:
+                    blocks[i] = "\n".join(b for b in (blocks[i], library.text_for(info["task_type"])) if b)
+        if self.skill1:
+            from jaxrl_llm.agents.skill1 import oracle_skill, parse_skill, segment_records, skill_text  # noqa: PLC0415
+
+            plans = self._oracle_plans(episodes)
+            skills = [oracle_skill(info["goal"], plan) for info, plan in zip(infos, plans)]
+            typed = [(info["task_type"], sk) for info, sk in zip(infos, skills)]
+            for i, info in enumerate(infos):
+                for segment, prompt, target in segment_records(info["goal"], info["task_type"], plans[i], typed, rng):
+                    out.append(Problem(prompt=prompt, reference=target,
+                                       metadata={"task_type": info["task_type"], "task_id": episodes[i][0],
+                                                 "seed": episodes[i][1], SEGMENT_KEY: segment}))
+                if rng.random() < 0.5:  # the other half learns to act without a skill (an empty bank)
+                    blocks[i] = "\n".join(b for b in (blocks[i], skill_text(*parse_skill(skills[i]))) if b)
 
         for turn in range(self.max_steps):
             if done.all():
@@ -132,7 +219,7 @@ class AgentTask:
                     actions.append("")
                     continue
                 prompt = self.builder.render(info["goal"], obs[i], history=history[i],
-                                             admissible=info["admissible_actions"])
+                                             admissible=info["admissible_actions"], skill_block=blocks[i])
                 out.append(Problem(prompt=prompt, reference=str(oracle),
                                    metadata={"task_type": info["task_type"], "task_id": episodes[i][0],
                                              "seed": episodes[i][1], "turn": turn}))
@@ -146,6 +233,12 @@ class AgentTask:
             done |= np.asarray(new_done, bool)
             obs, infos = list(new_obs), list(new_infos)
         return out
+
+    def skill_library(self) -> Any:
+        """The skill library of `skill_fraction`'s records (`skills`: 'builtin' or a JSON file)."""
+        from jaxrl_llm.agents.skills import skill_library_for  # noqa: PLC0415
+
+        return skill_library_for(self.skills, self.env_name)
 
     def sample_batch(self, n: int, seed: int, split: str = "train") -> list[Problem]:
         """`n` oracle turn records of `split` episodes (deterministic in `seed`)."""
@@ -178,14 +271,23 @@ class AgentTask:
         for split, n in (("train", num_records), ("eval", num_records // 4)):
             for p in self.sample_batch(n, 0, split):
                 texts += [p.prompt, self.sft_target(p)]
+        if self.skill1:
+            from jaxrl_llm.agents.skill1 import distil_prompt  # noqa: PLC0415
+
+            texts.append(distil_prompt("", [], False))  # oracle records only show successes
         if self.env_name in BUILTIN_SKILL_ENVS:
             lib = builtin_skill_library(self.env_name)
             texts += [*lib.general, *lib.by_type.values()]
         return texts
 
     def sft_target(self, problem: Problem) -> str:
+        if SEGMENT_KEY in problem.metadata:  # Skill1's query / rerank / distil text, as the policy writes it
+            return problem.reference
         return self.builder.response(problem.reference)
 
     def score(self, problem: Problem, response: str) -> float:
-        """1 if the response's action is the oracle's (the SFT records' turn accuracy)."""
+        """1 if the response's action is the oracle's (the SFT records' turn accuracy); for a Skill1
+        segment record, if the response text is the target (spaces normalised)."""
+        if SEGMENT_KEY in problem.metadata:
+            return float(" ".join(response.split()) == problem.reference)
         return float((extract_action(response) or "") == problem.reference)

@@ -164,12 +164,9 @@ def check_agent_config(cfg: Any, task: Any) -> None:
 
 def skill_library(cfg: Any, task: Any) -> Any:
     """The configured skill library (`agent.skills`: 'builtin' = the env's built-in one, else a JSON file)."""
-    from jaxrl_llm.agents.skills import builtin_skill_library, load_skill_library  # noqa: PLC0415
+    from jaxrl_llm.agents.skills import skill_library_for  # noqa: PLC0415
 
-    name = str(cfg.agent.skills)
-    if name == "builtin":
-        return builtin_skill_library(task.env_name)
-    return load_skill_library(name)
+    return skill_library_for(str(cfg.agent.skills), task.env_name)
 
 
 def agent_extras(cfg: Any, task: Any) -> dict[str, np.ndarray]:
