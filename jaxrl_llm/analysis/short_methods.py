@@ -14,10 +14,8 @@
 
 from __future__ import annotations
 
-import re
-from typing import NamedTuple
 
-from jaxrl_llm.envs.math_answer import answers_match, extract_boxed
+from jaxrl_llm.envs.spec_zoom import SPECO3_FORMAT_WEIGHT, SpecO3Reward, speco3_reward  # noqa: F401
 # Skill1's credits have one home, jaxrl_llm/agents/skill1.py (with the bank, segment prompts and RL glue).
 from jaxrl_llm.agents.skill1 import (SKILL1_EMA_RATE, SKILL1_LAMBDA, Skill1Rewards, distillation_credit,  # noqa: F401
                                      selection_credit, skill1_segment_rewards, skill_utility_update)
@@ -46,7 +44,6 @@ __all__ = [
     "trim_to_tail",
 ]
 
-SPECO3_FORMAT_WEIGHT = 0.2  # Spec-o3 code: r = acc + 0.2 * format
 
 
 # ----------------------------------------------------------------------------- HeavySkill
@@ -54,32 +51,5 @@ SPECO3_FORMAT_WEIGHT = 0.2  # Spec-o3 code: r = acc + 0.2 * format
 # Re-exported from jaxrl_llm/agents/heavyskill.py (see the imports).
 
 
-# ----------------------------------------------------------------------------- Spec-o3
+# Spec-o3's reward is re-exported from jaxrl_llm/envs/spec_zoom.py (its env; see the imports).
 
-_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
-
-
-class SpecO3Reward(NamedTuple):
-    """reward = acc + 0.2 * format; answer: the boxed choice that was scored (None if none)."""
-
-    reward: float
-    acc: float
-    format: float
-    answer: str | None
-
-
-def speco3_reward(response: str, truth: str, *, format_weight: float = SPECO3_FORMAT_WEIGHT) -> SpecO3Reward:
-    """Spec-o3's outcome reward.
-
-    Format is ok (0) iff the response has exactly one `<answer>` and one `</answer>`, and the tagged
-    content holds a `\\boxed{c}`; any other layout is a format error (-1). The scored choice c is the
-    boxed content of the tag when the format is ok, else the last `\\boxed{}` anywhere (so a correct
-    but badly formatted response still earns acc = 1). acc compares answers after `normalize_answer`.
-    """
-    tags = _ANSWER_TAG.findall(response)
-    one_tag = len(tags) == 1 and response.count("<answer>") == 1 and response.count("</answer>") == 1
-    boxed = extract_boxed(tags[0]) if one_tag else None
-    fmt = 0.0 if boxed is not None else -1.0
-    choice = boxed if boxed is not None else extract_boxed(response)
-    acc = float(answers_match(choice, truth))
-    return SpecO3Reward(acc + format_weight * fmt, acc, fmt, choice)

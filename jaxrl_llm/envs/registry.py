@@ -95,4 +95,3 @@ def _register_builtins() -> None:
     from jaxrl_llm.agents.task import AgentTask  # episodes of a multi-turn env (agents/task.py)
 
     TASKS.setdefault("agent", AgentTask)
-    import jaxrl_llm.agents.heavyskill  # noqa: F401,PLC0415  (registers "heavyskill": deliberation records)

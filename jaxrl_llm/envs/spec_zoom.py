@@ -27,12 +27,43 @@ Anything else (an unparsable zoom, a reversed, too narrow or out-of-range window
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from jaxrl_llm.analysis import short_methods as _short  # module import: safe under import cycles
+from jaxrl_llm.envs.math_answer import answers_match, extract_boxed
 from jaxrl_llm.envs.text_env import extract_action
+
+
+SPECO3_FORMAT_WEIGHT = 0.2  # Spec-o3 code: r = acc + 0.2 * format
+
+_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+
+
+class SpecO3Reward(NamedTuple):
+    """reward = acc + 0.2 * format; answer: the boxed choice that was scored (None if none)."""
+
+    reward: float
+    acc: float
+    format: float
+    answer: str | None
+
+
+def speco3_reward(response: str, truth: str, *, format_weight: float = SPECO3_FORMAT_WEIGHT) -> SpecO3Reward:
+    """Spec-o3's outcome reward.
+
+    Format is ok (0) iff the response has exactly one `<answer>` and one `</answer>`, and the tagged
+    content holds a `\\boxed{c}`; any other layout is a format error (-1). The scored choice c is the
+    boxed content of the tag when the format is ok, else the last `\\boxed{}` anywhere (so a correct
+    but badly formatted response still earns acc = 1). acc compares answers after `normalize_answer`.
+    """
+    tags = _ANSWER_TAG.findall(response)
+    one_tag = len(tags) == 1 and response.count("<answer>") == 1 and response.count("</answer>") == 1
+    boxed = extract_boxed(tags[0]) if one_tag else None
+    fmt = 0.0 if boxed is not None else -1.0
+    choice = boxed if boxed is not None else extract_boxed(response)
+    acc = float(answers_match(choice, truth))
+    return SpecO3Reward(acc + format_weight * fmt, acc, fmt, choice)
 
 __all__ = ["LINES", "SpecZoom", "oracle_trajectory", "render_strip"]
 
@@ -206,7 +237,7 @@ class SpecZoom:
         self._invalid = False
         reward = 0.0
         if action is not None and ("<answer>" in action or "\\boxed" in action):
-            reward = _short.speco3_reward(action, self.truth).reward
+            reward = speco3_reward(action, self.truth).reward
             self._done, self._obs = True, "Episode finished."
         else:
             window = self._parse_zoom(action) if action is not None else None
@@ -215,7 +246,7 @@ class SpecZoom:
                 self._zoomed = self._zoomed or self._shows_target(*window)
                 self._obs = self._strip_text(*window)
             if self._steps >= self.max_steps:  # out of turns: scored as an empty answer
-                reward = _short.speco3_reward("", self.truth).reward
+                reward = speco3_reward("", self.truth).reward
                 self._done, self._obs = True, "Episode finished."
         self._reward = float(reward) if self._done else 0.0
         return self._obs, self._reward, self._done, self.info

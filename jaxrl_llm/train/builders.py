@@ -18,6 +18,7 @@ from flax import nnx
 
 from jaxrl_llm.data.tokenizer import CharTokenizer, HFTokenizer, Tokenizer
 from jaxrl_llm.data.word_tokenizer import word_tokenizer
+import jaxrl_llm.agents.heavyskill  # noqa: F401  (registers data.task = "heavyskill" for every trainer)
 from jaxrl_llm.envs.registry import build_task as build_registered_task
 from jaxrl_llm.models.config import ModelConfig, preset
 from jaxrl_llm.models.decoder import Decoder
