@@ -67,6 +67,10 @@ def test_invalid_turns_are_penalised_and_cut_episodes_score_zero():
     assert out.invalid_turns.tolist() == [1, 0] and out.invalid[out.episode == 0][0]
     np.testing.assert_allclose(episode_returns(out, invalid_penalty=0.1), [0.9, 1.0], atol=1e-6)
     np.testing.assert_allclose(episode_returns(out, invalid_penalty=0.0, reward="won"), [1.0, 1.0])
+    np.testing.assert_allclose(episode_returns(out, invalid_penalty=0.1, reward="return"), out.env_return - [0.1, 0.0],
+                               atol=1e-6)
+    with pytest.raises(ValueError, match="agent reward"):
+        episode_returns(out, reward="steps")
     env = BatchedTextEnv(TextShop)
     short = run_episodes(env, PromptBuilder(), episodes, act=_oracle_act(env), max_turns=1)
     assert short.cut.all() and (short.num_turns == 1).all() and not short.won.any()

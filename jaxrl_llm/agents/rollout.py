@@ -26,7 +26,8 @@ from jaxrl_llm.envs.text_env import extract_action
 
 __all__ = ["AgentRollout", "run_episodes", "episode_returns", "NO_ACTION"]
 
-NO_ACTION = "(no action)"  # what the history shows for a turn whose response held no action
+NO_ACTION = "(no action)"
+REWARD_KINDS = ("score", "won", "return")  # what an episode's reward is made of (episode_returns)  # what the history shows for a turn whose response held no action
 
 # act(prompts [E] str, turn) -> (responses [E] str, payloads [E]): one response per episode.
 ActFn = Callable[[list[str], int], tuple[list[str], Sequence[Any]]]
@@ -142,9 +143,10 @@ def run_episodes(env: Any, builder: PromptBuilder, episodes: Sequence[tuple[int,
 
 
 def episode_returns(rollout: AgentRollout, *, invalid_penalty: float = 0.1, reward: str = "score") -> np.ndarray:
-    """`[E]` float32 trajectory rewards: the env's final `score` (or `won`), minus `invalid_penalty` per
-    invalid turn (the agent seeds' CODE default 0.1)."""
-    if reward not in ("score", "won"):
-        raise ValueError(f"agent reward must be 'score' or 'won'; got {reward!r}")
-    base = rollout.score if reward == "score" else rollout.won.astype(np.float32)
+    """`[E]` float32 trajectory rewards, minus `invalid_penalty` per invalid turn (the agent seeds' CODE
+    default 0.1). reward: "score" (the env's final score in [0, 1]), "won" (1 on success) or "return"
+    (the sum of the env's rewards: signed rewards such as Spec-o3's format penalty survive)."""
+    if reward not in REWARD_KINDS:
+        raise ValueError(f"agent reward must be one of {REWARD_KINDS}; got {reward!r}")
+    base = {"score": rollout.score, "won": rollout.won.astype(np.float32), "return": rollout.env_return}[reward]
     return (base - float(invalid_penalty) * rollout.invalid_turns).astype(np.float32)
