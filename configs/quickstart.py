@@ -109,6 +109,11 @@ def get_config() -> ConfigDict:
     # Gradient accumulation: each minibatch in this many strided micro-batches (must divide its rows);
     # the same gradient as one pass for every objective, one extra forward per micro-batch.
     c.rl.micro_batches = 1
+    # "auto": with one optimizer step per batch (reuse_epochs = minibatches = 1), unquantized or QaRL-aligned
+    # rollouts, top_k = 0, top_p = 1 and no LoRA or critic, the sampler's log-probs are the proximal ones and
+    # the learner's pass runs only on proximal_check_rows rows (for rollout/mismatch_abs_logp); "always": every row.
+    c.rl.proximal_pass = "auto"
+    c.rl.proximal_check_rows = 8
     c.rl.kl_coef = 0.0  # > 0: KL to the frozen post-warm-up policy (k3); the reference pass then runs
     c.rl.logprob_chunk = 8192
     # Stop when the mean |sampler - learner| log-prob of the rollout's tokens exceeds this (nats per

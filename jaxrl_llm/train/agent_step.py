@@ -42,12 +42,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrl_llm.agents.prompt import privileged_prompt
-from jaxrl_llm.agents.rollout import AgentRollout, episode_returns, run_episodes
+from jaxrl_llm.agents.rollout import REWARD_KINDS, AgentRollout, episode_returns, run_episodes
 from jaxrl_llm.parallel.distributed import is_primary_process
 from jaxrl_llm.rollout.sampler import FINISH_STOP
 from jaxrl_llm.train.rl_batch import response_to_token_axis
 from jaxrl_llm.train.rl_rollout import (build_rollout_batch, concat_rollouts, decode_responses, encode_texts,
                                        estimate, privileged_teacher_outputs, sample_responses, select_rows)
+from jaxrl_llm.train.proximal import proximal_logprobs
 from jaxrl_llm.train.state import TrainState
 
 RLSetup = Any  # train/rl.py: RLSetup
@@ -55,7 +56,7 @@ RLSetup = Any  # train/rl.py: RLSetup
 __all__ = ["AgentRuntime", "TurnSampler", "agent_rows", "collect_agent_batch", "evaluate_agent", "make_agent_runtime",
            "check_agent_config", "agent_extras", "play", "skill1_play", "with_context"]
 
-REWARDS = ("score", "won")
+REWARDS = REWARD_KINDS
 SKILLC_KEYS = ("skillc_dbar", "skillc_patience", "skillc_active", "skillc_ref", "skillc_lam", "skillc_p_with")
 _EPISODE_SEED_STRIDE = 1_000_003
 SKILL1_SEGMENT_ROWS = 3  # Skill1's query, rerank and distil rows per episode
@@ -549,7 +550,9 @@ def collect_agent_batch(setup: RLSetup, state: TrainState) -> tuple[TrainState, 
         batch = batch.replace(cond=injected[ep].astype(np.int32))
     arrays = (batch.tokens, batch.positions, batch.segment_ids)
     mask = batch.loss_mask
-    old, _ = setup.logprob_fn(state.params, setup.rest, *arrays)
+    # rl.proximal_pass = "auto": the sampler's log-probs when exact (train/proximal.py); turns sample at rl.temperature
+    old, mismatch, skipped = proximal_logprobs(setup, state.params, arrays, batch,
+                                               sampling_temperature=float(rl.temperature))
     batch = batch.replace(old_logprobs=np.asarray(old) * mask)
     if setup.ref_params is not None:
         ref, _ = setup.logprob_fn(setup.ref_params, setup.rest, *arrays)
@@ -564,8 +567,7 @@ def collect_agent_batch(setup: RLSetup, state: TrainState) -> tuple[TrainState, 
         "reward/mean": float(returns.mean()), "reward/std": float(returns.std()),
         "accuracy": float(out.won.mean()),
         "reward/mixed_groups": float(np.mean(returns.reshape(g, n).max(1) > returns.reshape(g, n).min(1))),
-        "rollout/mismatch_abs_logp": float(np.sum(np.abs(batch.old_logprobs - batch.rollout_logprobs) * mask)
-                                           / max(mask.sum(), 1.0)),
+        "rollout/mismatch_abs_logp": mismatch, "rollout/proximal_skipped": float(skipped),
         "rollout/time_s": rollout_s,
         **{f"advantage/{k}": v for k, v in adv_metrics.items()},
     })

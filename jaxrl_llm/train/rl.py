@@ -56,6 +56,7 @@ from jaxrl_llm.train.agent_step import (agent_extras, agent_rows, check_agent_co
 from jaxrl_llm.agents.task import is_agent_task
 from jaxrl_llm.agents.heavyskill import (HeavySkillTask, deliberation_prompt, heavyskill_settings,
                                       heavyskill_solution_budget)
+from jaxrl_llm.train.proximal import check_proximal_config
 from jaxrl_llm.train.rl_step import collect_rollout_batch, mixed_groups, rl_step  # noqa: F401  (public names)
 from jaxrl_llm.train.rl_update import (
     RLUpdateOptions,
@@ -148,6 +149,7 @@ def check_rl_config(cfg: Any) -> None:
         raise ValueError(f"prompts_per_step x samples_per_prompt / rl.minibatches = {rows // int(rl.minibatches)} rows "
                          f"must be a multiple of the mesh's {shards} row shards (mesh.data x mesh.fsdp)")
     check_micro_batches(rows, int(rl.minibatches), rl.get("micro_batches", 1), shards)
+    check_proximal_config(rl)  # rl.proximal_pass, rl.proximal_check_rows (train/proximal.py)
     if int(cfg.eval.samples_per_prompt) < 0:
         raise ValueError(f"eval.samples_per_prompt must be >= 0 (0: greedy only); got {cfg.eval.samples_per_prompt}")
     if not float(rl.get("max_mismatch", 0.0)) >= 0:

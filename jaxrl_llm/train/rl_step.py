@@ -44,6 +44,7 @@ from jaxrl_llm.train.rl_rollout import (
     score_with_metrics,
     select_rows,
 )
+from jaxrl_llm.train.proximal import mismatch_abs_logp, proximal_logprobs
 from jaxrl_llm.train.state import TrainState
 from jaxrl_llm.train.agent_step import collect_agent_batch
 
@@ -229,8 +230,13 @@ def collect_rollout_batch(setup: RLSetup, state: TrainState) -> tuple[Any, dict[
         out = setup.values_fn(state.params, setup.rest, *arrays)
         old = out["logp"]
         batch = batch.replace(old_values=np.asarray(out["values"]) * mask)
+        mismatch = mismatch_abs_logp(np.asarray(old) * mask, batch.rollout_logprobs, mask)
+        skipped = False
     else:
-        old, _ = setup.logprob_fn(state.params, setup.rest, *arrays)
+        # rl.proximal_pass = "auto": the sampler's log-probs when exact, the learner's pass on a few rows
+        # (train/proximal.py); otherwise the learner's pass on every row.
+        old, mismatch, skipped = proximal_logprobs(setup, state.params, arrays, batch,
+                                                   sampling_temperature=setup.sampling.temperature)
     batch = batch.replace(old_logprobs=np.asarray(old) * mask, cond=cond)
     if setup.ref_params is not None:
         ref, _ = setup.logprob_fn(setup.ref_params, setup.rest, *arrays)
@@ -253,8 +259,8 @@ def collect_rollout_batch(setup: RLSetup, state: TrainState) -> tuple[Any, dict[
         "accuracy": float((task_reward >= 1.0).mean()),
         "reward/mixed_groups": float(np.mean(grouped.max(1) > grouped.min(1))),
         "response_length": float(lengths.mean()),
-        "rollout/mismatch_abs_logp": float(np.sum(np.abs(batch.old_logprobs - batch.rollout_logprobs) * mask)
-                                           / max(mask.sum(), 1.0)),
+        "rollout/mismatch_abs_logp": mismatch,  # over rl.proximal_check_rows rows when the pass was skipped
+        "rollout/proximal_skipped": float(skipped),
         "rollout/tokens": float(lengths.sum()),
         "rollout/tokens_per_s": float(lengths.sum() / max(rollout_s, 1e-9)),
         "rollout/time_s": rollout_s,
