@@ -159,7 +159,8 @@ def check_rl_config(cfg: Any) -> None:
     if int(rl.dgg.window) < 2:
         raise ValueError(f"rl.dgg.window must be >= 2; got {rl.dgg.window}")
     check_roles(cfg)  # the objective's and estimator's inputs and hyperparameters against the roles
-    if rl.teacher.source == "privileged" or rl.condition.source == "privileged":
+    if (rl.teacher.source == "privileged" or rl.condition.source == "privileged") and agent_task is None:
+        # (an agent run's privileged prompts come from its skill library: check_agent_config)
         privileged_prompts(task_from_config(cfg.data), [])  # the task must provide privileged prompts
     if rl.step_labels.get("prm", "") and not has_step_labels(task_from_config(cfg.data)):
         raise ValueError(f"rl.step_labels.prm={rl.step_labels.prm!r} scores the task's own steps, but data.task="
