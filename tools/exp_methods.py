@@ -70,7 +70,8 @@ METHODS: dict[str, tuple[str, str, str]] = {
 }
 # The run each recipe is compared with, same seed (default "grpo").
 BASELINES = {"grpo_chain": "grpo_chain", "sdar_chain": "grpo_chain", "opsd_chain": "grpo_chain",
-             "skillc_chain": "grpo_chain", "agents_skillc": "agents_grpo", "agents_sdar": "agents_grpo",
+             "skillc_chain": "grpo_chain", "agents_grpo": "agents_grpo", "agents_skillc": "agents_grpo",
+             "agents_sdar": "agents_grpo",
              "agents_d2skill": "agents_grpo"}
 
 
