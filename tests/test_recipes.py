@@ -37,6 +37,18 @@ def teacher_dir(tmp_path_factory):
     return str(hf_dir)
 
 
+@pytest.fixture(scope="module")
+def prm_head_dir(tmp_path_factory):
+    """A tiny PRM head trained by the `prm` command (the step judge of configs/bcpg_offline_prm.py)."""
+    out = tmp_path_factory.mktemp("prm")
+    args = ["prm", "--config", "configs/prm_arith_chain.py", f"--config.output_dir={out}", "--config.train.steps=3",
+            "--config.train.batch_size=8", "--config.train.progress_bar=false", "--config.prm.num_train=32",
+            "--config.prm.eval.num_problems=4"]
+    args += [f"--config.{k}={v}" for k, v in SMALL_MODEL.items()]
+    assert cli.main(args) == 0
+    return str(out)
+
+
 def test_the_sft_export_is_a_loadable_hugging_face_checkpoint(teacher_dir):
     assert sorted(os.listdir(teacher_dir)) == ["config.json", "model.safetensors"]
     model, config = load_pretrained(teacher_dir)
@@ -57,8 +69,10 @@ def test_every_shipped_config_loads_and_passes_its_check(path, teacher_dir):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", RL_RECIPES)
-def test_every_rl_recipe_trains_two_reduced_steps_from_the_cli(path, tmp_path, teacher_dir):
+def test_every_rl_recipe_trains_two_reduced_steps_from_the_cli(path, tmp_path, teacher_dir, request):
     overrides = dict(TINY_RL)
+    if cli.load_config_file(path).rl.step_labels.get("prm", "") == "prm_head":
+        overrides["rl.step_labels.prm_path"] = request.getfixturevalue("prm_head_dir")
     if cli.load_config_file(path).rl.teacher.source.startswith("hf:"):
         overrides["rl.teacher.source"] = f"hf:{teacher_dir}"
         overrides["rl.teacher.topk"] = min(int(cli.load_config_file(path).rl.teacher.topk), 8)

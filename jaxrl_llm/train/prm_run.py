@@ -288,8 +288,10 @@ class PRMHead:
         """Scores of each response's steps (`spans`: its steps' character spans, from `task.step_labels`).
         Batches are padded to multiples of 32 tokens / 8 steps, so few shapes compile."""
         out: list[np.ndarray] = [np.zeros((0,), np.float32)] * len(responses)
-        items = [(i, *encode_steps(self.tokenizer, p, r, s)) for i, (p, r, s) in enumerate(zip(prompts, responses, spans))
-                 if len(s)]
+        # U+FFFD stands for ids outside the tokenizer (decode_responses): read it as "?", one character, so
+        # the step spans stay aligned and the head sees junk as junk.
+        items = [(i, *encode_steps(self.tokenizer, p, r.replace("\ufffd", "?"), s))
+                 for i, (p, r, s) in enumerate(zip(prompts, responses, spans)) if len(s)]
         for start in range(0, len(items), _SCORE_BATCH):
             chunk = items[start:start + _SCORE_BATCH]
             examples = [StepExample(t, e.tolist(), [0] * len(e)) for _, t, e in chunk]
