@@ -210,27 +210,28 @@ def make_agent_runtime(cfg: Any, task: Any) -> AgentRuntime:
 
         d = cfg.agent.d2skill
         runtime.bank_path = os.path.join(cfg.output_dir, "skill_bank.json")
-        if bool(cfg.checkpoint.resume) and os.path.exists(runtime.bank_path):
-            with open(runtime.bank_path) as f:
-                runtime.bank = SkillBank.from_json(json.load(f)["bank"])
-        else:
-            runtime.bank = SkillBank(top_k=int(d.top_k), min_sim=float(d.min_sim), alpha=float(d.alpha), c=float(d.c),
-                                     beta=float(d.beta), max_size=int(d.max_size), min_age=int(d.min_age))
+        runtime.bank = _restored_bank(cfg, runtime.bank_path, SkillBank.from_json, lambda: SkillBank(
+            top_k=int(d.top_k), min_sim=float(d.min_sim), alpha=float(d.alpha), c=float(d.c), beta=float(d.beta),
+            max_size=int(d.max_size), min_age=int(d.min_age)))
     if skill1_enabled(cfg):
         from jaxrl_llm.agents.skill1 import Skill1Bank  # noqa: PLC0415
         from jaxrl_llm.agents.skill_bank import SkillBank  # noqa: PLC0415
 
         s1 = cfg.agent.skill1
         runtime.skill1_path = os.path.join(cfg.output_dir, "skill1_bank.json")
-        if bool(cfg.checkpoint.resume) and os.path.exists(runtime.skill1_path):
-            with open(runtime.skill1_path) as f:
-                runtime.skill1 = Skill1Bank.from_json(json.load(f)["bank"])
-        else:
-            runtime.skill1 = Skill1Bank(SkillBank(top_k=int(s1.top_k), top_candidates=int(s1.top_candidates),
-                                                  min_sim=float(s1.min_sim), alpha=float(s1.alpha), c=float(s1.c),
-                                                  max_size=int(s1.max_size), min_age=int(s1.min_age)),
-                                        rate=float(s1.rate))
+        runtime.skill1 = _restored_bank(cfg, runtime.skill1_path, Skill1Bank.from_json, lambda: Skill1Bank(
+            SkillBank(top_k=int(s1.top_k), top_candidates=int(s1.top_candidates), min_sim=float(s1.min_sim),
+                      alpha=float(s1.alpha), c=float(s1.c), max_size=int(s1.max_size), min_age=int(s1.min_age)),
+            rate=float(s1.rate)))
     return runtime
+
+
+def _restored_bank(cfg: Any, path: str, from_json: Any, make: Any) -> Any:
+    """The bank a resumed run saved at `path` (`_save_bank`), else a fresh one from `make()`."""
+    if bool(cfg.checkpoint.resume) and os.path.exists(path):
+        with open(path) as f:
+            return from_json(json.load(f)["bank"])
+    return make()
 
 
 def _save_bank(path: str, step: int, bank_json: str) -> None:
