@@ -23,7 +23,7 @@ from jaxrl_llm.models.linear import linear, weight_as
 from jaxrl_llm.models.norm import RMSNorm
 from jaxrl_llm.models.params import constant_param, normal_param
 from jaxrl_llm.models.rope import apply_rope
-from jaxrl_llm.parallel.activations import current_mesh
+from jaxrl_llm.parallel.activations import current_mesh, target_platform
 
 __all__ = ["Attention", "MixerContext", "attend", "attend_context", "attention_mask"]
 
@@ -56,13 +56,6 @@ class MixerContext(NamedTuple):
     def mask(self) -> jax.Array:
         """`[B, T, S]` bool: query t may attend key slot s (`attention_mask`)."""
         return attention_mask(self.segment_ids, self.q_slots, self.k_segment_ids, self.k_slots)
-
-
-def target_platform() -> str:
-    """The platform this computation is traced for: the active activation mesh's devices (an AOT
-    compile for a TPU or GPU topology), else the default backend."""
-    mesh = current_mesh()
-    return mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
 
 
 def attend_context(q: jax.Array, k: jax.Array, v: jax.Array, ctx: MixerContext, *, impl: str = "auto",

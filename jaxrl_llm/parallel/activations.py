@@ -53,6 +53,13 @@ def current_mesh() -> Mesh | None:
     return None if active is None else active[0]
 
 
+def target_platform() -> str:
+    """The platform this computation is traced for: the active activation mesh's devices (an AOT
+    compile for a TPU or GPU topology), else the default backend."""
+    mesh = current_mesh()
+    return mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
+
+
 def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
     """`with_sharding_constraint(x, names -> mesh axes)` inside `activation_mesh`; `x` otherwise.
 
