@@ -77,7 +77,7 @@ def test_init_cache_holds_fixed_shape_delta_state_next_to_kv():
         assert layer.conv.shape == (3, 3, 2 * 2 * 16 + 4 * 8) and layer.conv.dtype == jnp.bfloat16
         assert layer.recurrent.shape == (3, 4, 16, 8) and layer.recurrent.dtype == jnp.float32
         assert layer.last_segment.shape == (3,)
-    assert isinstance(cache.layers[3], KVCache) and cache.layers[3].k.shape == (3, 10, 2, 16)
+    assert isinstance(cache.layers[3], KVCache) and cache.layers[3].k.shape == (3, 2, 10, 16)
 
 
 def test_qwen3_next_config_json_round_trips():

@@ -144,7 +144,7 @@ def test_kv_cache_ragged_left_padded_batch_matches_full_forward(model, jitted):
     run = jax.jit(_decode_all, static_argnums=(0, 6))
     prefill, decoded, cache = run(graphdef, params, prompt, pos, seg, continuation, 12)
     assert int(cache.index) == p + n
-    assert cache.layers[0].k.shape == (3, 12, CFG.num_kv_heads, CFG.head_dim)
+    assert cache.layers[0].k.shape == (3, CFG.num_kv_heads, 12, CFG.head_dim)
     np.testing.assert_array_equal(cache.segment_ids, [[0] * (p - l) + [1] * (l + n) + [0] * 4 for l in lengths])
     reference = jitted(full, _arange(3, p + n))
     for i, length in enumerate(lengths):

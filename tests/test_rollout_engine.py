@@ -37,7 +37,7 @@ def test_engine_implements_the_engine_interface(sampling_engine):
     assert isinstance(sampling_engine, EngineAPI)
     assert sampling_engine.max_concurrent_decodes == 2 and sampling_engine.max_prefill_length == 16
     state = sampling_engine.init_decode_state()
-    assert state.caches.layers[0].k.shape == (2, 1, 32, CFG.num_kv_heads, CFG.head_dim)
+    assert state.caches.layers[0].k.shape == (2, 1, CFG.num_kv_heads, 32, CFG.head_dim)
     assert state.caches.index.shape == (2,)
     quantized = DecodeEngine(CFG, quant_format="int8", **ENGINE).load_params(Decoder(CFG, rngs=nnx.Rngs(0)))
     assert isinstance(quantized["layers"][0]["mlp"]["up_proj"].get_value(), QuantArray)

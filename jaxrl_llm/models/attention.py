@@ -12,6 +12,7 @@ from flax import nnx
 
 from jaxrl_llm.models.attention_kernels import (
     attend,
+    attend_heads_major,
     attention_mask,
     blockwise_attend,
     cudnn_attend,
@@ -25,7 +26,7 @@ from jaxrl_llm.models.params import constant_param, normal_param
 from jaxrl_llm.models.rope import apply_rope
 from jaxrl_llm.parallel.activations import current_mesh, target_platform
 
-__all__ = ["Attention", "MixerContext", "attend", "attend_context", "attention_mask"]
+__all__ = ["Attention", "MixerContext", "attend", "attend_context", "attend_heads_major", "attention_mask"]
 
 
 class MixerContext(NamedTuple):
@@ -59,16 +60,19 @@ class MixerContext(NamedTuple):
 
 
 def attend_context(q: jax.Array, k: jax.Array, v: jax.Array, ctx: MixerContext, *, impl: str = "auto",
-                   block: int = 512) -> jax.Array:
+                   block: int = 512, heads_major: bool = False) -> jax.Array:
     """Attention under `ctx`'s mask by the kernel `impl` resolves to (`resolve_attention_impl`).
 
-    q `[B, T, H, Dh]`, k/v `[B, S, KVH, Dh]` -> `[B, T, H, Dh]`; `block` is the blockwise / splash
-    block size.
+    q `[B, T, H, Dh]`, k/v `[B, S, KVH, Dh]` (`[B, KVH, S, Dh]` with `heads_major`, the cache
+    layout) -> `[B, T, H, Dh]`; `block` is the blockwise / splash block size.
     """
+    s = k.shape[2] if heads_major else k.shape[1]
     chosen = resolve_attention_impl(impl, platform=target_platform(), dtype=q.dtype, head_dim=q.shape[-1],
-                                    t=q.shape[1], s=k.shape[1], cached=ctx.cache_index is not None)
+                                    t=q.shape[1], s=s, cached=ctx.cache_index is not None)
     if chosen == "reference":
-        return attend(q, k, v, ctx.mask)
+        return (attend_heads_major if heads_major else attend)(q, k, v, ctx.mask)
+    if heads_major:  # the other kernels take token-major keys
+        k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
     if chosen == "blockwise":
         return blockwise_attend(q, k, v, ctx.segment_ids, ctx.q_slots, ctx.k_segment_ids, ctx.k_slots,
                                 block_q=block, block_k=block)
@@ -127,9 +131,12 @@ class Attention(nnx.Module):
         q = apply_rope(q, ctx.cos, ctx.sin)
         k = apply_rope(k, ctx.cos, ctx.sin)
         if cache is not None:
-            cache = KVCache(write_slots(cache.k, k, ctx.cache_index), write_slots(cache.v, v, ctx.cache_index))
-            k, v = cache.k, cache.v
-        out = attend_context(q, k, v, ctx, impl=self.attention_impl, block=self.attention_block)
+            # The cache is head-major (`KVCache`): only this call's T new keys change layout.
+            k, v = (write_slots(buf, jnp.swapaxes(new, 1, 2), ctx.cache_index, axis=2)
+                    for buf, new in ((cache.k, k), (cache.v, v)))
+            cache = KVCache(k, v)
+        out = attend_context(q, k, v, ctx, impl=self.attention_impl, block=self.attention_block,
+                             heads_major=cache is not None)
         if gate is not None:
             out = out * jax.nn.sigmoid(gate.astype(jnp.float32)).astype(out.dtype)
         out = out.reshape(*x.shape[:2], self.num_heads * self.head_dim)

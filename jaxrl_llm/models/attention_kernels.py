@@ -56,16 +56,26 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Arr
 
     q `[B, T, H, Dh]`, k/v `[B, S, KVH, Dh]` (H a multiple of KVH), mask `[B, T, S]` -> `[B, T, H, Dh]`.
     """
+    return attend_heads_major(q, jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2), mask)
+
+
+def attend_heads_major(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """`attend` with head-major keys and values (the KV-cache layout).
+
+    q `[B, T, H, Dh]`, k/v `[B, KVH, S, Dh]`, mask `[B, T, S]` -> `[B, T, H, Dh]`.
+    """
     b, t, h, dh = q.shape
-    kvh = k.shape[2]
+    kvh = k.shape[1]
     q = q.reshape(b, t, kvh, h // kvh, dh)
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k.astype(q.dtype), preferred_element_type=jnp.float32)
+    scores = jnp.einsum("btkgd,bksd->bkgts", q, k.astype(q.dtype), preferred_element_type=jnp.float32)
     scores = scores * (dh ** -0.5)
     scores = jnp.where(mask[:, None, None, :, :], scores, _MASKED)
     probs = jax.nn.softmax(scores, axis=-1)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs.astype(q.dtype), v.astype(q.dtype),
+    # The product keeps the batched-matmul layout; the transpose to `[B, T, KVH, G, Dh]` is its own
+    # op (a dot writing the transposed layout misses XLA:CPU's fast path, which bf16 needs).
+    out = jnp.einsum("bkgts,bksd->bkgtd", probs.astype(q.dtype), v.astype(q.dtype),
                      preferred_element_type=jnp.float32)
-    return out.reshape(b, t, h, dh).astype(q.dtype)
+    return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, dh).astype(q.dtype)
 
 
 def resolve_attention_impl(impl: str, *, platform: str, dtype, head_dim: int, t: int, s: int,

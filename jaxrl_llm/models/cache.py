@@ -17,7 +17,12 @@ import jax.numpy as jnp
 
 
 class KVCache(NamedTuple):
-    """Attention-layer cache: `k, v: [B, S, KVH, Dh]`."""
+    """Attention-layer cache: `k, v: [B, KVH, S, Dh]`.
+
+    Head-major, so a decode step's `q k^T` and `p v` read the cache as plain batched matmuls over
+    (B, KVH); the token-major `[B, S, KVH, Dh]` layout made XLA:CPU copy the whole cache into this
+    layout twice per layer per step.
+    """
 
     k: jax.Array
     v: jax.Array
@@ -45,12 +50,14 @@ class DecoderCache(NamedTuple):
 
 
 def init_kv_cache(config, batch_size: int, max_len: int, dtype) -> KVCache:
-    """Zeros `[B, S, KVH, Dh]` for k and v."""
-    shape = (batch_size, max_len, config.num_kv_heads, config.head_dim)
+    """Zeros `[B, KVH, S, Dh]` for k and v."""
+    shape = (batch_size, config.num_kv_heads, max_len, config.head_dim)
     return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
 
 
-def write_slots(buffer: jax.Array, new: jax.Array, index: jax.Array) -> jax.Array:
-    """Writes `new [B, T, ...]` into `buffer [B, S, ...]` at slots `[index, index + T)`."""
-    start = (jnp.zeros((), jnp.int32), jnp.asarray(index, jnp.int32)) + (jnp.zeros((), jnp.int32),) * (buffer.ndim - 2)
+def write_slots(buffer: jax.Array, new: jax.Array, index: jax.Array, *, axis: int = 1) -> jax.Array:
+    """Writes `new` into `buffer` at slots `[index, index + T)` of `axis` (`buffer [B, S, ...]` and
+    `new [B, T, ...]` for the default axis 1; `[B, KVH, S, Dh]` and `[B, KVH, T, Dh]` with axis 2)."""
+    zero = jnp.zeros((), jnp.int32)
+    start = tuple(jnp.asarray(index, jnp.int32) if d == axis else zero for d in range(buffer.ndim))
     return jax.lax.dynamic_update_slice(buffer, new.astype(buffer.dtype), start)

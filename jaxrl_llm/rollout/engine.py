@@ -82,7 +82,7 @@ class Prefix:
 class DecodeState:
     """Per-slot decode state for `S = max_concurrent_decodes` slots.
 
-    caches: a `DecoderCache` whose every leaf has a leading slot axis (`k: [S, 1, L, KVH, Dh]`,
+    caches: a `DecoderCache` whose every leaf has a leading slot axis (`k: [S, 1, KVH, L, Dh]`,
       `index: [S]`). tokens: `[S]` int32 last token (fed at the next step). positions: `[S]`
       its RoPE position. active: `[S]` bool, the slot is decoding. generated: `[S]` int32 tokens
       emitted so far. keys: `[S]` PRNG keys of the requests.
