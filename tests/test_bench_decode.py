@@ -50,6 +50,8 @@ def test_greedy_disagreement_names_the_first_differing_token():
         bench_decode.check_greedy_agreement(ours, theirs)
     with pytest.raises(RuntimeError, match=r"differ in shape: \(2, 3\) vs \(2, 2\)"):
         bench_decode.check_greedy_agreement(ours, ours[:, :2])
+    with pytest.raises(RuntimeError, match="JAX fp32 and torch@2 fp32 differ at 2 of 6"):
+        bench_decode.check_greedy_agreement(ours, theirs, reference="torch@2 fp32")
 
 
 def test_cli_times_formats_and_torch_and_writes_json(tmp_path, capsys):
@@ -58,7 +60,7 @@ def test_cli_times_formats_and_torch_and_writes_json(tmp_path, capsys):
     threads = torch.get_num_threads()
     out = tmp_path / "decode.json"
     argv = ["--layers", "1", "--batch", "3", "--prompt-len", "5", "--new-tokens", "8", "--formats", "fp32,int8",
-            "--repeats", "1", "--warmup", "0", "--stream-mb", "1", "--torch-threads", "1", "--out", str(out)]
+            "--repeats", "1", "--warmup", "0", "--stream-mb", "1", "--torch-threads", "1,2", "--out", str(out)]
     try:
         bench_decode.main(argv)
     finally:
@@ -67,9 +69,23 @@ def test_cli_times_formats_and_torch_and_writes_json(tmp_path, capsys):
     assert result["command"].startswith("python tools/bench_decode.py --layers 1")
     assert result["torch_compared"] is True and result["greedy_tokens_agree"] is True
     # The script stops with an error unless our fp32 greedy tokens equal transformers' at every position.
-    assert result["greedy_tokens_compared"] == 3 * 8 and result["torch_threads"] == 1
-    assert [r["format"] for r in result["results"]] == ["fp32", "int8", "torch fp32"]
-    fp32, int8, ref = result["results"]
+    assert result["greedy_tokens_compared"] == 3 * 8 and result["torch_thread_counts"] == [1, 2]
+    assert [r["format"] for r in result["results"]] == ["fp32", "int8", "torch@1 fp32", "torch@2 fp32"]
+    fp32, int8, *torch_rows = result["results"]
+    assert [r["torch_threads"] for r in torch_rows] == [1, 2]
+    # The baseline is the torch setting with the shorter decode time; the unsuffixed keys are its figures.
+    best = result["torch_best_threads"]
+    assert best == result["torch_threads"] == min((1, 2), key=lambda t: torch_rows[t - 1]["decode_s"])
+    ref = torch_rows[best - 1]
+    by_threads = result["torch_by_threads"]
+    assert sorted(by_threads) == ["1", "2"]
+    for row in torch_rows:
+        d = by_threads[str(row["torch_threads"])]
+        assert d["decode_s"] == row["decode_s"] and d["stream_gb_s"] > 0
+        assert d["speedup_vs_torch"] == pytest.approx(row["decode_s"] / fp32["decode_s"])
+        assert row["speedup_vs_torch"] == pytest.approx(ref["decode_s"] / row["decode_s"])
+        assert row["speedup_vs_torch"] <= 1.0  # no torch setting beats the best one
+    assert result["torch_stream_gb_s"] == max(d["stream_gb_s"] for d in by_threads.values())
     # One tiny layer (see test_bench_train_step) plus embed, lm_head, final norm; the embedding is not streamed.
     layer = 2 * 64 * 64 + 2 * 64 * 32 + (64 + 32 + 32) + 3 * 64 * 128 + 2 * 64
     assert result["params"] == layer + 2 * 128 * 64 + 64
@@ -81,12 +97,16 @@ def test_cli_times_formats_and_torch_and_writes_json(tmp_path, capsys):
     for row in (fp32, int8):
         assert row["speedup_vs_torch"] == pytest.approx(ref["decode_s"] / row["decode_s"])
         assert row["compile_s"] > 0
-    assert result["speedup_vs_torch"] == fp32["speedup_vs_torch"]
+    assert result["speedup_vs_torch"] == fp32["speedup_vs_torch"] == by_threads[str(best)]["speedup_vs_torch"]
+    assert result["speedup_vs_torch"] == pytest.approx(ref["decode_s"] / fp32["decode_s"])
+    assert result["end_to_end_speedup_vs_torch"] == pytest.approx(ref["total_s"] / fp32["total_s"])
     assert result["speedup_vs_torch"] == pytest.approx(result["jax_fp32_decode_tok_s"] / result["torch_decode_tok_s"])
     assert result["memory_bandwidth_gb_s"] == max(result["jax_stream_gb_s"], result["torch_stream_gb_s"]) > 0
     assert result["cpu"] and result["date_utc"].endswith("UTC") and len(result["load_average_1m_5m_15m"]) == 3
     printed = capsys.readouterr().out
-    assert "speedup vs torch" in printed and "greedy tokens agree (24 compared)" in printed
+    assert f"speedup vs torch@{best} (best; fp32 decode tok/s)" in printed
+    assert "greedy tokens agree at every thread count (24 compared)" in printed
+    assert f"vs torch@{best} fp32 (best)" in printed.splitlines()[0]
 
 
 def test_forced_torch_comparison_needs_the_fp32_format():
@@ -95,7 +115,9 @@ def test_forced_torch_comparison_needs_the_fp32_format():
 
 
 @pytest.mark.parametrize("flags, message", [(["--new-tokens", "1"], "--new-tokens must be >= 2"),
-                                            (["--formats", "fp16"], "--formats must be a non-empty comma list")])
+                                            (["--formats", "fp16"], "--formats must be a non-empty comma list"),
+                                            (["--torch-threads", "1,0"], "--torch-threads must be a comma list of "
+                                                                         "integers >= 1")])
 def test_cli_rejects_bad_flags(flags, message, capsys):
     with pytest.raises(SystemExit):
         bench_decode.parse_args(flags)

@@ -65,6 +65,32 @@ def test_tables_align_and_check_row_widths():
             table(header, [["MFU", "1.0%"]])
 
 
+def test_thread_counts_default_to_one_and_the_cores_sorted_and_distinct():
+    assert bench_common.thread_counts(None, 2) == [1, 2]
+    assert bench_common.thread_counts(None, 1) == [1]  # one core: one setting, not two equal ones
+    assert bench_common.thread_counts("4,1,4", 2) == [1, 4]
+    assert bench_common.thread_counts(" 2 ", 8) == [2]
+    for bad in ("0", "1,-2", "", "1,x", "1.5"):
+        with pytest.raises(ValueError, match=r"--torch-threads must be a comma list of integers >= 1 \(e.g. 1,8\)"):
+            bench_common.thread_counts(bad, 8)
+    with pytest.raises(ValueError, match="--threads must be"):
+        bench_common.thread_counts("0", 8, flag="--threads")
+    assert bench_common.torch_label(3) == "torch@3"
+
+
+def test_with_torch_threads_sets_the_count_before_each_call():
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    seen = []
+    try:
+        one = bench_common.with_torch_threads(lambda: seen.append(torch.get_num_threads()) or "r", 1)
+        two = bench_common.with_torch_threads(lambda: seen.append(torch.get_num_threads()), 2)
+        bench_common.interleaved_times({"one": one, "two": two}, repeats=2)
+        assert seen == [1, 2, 1, 2] and one() == "r"
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_run_metadata_names_the_machine(tmp_path):
     meta = bench_common.run_metadata(["python", "tools/x.py", "--flag", "a b"])
     assert meta["command"] == "python tools/x.py --flag 'a b'"
@@ -129,7 +155,7 @@ def test_cli_times_jax_and_torch_and_writes_json(tmp_path, capsys):
     threads = torch.get_num_threads()
     out = tmp_path / "bench.json"
     argv = ["--preset", "tiny", "--model", "num_layers=1", "--mesh", "1,1,1", "--batch-size", "2",
-            "--seq-len", "8", "--steps", "2", "--warmup", "1", "--matmul-size", "64", "--torch-threads", "1",
+            "--seq-len", "8", "--steps", "2", "--warmup", "0", "--matmul-size", "64", "--torch-threads", "2,1",
             "--out", str(out)]
     try:
         assert bench_train_step.main(argv) == 0
@@ -138,7 +164,7 @@ def test_cli_times_jax_and_torch_and_writes_json(tmp_path, capsys):
     result = json.loads(out.read_text())
     assert result["command"].startswith("python tools/bench_train_step.py --preset tiny")
     assert result["model_overrides"] == {"num_layers": 1} and result["torch_compared"] is True
-    assert result["torch_threads"] == 1 and result["steps"] == 2
+    assert result["steps"] == 2 and result["timing"] == "interleaved jax/torch@1/torch@2, median of steps"
     # One tiny layer: q, o 64x64; k, v 64x32; q/k/v biases; 3 MLP 64x128; 2 norms. Plus embed, lm_head, norm.
     layer = 2 * 64 * 64 + 2 * 64 * 32 + (64 + 32 + 32) + 3 * 64 * 128 + 2 * 64
     assert result["params"] == layer + 2 * 128 * 64 + 64 and result["matmul_params"] == layer + 128 * 64 + 64
@@ -149,14 +175,38 @@ def test_cli_times_jax_and_torch_and_writes_json(tmp_path, capsys):
     assert result["jax_tokens_per_s"] == pytest.approx(tokens / result["jax_step_s_median"])
     assert result["speedup_vs_torch"] == pytest.approx(result["jax_tokens_per_s"] / result["torch_tokens_per_s"])
     assert result["jax_mfu"] / result["torch_mfu"] == pytest.approx(result["speedup_vs_torch"])
-    assert result["peak_tflops"] == max(result["jax_matmul_tflops"], result["torch_matmul_tflops"])
     assert result["speedup_vs_torch_paired_min"] <= result["speedup_vs_torch_paired_max"]
-    # Same weights, batch, loss and optimizer: the two runs do the same work.
-    assert result["torch_first_loss"] == pytest.approx(result["jax_first_loss"], rel=1e-5)
-    assert result["torch_final_loss"] == pytest.approx(result["jax_final_loss"], rel=1e-4)
+    # Torch at both thread counts, compared at the faster median; the unsuffixed keys are that setting's.
+    by_threads = result["torch_by_threads"]
+    assert result["torch_thread_counts"] == [1, 2] and sorted(by_threads) == ["1", "2"]
+    best = result["torch_best_threads"]
+    assert best == result["torch_threads"] == min((1, 2), key=lambda n: by_threads[str(n)]["step_s_median"])
+    assert result["torch_step_s_median"] == by_threads[str(best)]["step_s_median"]
+    assert result["speedup_vs_torch"] == pytest.approx(by_threads[str(best)]["step_s_median"]
+                                                       / result["jax_step_s_median"])
+    assert result["speedup_vs_torch"] == min(d["speedup_vs_torch"] for d in by_threads.values())  # the hardest one
+    assert result["torch_matmul_tflops"] == max(d["matmul_tflops"] for d in by_threads.values())
+    assert result["peak_tflops"] == max(result["jax_matmul_tflops"], result["torch_matmul_tflops"])
+    for d in by_threads.values():
+        assert d["speedup_vs_torch"] == pytest.approx(d["step_s_median"] / result["jax_step_s_median"])
+        assert d["tokens_per_s"] == pytest.approx(tokens / d["step_s_median"])
+        assert d["speedup_vs_torch_paired_min"] <= d["speedup_vs_torch_paired_max"]
+        # Same weights, batch, loss and optimizer, one torch model per thread count: each does JAX's work.
+        assert d["first_loss"] == pytest.approx(result["jax_first_loss"], rel=1e-5)
+        assert d["final_loss"] == pytest.approx(result["jax_final_loss"], rel=1e-4)
     assert result["jax_final_loss"] != result["jax_first_loss"]  # the updates were applied
     printed = capsys.readouterr().out
-    assert "speedup vs torch" in printed and result["cpu"] in printed
+    assert result["cpu"] in printed and f"speedup vs torch@{best} (best; tokens/s ratio)" in printed
+    header = printed.splitlines()[0].split()
+    assert header == ["jax", "torch@1", "torch@2"]
+
+
+@pytest.mark.parametrize("value", ["0", "1,0", "two", ""])
+def test_cli_rejects_a_bad_torch_thread_count(value, capsys):
+    with pytest.raises(SystemExit):
+        bench_train_step.parse_args(["--torch-threads", value])
+    assert "--torch-threads must be a comma list of integers >= 1" in capsys.readouterr().err
+    assert bench_train_step.parse_args(["--torch-threads", "3,1,3"]).torch_threads == [1, 3]
 
 
 def test_cli_rejects_a_forced_torch_comparison_on_a_multi_device_mesh():

@@ -4,7 +4,8 @@ The machines benchmarks run on are shared and noisy, so a CPU speed figure is on
 ratio taken in the same run: against the same work done by a reference implementation, and as a
 fraction of the matmul FLOP/s (or, for memory-bound decoding, the streaming memory bandwidth)
 measured on the same devices in the same run. `interleaved_times` alternates the contenders
-(A B A B ...) so that a burst of load from elsewhere hits all of them.
+(A B A B ...) so that a burst of load from elsewhere hits all of them. Torch is timed at several
+thread counts in the same run (`thread_counts`, `with_torch_threads`) and compared at its best.
 """
 
 from __future__ import annotations
@@ -29,6 +30,42 @@ def available_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
+
+
+def thread_counts(spec: str | None, cores: int, *, flag: str = "--torch-threads") -> list[int]:
+    """The distinct thread counts of a comma list `spec`, ascending; None means 1 and `cores`.
+
+    Both ends by default: on a shared machine a multi-threaded run stalls whenever one of its
+    threads is descheduled, so one thread can be the faster setting (`flag` names the option in errors).
+    """
+    if spec is None:
+        return sorted({1, max(int(cores), 1)})
+    try:
+        counts = [int(item) for item in spec.split(",") if item.strip()]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise ValueError(f"{flag} must be a comma list of integers >= 1 (e.g. 1,{max(int(cores), 1)}); got {spec!r}")
+    return sorted(set(counts))
+
+
+def torch_label(threads: int) -> str:
+    """The name of a torch contender at `threads` intra-op threads in tables and timings: `torch@N`."""
+    return f"torch@{threads}"
+
+
+def with_torch_threads(fn: Callable[[], Any], threads: int) -> Callable[[], Any]:
+    """`fn` preceded by `torch.set_num_threads(threads)` (a sub-microsecond call).
+
+    Torch's thread count is process-wide, so each interleaved torch contender sets its own.
+    """
+    import torch  # noqa: PLC0415
+
+    def run() -> Any:
+        torch.set_num_threads(threads)
+        return fn()
+
+    return run
 
 
 def load_average() -> tuple[float, float, float]:
@@ -147,7 +184,10 @@ def jax_matmul_fn(mesh: Any, size: int) -> Callable[[], Any]:
 
 
 def torch_matmul_fn(size: int) -> Callable[[], Any]:
-    """A float32 `[M, M] @ [M, M]` in PyTorch on the CPU, at the current `torch.get_num_threads()`."""
+    """A float32 `[M, M] @ [M, M]` in PyTorch on the CPU, at the current `torch.get_num_threads()`.
+
+    Wrap it in `with_torch_threads` to time it at a given thread count.
+    """
     import torch  # noqa: PLC0415
 
     a = torch.ones((size, size), dtype=torch.float32)

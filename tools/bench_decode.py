@@ -4,6 +4,7 @@
     python tools/bench_decode.py --preset tiny --layers 4 --hidden 256 --intermediate 1024 --heads 4 \\
         --kv-heads 2 --head-dim 64 --vocab 4096 --batch 1 --prompt-len 32 --new-tokens 64
     python tools/bench_decode.py --preset qwen2.5-0.5b --batch 64 --prompt-len 256 --new-tokens 256
+    python tools/bench_decode.py --preset tiny --torch-threads 1,2,4   # torch at 1, 2 and 4 threads
 
 Random weights of a preset (or flag-given) shape; greedy decoding of `[B, P]` random prompts with
 no stop ids, so every row generates exactly `--new-tokens` (N) tokens. fp32 computes in fp32;
@@ -12,21 +13,25 @@ inside the matmul: W8A16, W4A16, FP8 weights).
 
 Shared machines are noisy, so the speed figures are ratios taken in the same run:
 
-* `speedup_vs_torch`: our decode tokens/s over PyTorch's for the same work. `--compare-torch`
-  (default `auto`: on when JAX runs on the CPU, torch and transformers import, fp32 is among
-  `--formats` and the model has a `transformers` equivalent) builds the same model in `transformers` from our fp32 weights
-  (`tools/torch_reference.py`) and decodes the same prompts with
-  `model.generate(do_sample=False, max_new_tokens=N, min_new_tokens=N)` (its default dynamic KV
-  cache, `sdpa` attention, fp32) at as many intra-op threads as XLA:CPU uses (one per available
-  core) unless `--torch-threads` says otherwise. The greedy tokens of our fp32 sampler and of
-  torch must be identical (the script stops with an error naming the first difference
-  otherwise): both do the same work. Every format's speed is also given relative to that one
-  torch fp32 baseline.
+* `speedup_vs_torch`: our decode tokens/s over PyTorch's for the same work, against torch at its
+  best thread count. `--compare-torch` (default `auto`: on when JAX runs on the CPU, torch and
+  transformers import, fp32 is among `--formats` and the model has a `transformers` equivalent)
+  builds the same model in `transformers` from our fp32 weights (`tools/torch_reference.py`) and
+  decodes the same prompts with `model.generate(do_sample=False, max_new_tokens=N, min_new_tokens=N)`
+  (its default dynamic KV cache, `sdpa` attention, fp32) at every intra-op thread count of
+  `--torch-threads` (a comma list; default 1 and the number of available cores, the size of
+  XLA:CPU's pool): on a shared machine a multi-threaded torch run stalls whenever one of its
+  threads is descheduled, so fewer threads can be faster. Each count is its own contender
+  (`torch@N fp32` rows, `torch_by_threads` in the JSON); the baseline is the one with the shortest
+  decode time (`torch_best_threads`). The greedy tokens of our fp32 sampler and of torch at every
+  thread count must be identical (the script stops with an error naming the first difference
+  otherwise): all do the same work. Every row's speed is also given relative to that best torch
+  fp32 baseline (end to end too, against the same thread count).
 * `bandwidth_fraction`: weight bytes streamed per decode step (every parameter except the input
   embedding table, which is only gathered; with tied embeddings it is the lm_head and counts) over
   the time of one decode step, as a fraction of the memory bandwidth measured in this run: the
   best of `--repeats` `y = x + 1` passes over a `--stream-mb` MiB float32 array (JAX, and torch
-  when compared), counting each byte read and written. The KV cache reads are not counted, and a
+  at each of its thread counts when compared), counting each byte read and written. The KV cache reads are not counted, and a
   model small enough to stay in the CPU caches can exceed the DRAM figure.
 
 Timing. Each contender is called once untimed (JAX compiles then), then `--warmup` untimed
@@ -71,7 +76,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds after the first (compiling) calls")
     parser.add_argument("--compare-torch", choices=COMPARE_CHOICES, default="auto",
                         help="time the same decoding in PyTorch/transformers (auto: when possible)")
-    parser.add_argument("--torch-threads", type=int, default=0, help="torch intra-op threads (0: as many as JAX)")
+    parser.add_argument("--torch-threads", default=None, metavar="N[,N...]",
+                        help="torch intra-op thread counts to time, comma list (default: 1 and the core count)")
     parser.add_argument("--stream-mb", type=int, default=256, help="MiB of the bandwidth-measuring array")
     parser.add_argument("--markdown", action="store_true", help="print the table as markdown")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
@@ -84,8 +90,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--batch, --prompt-len, --repeats and --stream-mb must be >= 1")
     if args.new_tokens < 2:
         parser.error(f"--new-tokens must be >= 2 (decode steps follow the first token); got {args.new_tokens}")
-    if args.warmup < 0 or args.torch_threads < 0:
-        parser.error(f"--warmup and --torch-threads must be >= 0; got {args.warmup}, {args.torch_threads}")
+    if args.warmup < 0:
+        parser.error(f"--warmup must be >= 0; got {args.warmup}")
+    try:
+        args.torch_threads = bench_common.thread_counts(args.torch_threads, bench_common.available_cores())
+    except ValueError as e:
+        parser.error(str(e))
     args.formats = formats
     return args
 
@@ -163,17 +173,20 @@ def torch_greedy_fn(model, prompts, n_new: int):
     return run
 
 
-def check_greedy_agreement(ours, theirs) -> int:
-    """Raise naming the first differing token unless `ours` and `theirs` (`[B, N]`) are equal; returns B * N."""
+def check_greedy_agreement(ours, theirs, reference: str = "torch fp32") -> int:
+    """Raise naming the first differing token unless `ours` and `theirs` (`[B, N]`) are equal; returns B * N.
+
+    `reference` names `theirs` in the message (e.g. "torch@2 fp32").
+    """
     import numpy as np  # noqa: PLC0415
 
     ours, theirs = np.asarray(ours), np.asarray(theirs)
     if ours.shape != theirs.shape:
-        raise RuntimeError(f"greedy tokens of JAX fp32 and torch fp32 differ in shape: {ours.shape} vs {theirs.shape}")
+        raise RuntimeError(f"greedy tokens of JAX fp32 and {reference} differ in shape: {ours.shape} vs {theirs.shape}")
     rows, steps = np.nonzero(ours != theirs)
     if rows.size:
         r, s = int(rows[0]), int(steps[0])
-        raise RuntimeError(f"greedy tokens of JAX fp32 and torch fp32 differ at {rows.size} of {ours.size} positions; "
+        raise RuntimeError(f"greedy tokens of JAX fp32 and {reference} differ at {rows.size} of {ours.size} positions; "
                            f"first at row {r}, step {s}: jax {int(ours[r, s])} vs torch {int(theirs[r, s])}")
     return int(ours.size)
 
@@ -194,20 +207,25 @@ def decode_rates(full_times, prefill_times, batch: int, n_new: int, streamed_byt
     }
 
 
-def measure_bandwidth(nbytes: int, repeats: int, with_torch: bool) -> tuple[float, str, dict]:
-    """(bytes/s, where it came from, the measured GB/s per framework) of `y = x + 1` over `nbytes`."""
+def measure_bandwidth(nbytes: int, repeats: int, torch_threads: list[int]) -> tuple[float, str, dict]:
+    """(bytes/s, where it came from, `{contender: bytes/s}`) of `y = x + 1` over `nbytes`.
+
+    Contenders: "jax" and `torch@N` for each of `torch_threads` (none: JAX only).
+    """
     fns = {"jax": bench_common.jax_stream_fn(nbytes)}
-    if with_torch:
-        fns["torch"] = bench_common.torch_stream_fn(nbytes)
+    if torch_threads:
+        torch_stream = bench_common.torch_stream_fn(nbytes)
+        for n in torch_threads:
+            fns[bench_common.torch_label(n)] = bench_common.with_torch_threads(torch_stream, n)
     times = bench_common.interleaved_times(fns, repeats=repeats, warmup=1)
     rates = {k: bench_common.best_bandwidth(v, nbytes) for k, v in times.items()}
     best = max(rates, key=rates.get)
-    source = f"best y = x + 1 pass over {nbytes / 2**20:.0f} MiB fp32 of {' and '.join(rates)} ({best})"
-    return rates[best], source, {f"{k}_stream_gb_s": v / 1e9 for k, v in rates.items()}
+    source = f"best y = x + 1 pass over {nbytes / 2**20:.0f} MiB fp32 of {', '.join(rates)} ({best})"
+    return rates[best], source, rates
 
 
 def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
-    """Time every format (and torch fp32, interleaved); the result dict for JSON."""
+    """Time every format (and torch fp32 at each `--torch-threads` count, interleaved); the result dict for JSON."""
     import jax  # noqa: PLC0415
     import numpy as np  # noqa: PLC0415
     from flax import nnx  # noqa: PLC0415
@@ -222,13 +240,13 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
         blocker = "fp32 is not among --formats (the torch reference is compared with our fp32 tokens)"
     if blocker is not None and args.compare_torch == "on":
         raise SystemExit(f"--compare-torch on, but {blocker}")
-    threads = args.torch_threads or bench_common.available_cores()
+    counts = args.torch_threads if blocker is None else []
     load_at_start = bench_common.load_average()[0]
     b, p, n = args.batch, args.prompt_len, args.new_tokens
     master = nnx.split(Decoder(config, rngs=nnx.Rngs(0)))[1]
     prompts = np.asarray(jax.random.randint(jax.random.key(1), (b, p), 0, config.vocab_size), np.int32)
 
-    fns, streamed, sizes, compile_s, first_tokens = {}, {}, {}, {}, {}
+    fns, streamed, sizes, compile_s, first_call_s, first_tokens = {}, {}, {}, {}, {}, {}
     for fmt in args.formats:
         graphdef, params = model_for(fmt, master, config)
         sizes[fmt], streamed[fmt] = weight_bytes(params), streamed_weight_bytes(params, config.tie_word_embeddings)
@@ -237,27 +255,28 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
         compile_s[fmt] = bench_common.time_call(lambda f=fmt: first_tokens.__setitem__(f, fns[f]()))
         fns[f"{fmt}/prefill"]()
     torch_info: dict = {}
+    torch_names = [bench_common.torch_label(t) for t in counts]
     if blocker is None:
-        import torch  # noqa: PLC0415
-
-        torch.set_num_threads(threads)
         model = build_torch_model(config, nnx.to_pure_dict(master)).eval()
-        fns["torch"] = torch_greedy_fn(model, prompts, n)
-        fns["torch/prefill"] = torch_greedy_fn(model, prompts, 1)
-        torch_info["torch_first_call_s"] = bench_common.time_call(
-            lambda: first_tokens.__setitem__("torch", fns["torch"]()))
-        torch_info["greedy_tokens_compared"] = check_greedy_agreement(first_tokens["fp32"], first_tokens["torch"])
+        for threads, name in zip(counts, torch_names):
+            fns[name] = bench_common.with_torch_threads(torch_greedy_fn(model, prompts, n), threads)
+            fns[f"{name}/prefill"] = bench_common.with_torch_threads(torch_greedy_fn(model, prompts, 1), threads)
+            first_call_s[name] = bench_common.time_call(lambda k=name: first_tokens.__setitem__(k, fns[k]()))
+            # Reduction order changes with the thread count; every setting must still decode our tokens.
+            torch_info["greedy_tokens_compared"] = check_greedy_agreement(
+                first_tokens["fp32"], first_tokens[name], reference=f"{name} fp32")
+            streamed[name], sizes[name] = streamed["fp32"], sizes["fp32"]
         torch_info["torch_attn_implementation"] = getattr(model.config, "_attn_implementation", None)
-        streamed["torch"], sizes["torch"] = streamed["fp32"], sizes["fp32"]
     times = bench_common.interleaved_times(fns, repeats=args.repeats, warmup=args.warmup)
-    bandwidth, bandwidth_source, stream_rates = measure_bandwidth(args.stream_mb * 2**20, args.repeats,
-                                                                  blocker is None)
+    bandwidth, bandwidth_source, stream_rates = measure_bandwidth(args.stream_mb * 2**20, args.repeats, counts)
 
     rows = []
-    for name in args.formats + (["torch"] if blocker is None else []):
-        row = {"format": name if name != "torch" else "torch fp32", "weight_mb": sizes[name] / 2**20,
+    for name in args.formats + torch_names:
+        row = {"format": name if name in compile_s else f"{name} fp32", "weight_mb": sizes[name] / 2**20,
                "streamed_weight_mb": streamed[name] / 2**20,
                **({"compile_s": compile_s[name]} if name in compile_s else {}),
+               **({"torch_threads": counts[torch_names.index(name)], "first_call_s": first_call_s[name]}
+                  if name in first_call_s else {}),
                **decode_rates(times[name], times[f"{name}/prefill"], b, n, streamed[name])}
         row["bandwidth_fraction"] = row["weight_stream_gb_s"] * 1e9 / bandwidth
         rows.append(row)
@@ -270,50 +289,71 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
                                                    "num_kv_heads", "head_dim", "vocab_size", "tie_word_embeddings")},
         "params": int(sum(x.size for x in jax.tree.leaves(master))),
         "batch": b, "prompt_len": p, "new_tokens": n, "repeats": args.repeats, "warmup": args.warmup,
-        "timing": ("interleaved " + ("jax/torch" if blocker is None else "jax formats")
+        "timing": ("interleaved " + ("/".join(["jax formats"] + torch_names))
                    + ", full and prefill-only runs; decode = median(full) - median(prefill)"),
         "memory_bandwidth_gb_s": bandwidth / 1e9,
         "bandwidth_source": bandwidth_source,
-        **stream_rates,
+        "jax_stream_gb_s": stream_rates["jax"] / 1e9,
+        **({"torch_stream_gb_s": max(stream_rates[k] for k in torch_names) / 1e9} if torch_names else {}),
         "torch_compared": blocker is None,
         "torch_skipped_reason": blocker,
         "results": rows,
     }
     if blocker is not None:
         return result
-    torch_row = rows[-1]
-    for row in rows[:-1]:
-        row["speedup_vs_torch"] = torch_row["decode_s"] / row["decode_s"]
-        row["end_to_end_speedup_vs_torch"] = torch_row["total_s"] / row["total_s"]
-    ratios = bench_common.paired_ratios(times["torch"], times["fp32"])
+    torch_rows = dict(zip(counts, rows[len(args.formats):]))
+    best = min(counts, key=lambda t: torch_rows[t]["decode_s"])
+    best_row = torch_rows[best]
+    for row in rows:
+        row["speedup_vs_torch"] = best_row["decode_s"] / row["decode_s"]
+        row["end_to_end_speedup_vs_torch"] = best_row["total_s"] / row["total_s"]
     fp32 = rows[args.formats.index("fp32")]
+    by_threads = {}
+    for threads, name in zip(counts, torch_names):
+        ratios = bench_common.paired_ratios(times[name], times["fp32"])
+        t_row = torch_rows[threads]
+        by_threads[str(threads)] = {
+            "decode_s": t_row["decode_s"], "decode_tok_s": t_row["decode_tok_s"], "total_s": t_row["total_s"],
+            "end_to_end_tok_s": t_row["end_to_end_tok_s"], "first_call_s": t_row["first_call_s"],
+            "stream_gb_s": stream_rates[name] / 1e9,
+            # Our fp32 against this setting.
+            "speedup_vs_torch": t_row["decode_s"] / fp32["decode_s"],
+            "end_to_end_speedup_vs_torch": t_row["total_s"] / fp32["total_s"],
+            "end_to_end_speedup_paired_min": min(ratios),
+            "end_to_end_speedup_paired_max": max(ratios),
+        }
+    chosen = by_threads[str(best)]
     result.update(torch_info)
     result.update({
-        "torch_threads": threads,
+        # The unsuffixed torch_* and speedup keys are those of the best thread count.
+        "torch_threads": best,
+        "torch_best_threads": best,
+        "torch_thread_counts": counts,
         "torch_decoder": TORCH_DECODER,
         "greedy_tokens_agree": True,
+        "torch_first_call_s": chosen["first_call_s"],
         "jax_fp32_decode_tok_s": fp32["decode_tok_s"],
-        "torch_decode_tok_s": torch_row["decode_tok_s"],
-        "speedup_vs_torch": fp32["speedup_vs_torch"],
-        "end_to_end_speedup_vs_torch": fp32["end_to_end_speedup_vs_torch"],
-        "end_to_end_speedup_paired_min": min(ratios),
-        "end_to_end_speedup_paired_max": max(ratios),
+        "torch_decode_tok_s": chosen["decode_tok_s"],
+        **{k: chosen[k] for k in ("speedup_vs_torch", "end_to_end_speedup_vs_torch",
+                                  "end_to_end_speedup_paired_min", "end_to_end_speedup_paired_max")},
+        "torch_by_threads": by_threads,
     })
     return result
 
 
 def result_rows(result: dict) -> tuple[list[str], list[list[str]]]:
-    """`(header, rows)` of the summary table: one row per format, then torch fp32 when compared."""
+    """`(header, rows)` of the summary table: one row per format, then one per torch thread count when compared."""
     torch = result["torch_compared"]
+    vs = f"vs {bench_common.torch_label(result['torch_best_threads'])} fp32 (best)" if torch else ""
     header = ["format", "weights MB", "streamed MB", "prefill s", "decode ms/step", "decode tok/s", "e2e tok/s",
-              "weight GB/s", "of mem BW"] + (["vs torch fp32"] if torch else [])
+              "weight GB/s", "of mem BW"] + ([vs] if torch else [])
     rows = []
     for r in result["results"]:
         cells = [r["format"], f"{r['weight_mb']:.2f}", f"{r['streamed_weight_mb']:.2f}", f"{r['prefill_s']:.4f}",
                  f"{r['decode_step_ms']:.3f}", f"{r['decode_tok_s']:,.1f}", f"{r['end_to_end_tok_s']:,.1f}",
                  f"{r['weight_stream_gb_s']:.2f}", f"{100 * r['bandwidth_fraction']:.1f}%"]
         if torch:
-            cells.append(f"{r['speedup_vs_torch']:.2f}x" if "speedup_vs_torch" in r else "1.00x")
+            cells.append(f"{r['speedup_vs_torch']:.2f}x")
         rows.append(cells)
     return header, rows
 
@@ -327,12 +367,19 @@ def summary_lines(result: dict) -> list[str]:
              f"new={result['new_tokens']}; {result['device']}",
              f"memory bandwidth {result['memory_bandwidth_gb_s']:.2f} GB/s: {result['bandwidth_source']}"]
     if result["torch_compared"]:
-        lines.append(f"torch: {result['torch_decoder']}, {result['torch_threads']} threads, "
-                     f"attn={result['torch_attn_implementation']}; greedy tokens agree "
+        best = bench_common.torch_label(result["torch_best_threads"])
+        counts = ", ".join(str(t) for t in result["torch_thread_counts"])
+        lines.append(f"torch: {result['torch_decoder']}, timed at {counts} threads, "
+                     f"attn={result['torch_attn_implementation']}; greedy tokens agree at every thread count "
                      f"({result['greedy_tokens_compared']} compared)")
         pairs = f"{result['end_to_end_speedup_paired_min']:.2f}-{result['end_to_end_speedup_paired_max']:.2f}"
-        lines.append(f"speedup vs torch (fp32 decode tok/s): {result['speedup_vs_torch']:.2f}x; end to end "
+        lines.append(f"speedup vs {best} (best; fp32 decode tok/s): {result['speedup_vs_torch']:.2f}x; end to end "
                      f"{result['end_to_end_speedup_vs_torch']:.2f}x (pairs {pairs})")
+        for t in result["torch_thread_counts"]:
+            d = result["torch_by_threads"][str(t)]
+            lines.append(f"  vs {bench_common.torch_label(t)}: decode {d['speedup_vs_torch']:.2f}x, end to end "
+                         f"{d['end_to_end_speedup_vs_torch']:.2f}x (pairs {d['end_to_end_speedup_paired_min']:.2f}-"
+                         f"{d['end_to_end_speedup_paired_max']:.2f})")
     else:
         lines.append(f"torch: not run: {result['torch_skipped_reason']}")
     lines.append(f"{result['cpu']}, {result['cpu_cores']} cores, load {result['load_average_1m_at_start']} -> "

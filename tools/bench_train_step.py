@@ -4,24 +4,30 @@
     python tools/bench_train_step.py --preset tiny --model num_layers=4 --model hidden_size=256 ...
     python tools/bench_train_step.py --preset tiny --host-devices 8 --mesh 2,2,2   # CPU mesh, JAX only
     python tools/bench_train_step.py --preset qwen2.5-0.5b --batch-size 8 --seq-len 1024 --peak-tflops 989
+    python tools/bench_train_step.py --preset tiny --torch-threads 1,2,4   # torch at 1, 2 and 4 threads
 
 Shared machines are noisy, so the speed figures are ratios taken in the same run:
 
-* `speedup_vs_torch`: JAX tokens/s over PyTorch tokens/s for the same work. `--compare-torch`
-  (default `auto`: on when torch and transformers import, the mesh has one device and the model is
-  float32) builds the same model in `transformers` (`hf_config.to_hf_config(config)` ->
-  `AutoConfig.for_model` -> `AutoModelForCausalLM.from_config`, fp32, eager) with our initial
-  weights, and runs the same step: forward, the same masked next-token loss on the same batch,
-  backward, global-norm clipping and AdamW with the same hyperparameters and learning-rate
-  schedule. Torch uses as many intra-op threads as XLA:CPU (one per available core) unless
-  `--torch-threads` says otherwise. After one untimed step each (JAX compiles in it) and
-  `--warmup` untimed rounds, the two steps are timed alternately (A B A B ...) `--steps` times, so
-  a burst of load from elsewhere hits both; medians are reported. The first-step losses of both
-  must agree (same weights, same batch), which shows the two do the same work.
+* `speedup_vs_torch`: JAX tokens/s over PyTorch tokens/s for the same work, against torch at its
+  best thread count. `--compare-torch` (default `auto`: on when torch and transformers import, the
+  mesh has one device and the model is float32) builds the same model in `transformers`
+  (`hf_config.to_hf_config(config)` -> `AutoConfig.for_model` -> `AutoModelForCausalLM.from_config`,
+  fp32, eager) with our initial weights, and runs the same step: forward, the same masked
+  next-token loss on the same batch, backward, global-norm clipping and AdamW with the same
+  hyperparameters and learning-rate schedule. Torch runs at every intra-op thread count of
+  `--torch-threads` (a comma list; default 1 and the number of available cores, the size of
+  XLA:CPU's pool): on a shared machine a multi-threaded torch step stalls whenever one of its
+  threads is descheduled, so fewer threads can be faster. Each count gets its own torch model and
+  optimizer (the memory of one torch model per count), so each takes exactly JAX's updates. After
+  one untimed step each (JAX compiles in it) and `--warmup` untimed rounds, the contenders are timed
+  alternately (jax, torch@1, torch@2, jax, ...) `--steps` times, so a burst of load from elsewhere
+  hits all of them; medians are reported. `speedup_vs_torch` is against the torch setting with the
+  fastest median step (`torch_best_threads`); every setting's figures are in `torch_by_threads`.
+  The first-step losses must agree (same weights, same batch), which shows they do the same work.
 * MFU: achieved model FLOP/s over the matmul peak. The peak is `--peak-tflops` if given (e.g. an
   accelerator's datasheet number), else the best FLOP/s of a float32 `M x M x M` matmul measured
-  in this run (JAX sharded over the same devices, and torch at the same thread count; the faster
-  of the two is the machine's peak), which is what "peak" means on a CPU.
+  in this run (JAX sharded over the same devices, and torch at each of its thread counts; the
+  fastest is the machine's peak), which is what "peak" means on a CPU.
 
 Model FLOPs per step = 6 * N * tokens + 12 * L * H * Dh * T * tokens, where N counts the matmul
 parameters (every weight except the input embedding table; the lm_head counts once even when
@@ -34,6 +40,7 @@ first quarter of each row (a prompt) and on the rest.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -65,7 +72,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--peak-tflops", type=float, default=0.0, help="use this peak instead of measuring")
     p.add_argument("--compare-torch", choices=COMPARE_CHOICES, default="auto",
                    help="time the same step in PyTorch/transformers (auto: when possible)")
-    p.add_argument("--torch-threads", type=int, default=0, help="torch intra-op threads (0: as many as JAX)")
+    p.add_argument("--torch-threads", default=None, metavar="N[,N...]",
+                   help="torch intra-op thread counts to time, comma list (default: 1 and the core count)")
     p.add_argument("--markdown", action="store_true", help="print the table as markdown")
     p.add_argument("--out", default="", help="write the results as JSON here")
     args = p.parse_args(argv)
@@ -74,8 +82,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be >= 1; got {getattr(args, name)}")
     if args.seq_len < 2:
         p.error(f"--seq-len must be >= 2 (next-token targets); got {args.seq_len}")
-    if args.warmup < 0 or args.torch_threads < 0:
-        p.error(f"--warmup and --torch-threads must be >= 0; got {args.warmup}, {args.torch_threads}")
+    if args.warmup < 0:
+        p.error(f"--warmup must be >= 0; got {args.warmup}")
+    try:
+        args.torch_threads = bench_common.thread_counts(args.torch_threads, bench_common.available_cores())
+    except ValueError as e:
+        p.error(str(e))
     return args
 
 
@@ -220,7 +232,7 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
     blocker = torch_blocker(config, mesh.devices.size, args.compare_torch)
     if blocker is not None and args.compare_torch == "on":
         raise SystemExit(f"--compare-torch on, but {blocker}")
-    threads = args.torch_threads or bench_common.available_cores()
+    counts = args.torch_threads if blocker is None else []
 
     load_at_start = bench_common.load_average()[0]
     b, t = args.batch_size, args.seq_len
@@ -233,21 +245,26 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
     jax_first_loss = float(jax_box["metrics"]["loss"])
 
     steps = {"jax": jax_step}
-    torch_result: dict = {}
+    torch_runs: dict[int, dict] = {}
     if blocker is None:
         import torch
 
-        torch.set_num_threads(threads)
-        model = build_torch_model(config, host_params)
         learning_rates = [float(schedule(i)) for i in range(total_steps)]
-        torch_step, torch_box = make_torch_step(model, batch, learning_rates, OPTIMIZER)
-        torch_result["torch_first_step_s"] = bench_common.time_call(torch_step)
-        torch_result["torch_first_loss"] = torch_box["loss"]
-        steps["torch"] = torch_step
+        initial_model = build_torch_model(config, host_params)
+        for n in counts:
+            # One model and optimizer per thread count: each must take exactly JAX's updates. Copies
+            # of the still untouched initial model are cheaper than building more; the last count
+            # trains the initial model itself.
+            torch.set_num_threads(n)
+            model = initial_model if n == counts[-1] else copy.deepcopy(initial_model)
+            torch_step, torch_box = make_torch_step(model, batch, learning_rates, OPTIMIZER)
+            first_step_s = bench_common.time_call(torch_step)
+            torch_runs[n] = {"box": torch_box, "first_step_s": first_step_s, "first_loss": torch_box["loss"]}
+            steps[bench_common.torch_label(n)] = bench_common.with_torch_threads(torch_step, n)
     times = bench_common.interleaved_times(steps, repeats=args.steps, warmup=args.warmup)
 
     flops_step = model_flops_per_token(config, t, n_matmul) * b * t
-    peak, peak_source, matmul = _peak(args, mesh, blocker is None)
+    peak, peak_source, matmul = _peak(args, mesh, counts)
     jax_s = bench_common.median(times["jax"])
     result = {
         **bench_common.run_metadata(argv),
@@ -263,12 +280,12 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
         "micro_batches": args.micro_batches,
         "steps": args.steps,
         "warmup": args.warmup,
-        "timing": "interleaved jax/torch, median of steps" if blocker is None else "median of steps",
+        "timing": f"interleaved {'/'.join(steps)}, median of steps" if len(steps) > 1 else "median of steps",
         "compile_s": compile_s,
         "model_flops_per_step": flops_step,
         "peak_tflops": peak / 1e12,
         "peak_source": peak_source,
-        **matmul,
+        **({"jax_matmul_tflops": matmul["jax"] / 1e12} if matmul else {}),
         "jax_step_s_median": jax_s,
         "jax_tokens_per_s": b * t / jax_s,
         "jax_achieved_tflops": flops_step / jax_s / 1e12,
@@ -279,46 +296,72 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
         "torch_skipped_reason": blocker,
     }
     if blocker is None:
-        torch_s = bench_common.median(times["torch"])
-        ratios = bench_common.paired_ratios(times["torch"], times["jax"])
-        result.update(torch_result)
+        by_threads = {}
+        for n, run_info in torch_runs.items():
+            label = bench_common.torch_label(n)
+            torch_s = bench_common.median(times[label])
+            ratios = bench_common.paired_ratios(times[label], times["jax"])
+            by_threads[str(n)] = {
+                "step_s_median": torch_s,
+                "tokens_per_s": b * t / torch_s,
+                "achieved_tflops": flops_step / torch_s / 1e12,
+                "mfu": flops_step / torch_s / peak,
+                "first_step_s": run_info["first_step_s"],
+                "first_loss": run_info["first_loss"],
+                "final_loss": run_info["box"]["loss"],
+                **({"matmul_tflops": matmul[label] / 1e12} if matmul else {}),
+                "speedup_vs_torch": torch_s / jax_s,
+                "speedup_vs_torch_paired_min": min(ratios),
+                "speedup_vs_torch_paired_max": max(ratios),
+            }
+        best = min(counts, key=lambda n: by_threads[str(n)]["step_s_median"])
+        chosen = by_threads[str(best)]
         result.update({
-            "torch_threads": threads,
+            # The unsuffixed torch_* and speedup_* keys are those of the best thread count.
+            "torch_threads": best,
+            "torch_best_threads": best,
+            "torch_thread_counts": counts,
             "torch_attn_implementation": getattr(model.config, "_attn_implementation", None),
-            "torch_step_s_median": torch_s,
-            "torch_tokens_per_s": b * t / torch_s,
-            "torch_achieved_tflops": flops_step / torch_s / 1e12,
-            "torch_mfu": flops_step / torch_s / peak,
-            "torch_final_loss": torch_box["loss"],
-            "speedup_vs_torch": torch_s / jax_s,
-            "speedup_vs_torch_paired_min": min(ratios),
-            "speedup_vs_torch_paired_max": max(ratios),
+            **{f"torch_{k}": chosen[k] for k in _TORCH_FIELDS},
+            **({"torch_matmul_tflops": max(v["matmul_tflops"] for v in by_threads.values())} if matmul else {}),
+            **{k: chosen[k] for k in _SPEEDUP_FIELDS},
+            "torch_by_threads": by_threads,
         })
     return result
 
 
-def _peak(args, mesh, with_torch: bool) -> tuple[float, str, dict]:
-    """(peak FLOP/s, where it came from, the measured matmul TFLOP/s fields)."""
+_TORCH_FIELDS = ("step_s_median", "tokens_per_s", "achieved_tflops", "mfu", "first_step_s", "first_loss",
+                 "final_loss")
+_SPEEDUP_FIELDS = ("speedup_vs_torch", "speedup_vs_torch_paired_min", "speedup_vs_torch_paired_max")
+
+
+def _peak(args, mesh, torch_threads: list[int]) -> tuple[float, str, dict]:
+    """(peak FLOP/s, where it came from, `{contender: measured matmul FLOP/s}`; empty when given).
+
+    Contenders: "jax" and `torch@N` for each of `torch_threads`.
+    """
     if args.peak_tflops > 0:
         return args.peak_tflops * 1e12, "given", {}
     fns = {"jax": bench_common.jax_matmul_fn(mesh, args.matmul_size)}
-    if with_torch:
-        fns["torch"] = bench_common.torch_matmul_fn(args.matmul_size)
+    if torch_threads:
+        torch_matmul = bench_common.torch_matmul_fn(args.matmul_size)
+        for n in torch_threads:
+            fns[bench_common.torch_label(n)] = bench_common.with_torch_threads(torch_matmul, n)
     times = bench_common.interleaved_times(fns, repeats=5, warmup=1)
     flops = {k: bench_common.best_flops(v, bench_common.matmul_flops(args.matmul_size)) for k, v in times.items()}
     best = max(flops, key=flops.get)
-    source = f"measured fp32 {args.matmul_size}^3 matmul, best of {' and '.join(flops)} ({best})"
-    return flops[best], source, {f"{k}_matmul_tflops": v / 1e12 for k, v in flops.items()}
+    source = f"measured fp32 {args.matmul_size}^3 matmul, best of {', '.join(flops)} ({best})"
+    return flops[best], source, flops
 
 
 def result_rows(result: dict) -> tuple[list[str], list[list[str]]]:
-    """`(header, rows)` of the summary table: one column for JAX and, when compared, one for torch."""
-    torch = result["torch_compared"]
-    header = ["", "jax"] + (["torch"] if torch else [])
+    """`(header, rows)` of the summary table: a column for JAX and, when compared, one per torch thread count."""
+    counts = result.get("torch_thread_counts", []) if result["torch_compared"] else []
+    header = ["", "jax"] + [bench_common.torch_label(n) for n in counts]
+    by_threads = result.get("torch_by_threads", {})
 
     def row(label, key, fmt):
-        cells = [label, fmt(result[f"jax_{key}"])]
-        return cells + ([fmt(result[f"torch_{key}"])] if torch else [])
+        return [label, fmt(result[f"jax_{key}"])] + [fmt(by_threads[str(n)][key]) for n in counts]
 
     rows = [
         row("step time (s, median)", "step_s_median", lambda v: f"{v:.4f}"),
@@ -330,10 +373,13 @@ def result_rows(result: dict) -> tuple[list[str], list[list[str]]]:
     ]
     if "jax_matmul_tflops" in result:
         rows.append(row("matmul TFLOP/s (peak run)", "matmul_tflops", lambda v: f"{v:.4f}"))
-    pad = [""] if torch else []
-    if torch:
-        rows.append(["speedup vs torch (tokens/s ratio)", f"{result['speedup_vs_torch']:.2f}x",
-                     f"(pairs {result['speedup_vs_torch_paired_min']:.2f}-{result['speedup_vs_torch_paired_max']:.2f})"])
+    pad = [""] * len(counts)
+    if counts:
+        rows.append(["jax speedup vs this column (pairs)", ""] + [
+            f"{d['speedup_vs_torch']:.2f}x ({d['speedup_vs_torch_paired_min']:.2f}-"
+            f"{d['speedup_vs_torch_paired_max']:.2f})" for d in (by_threads[str(n)] for n in counts)])
+        best = bench_common.torch_label(result["torch_best_threads"])
+        rows.append([f"speedup vs {best} (best; tokens/s ratio)", f"{result['speedup_vs_torch']:.2f}x"] + pad)
     model = f"{result['preset']} {json.dumps(result['model_overrides']) if result['model_overrides'] else ''}"
     rows += [
         ["model", model.strip()] + pad,
@@ -343,8 +389,8 @@ def result_rows(result: dict) -> tuple[list[str], list[list[str]]]:
         ["compile (s)", f"{result['compile_s']:.2f}"] + pad,
         ["peak TFLOP/s", f"{result['peak_tflops']:.4f}"] + pad,
     ]
-    if torch:
-        rows.append(["threads", f"XLA:CPU pool ({result['cpu_cores']} cores)", f"{result['torch_threads']}"])
+    if counts:
+        rows.append(["threads", f"XLA:CPU pool ({result['cpu_cores']} cores)"] + [str(n) for n in counts])
     else:
         rows.append(["torch", f"not run: {result['torch_skipped_reason']}"])
     return header, rows
