@@ -2,8 +2,10 @@
 
 XLA's GPU compiler can target a described device instead of an attached one: this script builds a
 compile-only H100 topology from `H100_TARGET_CONFIG` and compiles `delta_rule` (forward, and the
-value and gradient of `sum(o) + sum(final_state)`) for `impl="pallas"` (Triton kernel inside) and
-`impl="chunked"` (XLA only) at the issue's benchmark shape. It proves the Pallas kernel goes through
+value and gradient of `sum(o) + sum(final_state)`) for `impl="pallas"` (Triton kernels inside) and
+`impl="chunked"` (XLA only) at the issue's benchmark shape. The Pallas fwd+bwd rows are compiled
+once per `--pallas-backwards` entry: "pallas" (the fused backward kernels, `pallas_backward.py`,
+value tile `--backward-block-v`, default the kernel's own) and "chunked" (the chunked JAX VJP). It proves the Pallas kernel goes through
 Triton -> PTX -> SASS for sm_90 and reports XLA's memory analysis: input + output bytes give the
 memory-roofline time, temporaries (written and read back at least once) a traffic floor for the
 design, and the chunked FLOP model gives compute floors at the bf16 tensor-core and fp32 peaks;
@@ -34,6 +36,7 @@ from jax.experimental import topologies  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
 from jaxrl_llm.kernels.delta_rule import delta_rule  # noqa: E402
+from jaxrl_llm.kernels.delta_rule.pallas import pallas_delta_rule  # noqa: E402
 
 # H100 SXM5 80 GB as XLA's GpuTargetConfig text proto: 132 SMs, 228 KB shared memory per SM
 # (227 KB opt-in per block), 64 K registers per SM, 50 MB L2, 3.35 TB/s HBM3, compute capability 9.0.
@@ -102,9 +105,25 @@ def input_structs(variant, b, t, h, k, v, dtype, sharding, value_heads=None):
     return args
 
 
-def build(impl, mode, chunk_size):
-    run = functools.partial(delta_rule, impl=impl, chunk_size=chunk_size, output_final_state=True,
-                            interpret=False)
+def pallas_with_backward(backward, block_v, chunk_size):
+    """`delta_rule(impl="pallas")` on a zero initial state with the backward chosen explicitly."""
+
+    def run(q, k, v, g=None, beta=None, beta_v=None):
+        b, _, hv, vd = v.shape
+        kd = q.shape[-1]
+        s0 = jnp.zeros((b, hv, kd, vd), jnp.float32)
+        return pallas_delta_rule(q, k, v, g, beta, beta_v, s0, kd**-0.5, None, chunk_size, False,
+                                 "auto", backward, block_v)
+
+    return run
+
+
+def build(impl, mode, chunk_size, backward=None, block_v=None):
+    if backward is None:
+        run = functools.partial(delta_rule, impl=impl, chunk_size=chunk_size, output_final_state=True,
+                                interpret=False)
+    else:
+        run = pallas_with_backward(backward, block_v, chunk_size)
     if mode == "fwd":
         return jax.jit(lambda a: run(**a))
 
@@ -116,8 +135,8 @@ def build(impl, mode, chunk_size):
     return jax.jit(jax.value_and_grad(loss))
 
 
-def compile_one(variant, impl, mode, structs, chunk_size, flops):
-    fn = build(impl, mode, chunk_size)
+def compile_one(variant, impl, mode, structs, chunk_size, flops, backward=None, block_v=None):
+    fn = build(impl, mode, chunk_size, backward, block_v)
     t0 = time.perf_counter()
     lowered = fn.lower(structs)
     compiled = lowered.compile()
@@ -129,7 +148,8 @@ def compile_one(variant, impl, mode, structs, chunk_size, flops):
     # every input is read and every output written once (the roofline), and every byte of
     # temporaries is written and read back at least once.
     return dict(
-        variant=variant, impl=impl, mode=mode, compiled=True, compile_s=seconds,
+        variant=variant, impl=impl, mode=mode, backward=backward, backward_block_v=block_v,
+        compiled=True, compile_s=seconds,
         triton_kernels=text.count("__gpu$xla.gpu.triton"),
         argument_bytes=mem.argument_size_in_bytes, output_bytes=mem.output_size_in_bytes,
         temp_bytes=mem.temp_size_in_bytes,
@@ -142,7 +162,11 @@ def compile_one(variant, impl, mode, structs, chunk_size, flops):
 
 
 def format_record(rec):
-    head = f"{rec['variant']:8} {rec['impl']:8} {rec['mode']:8}"
+    backward = rec.get("backward")
+    impl = rec["impl"] if backward is None else f"{rec['impl']}/{backward}-bwd"
+    if rec.get("backward_block_v"):
+        impl += f"(BV={rec['backward_block_v']})"
+    head = f"{rec['variant']:8} {impl:22} {rec['mode']:8}"
     if not rec["compiled"]:
         return f"{head} FAILED: {rec['error'][:500]}"
     return (f"{head} compiled in {rec['compile_s']:.1f}s; Triton kernels {rec['triton_kernels']}; "
@@ -163,8 +187,24 @@ def parse_args(argv):
     p.add_argument("--chunk-size", type=int, default=64)
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     p.add_argument("--impls", nargs="+", default=["pallas", "chunked"], choices=["pallas", "chunked"])
+    p.add_argument("--pallas-backwards", nargs="+", default=["pallas", "chunked"],
+                   choices=["pallas", "chunked"], help="backward of the pallas fwd+bwd rows")
+    p.add_argument("--backward-block-v", type=int, nargs="+", default=[None],
+                   help="value tiles of the fused backward (default: the kernel's own)")
     p.add_argument("--out", default="benchmarks/aot_h100.json")
     return p.parse_args(argv)
+
+
+def row_specs(opts):
+    """(impl, mode, backward, backward block) of every row: pallas fwd+bwd once per backward."""
+    for impl in opts.impls:
+        yield impl, "fwd", None, None
+        if impl != "pallas":
+            yield impl, "fwd+bwd", None, None
+            continue
+        for backward in opts.pallas_backwards:
+            for block_v in (opts.backward_block_v if backward == "pallas" else [None]):
+                yield impl, "fwd+bwd", backward, block_v
 
 
 def main(argv=None):
@@ -178,16 +218,16 @@ def main(argv=None):
     for variant in opts.variants:
         structs = input_structs(variant, opts.batch, opts.seq_len, opts.heads, opts.head_dim,
                                 opts.head_dim, jnp.dtype(opts.dtype), sharding, opts.value_heads)
-        for impl in opts.impls:
-            for mode in ("fwd", "fwd+bwd"):
-                try:
-                    rec = compile_one(variant, impl, mode, structs, opts.chunk_size,
-                                      fwd_flops * (3.5 if mode == "fwd+bwd" else 1.0))
-                except Exception as e:  # a compile failure is the finding: report it, keep going
-                    rec = dict(variant=variant, impl=impl, mode=mode, compiled=False,
-                               error=f"{type(e).__name__}: {e}"[:2000])
-                rows.append(rec)
-                print(format_record(rec), flush=True)
+        for impl, mode, backward, block_v in row_specs(opts):
+            try:
+                rec = compile_one(variant, impl, mode, structs, opts.chunk_size,
+                                  fwd_flops * (3.5 if mode == "fwd+bwd" else 1.0), backward, block_v)
+            except Exception as e:  # a compile failure is the finding: report it, keep going
+                rec = dict(variant=variant, impl=impl, mode=mode, backward=backward,
+                           backward_block_v=block_v, compiled=False,
+                           error=f"{type(e).__name__}: {e}"[:2000])
+            rows.append(rec)
+            print(format_record(rec), flush=True)
     result = dict(target=device.device_kind, jax=jax.__version__, options=vars(opts), records=rows)
     Path(opts.out).parent.mkdir(parents=True, exist_ok=True)
     Path(opts.out).write_text(json.dumps(result, indent=2))

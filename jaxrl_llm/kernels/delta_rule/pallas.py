@@ -15,9 +15,11 @@ Value columns of `S` are independent, so the grid is (B * H, V / BV), all progra
 Only 2-D matmuls and static/aligned slices appear, which is what the Triton backend (GPU) and Mosaic
 (TPU) both accept. On a CPU host the kernel runs with `interpret=True`.
 
-The backward pass recomputes: residuals are the kernel inputs only, and the cotangents come from
-the VJP of the pure-JAX chunked path (`chunked.chunked_unified`), which rebuilds the chunk states
-inside the backward instead of keeping them from the forward.
+The backward pass recomputes: residuals are the kernel inputs only. `backward="auto"` (default)
+runs the fused backward kernels (`pallas_backward.py`: a Pallas replay that writes the state
+entering each chunk, then a reverse walk over the chunks) on GPU and in the interpreter, and the
+VJP of the pure-JAX chunked path (`chunked.chunked_unified`) on TPU, where the fused kernels'
+row-by-row solve does not fit Mosaic's tiling; "pallas" and "chunked" force one of them.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from jax.experimental.pallas import triton as plt
 
 from jaxrl_llm.kernels.delta_rule.chunked import ChunkTensors, chunked_unified, from_chunks, prepare_chunks
 from jaxrl_llm.kernels.delta_rule.inputs import to_unified
+from jaxrl_llm.kernels.delta_rule.pallas_backward import fused_backward
 from jaxrl_llm.kernels.delta_rule.pallas_fused import fused_forward
 
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -125,6 +128,22 @@ def _gpu_block_v(v):
     return GPU_BLOCK_V if v % GPU_BLOCK_V == 0 else v
 
 
+# The backward kernels take the whole V (up to 128) per program: with smaller tiles every tile
+# repeats the key-side work (A, P, the solve, all [C, K] cotangents) and the key-side gradients
+# become fp32 partial sums in memory (H100 compile at B = 8, T = 4096, H = 16, K = V = 128: 1.6 GB
+# of temporaries with BV = 64 against 0.7 GB with BV = 128; `tools/aot_compile_gpu.py`).
+GPU_BACKWARD_BLOCK_V = 128
+
+
+def _backward_block_v(v, block_v=None):
+    """The backward kernels' value tile: `block_v` if given, else V up to GPU_BACKWARD_BLOCK_V."""
+    if block_v is None:
+        return v if v <= GPU_BACKWARD_BLOCK_V or v % GPU_BACKWARD_BLOCK_V else GPU_BACKWARD_BLOCK_V
+    if not isinstance(block_v, int) or block_v < 1 or v % block_v:
+        raise ValueError(f"backward_block_v must be a positive divisor of V = {v}; got {block_v!r}")
+    return block_v
+
+
 def _state_pass_kernel_path(q, r, e, u, g, initial_state, reset, chunk_size, interpret):
     """Chunk preparation in XLA, then the state-pass kernel (any decay span, packed sequences)."""
     b, t, h, _ = q.shape
@@ -211,16 +230,25 @@ def _run_kernel(q, k, v, g, beta, beta_v, initial_state, scale, reset, chunk_siz
         raise ValueError("the fused kernel does not take packed sequences (reset); use kernel='state_pass'")
     if interpret:
         return _fused_or_state_pass(*args, **opts, interpret=True)
-    # Mosaic (TPU) keeps the state-pass kernel: the fused one's row-by-row solve and [C, 1]
-    # decay columns do not fit its (8, 128) tiling.
+    # Mosaic (TPU) keeps the state-pass kernel: the fused one's per-head blocks of [B, T, H, D]
+    # (squeezed head axis second-minor) break its (8, 128) block rule for H > 1; with H = 1 the
+    # kernel compiles for v5e / v6e.
     gpu = functools.partial(_fused_or_state_pass, **opts, interpret=False)
     tpu = functools.partial(_unified_state_pass, **opts, interpret=False)
     return jax.lax.platform_dependent(*args, cuda=gpu, rocm=gpu, tpu=tpu, default=gpu)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 9, 10, 11))
+BACKWARDS = ("auto", "pallas", "chunked")
+
+
+def _check_backward(backward):
+    if backward not in BACKWARDS:
+        raise ValueError(f"backward must be one of {BACKWARDS}; got {backward!r}")
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 9, 10, 11, 12, 13))
 def pallas_delta_rule(q, k, v, g, beta, beta_v, initial_state, scale, reset, chunk_size, interpret,
-                      kernel="auto"):
+                      kernel="auto", backward="auto", backward_block_v=None):
     """Delta rule through the Pallas kernels, on the raw (validated) `delta_rule` arguments.
 
     Args:
@@ -228,24 +256,28 @@ def pallas_delta_rule(q, k, v, g, beta, beta_v, initial_state, scale, reset, chu
       [B, T, HV] or [B, T, HV, K]; beta_v: None or [B, T, HV, V]; initial_state: [B, HV, K, V];
       scale: python float; reset: optional [B, T] bool; chunk_size: C (a power of two >= 16 when
       compiled for GPU); interpret: run in the Pallas interpreter (required on CPU); kernel: see
-      `_run_kernel`.
+      `_run_kernel`; backward: "auto" (fused backward kernels on GPU and in the interpreter, the
+      chunked JAX VJP on TPU), "pallas" (the fused backward kernels everywhere) or "chunked";
+      backward_block_v: value tile of the backward kernels (None: `_backward_block_v`).
 
     Returns:
       (o [B, T, HV, V] in v's dtype, final_state [B, HV, K, V] fp32). The backward keeps only the
-      inputs and recomputes through the chunked JAX path.
+      inputs and recomputes.
     """
+    _check_backward(backward)
     return _run_kernel(q, k, v, g, beta, beta_v, initial_state, scale, reset, chunk_size, interpret, kernel)
 
 
-def _pallas_fwd(q, k, v, g, beta, beta_v, initial_state, scale, reset, chunk_size, interpret, kernel):
+def _pallas_fwd(q, k, v, g, beta, beta_v, initial_state, scale, reset, chunk_size, interpret, kernel,
+                backward, backward_block_v):
+    _check_backward(backward)
     out = _run_kernel(q, k, v, g, beta, beta_v, initial_state, scale, reset, chunk_size, interpret, kernel)
     return out, (q, k, v, g, beta, beta_v, initial_state, reset)
 
 
-def _pallas_bwd(scale, chunk_size, interpret, kernel, residuals, cotangents):
-    del interpret, kernel
-    *diff_inputs, reset = residuals
-    v = diff_inputs[2]
+def _chunked_backward(diff_inputs, cotangents, *, scale, reset, chunk_size, block_v=None):
+    """Cotangents of every differentiable input through the VJP of the chunked JAX path."""
+    del block_v  # the chunked path has no value tiles
 
     def reference(q, k, v, g, beta, beta_v, s0):
         uni = to_unified(q, k, v, g, beta, beta_v, scale)
@@ -253,8 +285,43 @@ def _pallas_bwd(scale, chunk_size, interpret, kernel, residuals, cotangents):
         return o.astype(v.dtype), s
 
     _, vjp = jax.vjp(reference, *diff_inputs)
-    del v
-    return (*vjp(cotangents), None)
+    return vjp(cotangents)
+
+
+def _kernel_backward(diff_inputs, cotangents, *, scale, reset, chunk_size, interpret, block_v):
+    """Cotangents of every differentiable input through the fused backward kernels."""
+    q, k, v, g, beta, beta_v, s0 = diff_inputs
+    d_o, d_state = cotangents
+    b, t, hv, vd = v.shape
+    g4 = jnp.zeros((b, t, hv, 1), jnp.float32) if g is None else (g if _per_channel(g) else g[..., None])
+    beta4 = None if beta is None else (beta if _per_channel(beta) else beta[..., None])
+    # 8 warps (untuned: no GPU here): the carried cotangent tile is [K, BV] = [128, 128] fp32.
+    params = None if interpret else plt.CompilerParams(num_warps=8, num_stages=1)
+    low = all(x.dtype == jnp.bfloat16 for x in (q, k, v))  # as the forward: bf16 matmul operands
+    dq, dk, dv, dg, dbeta, dbeta_v, ds0 = fused_backward(
+        q, k, v, g4, beta4, beta_v, s0, scale, reset, d_o, d_state, chunk=chunk_size,
+        block_v=_backward_block_v(vd, block_v), interpret=interpret, compiler_params=params,
+        operand_dtype=jnp.bfloat16 if low else jnp.float32)
+    dg = None if g is None else (dg if _per_channel(g) else dg[..., 0])
+    dbeta = None if beta is None else (dbeta if _per_channel(beta) else dbeta[..., 0])
+    return dq, dk, dv, dg, dbeta, dbeta_v, ds0
+
+
+def _pallas_bwd(scale, chunk_size, interpret, kernel, backward, backward_block_v, residuals, cotangents):
+    del kernel
+    *diff_inputs, reset = residuals
+    opts = dict(scale=scale, reset=reset, chunk_size=chunk_size, block_v=backward_block_v)
+    chunked = functools.partial(_chunked_backward, **opts)
+    if backward == "chunked":
+        grads = chunked(diff_inputs, cotangents)
+    elif interpret:
+        grads = _kernel_backward(diff_inputs, cotangents, **opts, interpret=True)
+    else:
+        gpu = functools.partial(_kernel_backward, **opts, interpret=False)
+        tpu = gpu if backward == "pallas" else chunked
+        grads = jax.lax.platform_dependent(diff_inputs, cotangents, cuda=gpu, rocm=gpu, tpu=tpu,
+                                           default=gpu)
+    return (*grads, None)
 
 
 pallas_delta_rule.defvjp(_pallas_fwd, _pallas_bwd)
