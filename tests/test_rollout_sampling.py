@@ -15,7 +15,7 @@ from jaxrl_llm.rollout.prompts import (
     round_up,
     span_layout,
 )
-from jaxrl_llm.rollout.sampling import SamplingKnobs, as_prng_key, process_logits, sample_tokens
+from jaxrl_llm.rollout.sampling import SamplingKnobs, as_prng_key, first_argmax, process_logits, sample_tokens
 
 # Probabilities 0.5, 0.3, 0.15, 0.05 (token order shuffled so sorting matters).
 PROBS = np.array([0.15, 0.5, 0.05, 0.3])
@@ -74,6 +74,32 @@ def test_greedy_is_argmax_with_zero_processed_logprob_and_top_k_one_matches_it()
     top1 = sample(keys, logits, SamplingKnobs.make(1.3, top_k=1))
     np.testing.assert_array_equal(top1.token, greedy.token)
     np.testing.assert_allclose(top1.processed_logprob, 0.0, atol=1e-6)
+
+
+def test_first_argmax_equals_jnp_argmax_with_ties_and_masked_columns():
+    rng = np.random.default_rng(0)
+    x = rng.integers(-3, 4, size=(64, 37)).astype(np.float32)  # many ties: the first index must win
+    x[:5] = -np.inf
+    x[:5, 7] = 1.0
+    x[5] = 2.0  # a constant row: index 0
+    got = np.asarray(first_argmax(jnp.asarray(x)))
+    np.testing.assert_array_equal(got, np.argmax(x, axis=-1))
+    assert got.dtype == np.int32 and got[5] == 0 and (got[:5] == 7).all()
+
+
+@pytest.mark.parametrize("knobs", [dict(temperature=1.0), dict(temperature=0.7, top_k=5), dict(temperature=1.3, top_p=0.8),
+                                   dict(temperature=0.0)])
+def test_draws_equal_jax_random_categorical(knobs):
+    # The previous path: jnp.where(greedy, argmax, vmap(jax.random.categorical)) computed both.
+    logits = jax.random.normal(jax.random.PRNGKey(1), (32, 50)) * 3
+    logits = logits.at[:, 10:20].set(-jnp.inf)
+    keys = jax.random.split(jax.random.key(3), 32)
+    k = SamplingKnobs.make(**knobs)
+    drawn = jax.jit(sample_tokens)(keys, logits, k).token
+    ref = jax.vmap(jax.random.categorical)(keys, process_logits(logits, k))
+    ref = jnp.where(k.temperature <= 0, jnp.argmax(logits, axis=-1), ref)
+    np.testing.assert_array_equal(np.asarray(drawn), np.asarray(ref))
+    assert not np.isin(np.asarray(drawn), np.arange(10, 20)).any()
 
 
 def test_row_draws_depend_only_on_the_row_key():
