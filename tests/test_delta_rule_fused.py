@@ -125,6 +125,12 @@ def test_lowers_the_fused_kernel_for_cuda_and_the_state_pass_kernel_for_tpu():
     tpu = traced.lower(lowering_platforms=("tpu",)).as_text()
     assert "delta_rule_fused_forward" in cuda and "delta_rule_state_pass" not in cuda
     assert "delta_rule_state_pass" in tpu and "delta_rule_fused_forward" not in tpu
+    # kernel="fused" asks for the Mosaic-placed fused kernel on TPU.
+    fused = jax.jit(lambda q, k, v, g, b: pallas_delta_rule(q, k, v, g, b, None, z(1, 2, 16, 16), 0.25, None, 16,
+                                                            False, "fused")[0])
+    text = fused.trace(z(1, 40, 2, 16), z(1, 40, 2, 16), z(1, 40, 2, 16), z(1, 40, 2), z(1, 40, 2)).lower(
+        lowering_platforms=("tpu",)).as_text()
+    assert "delta_rule_fused_forward" in text and "delta_rule_state_pass" not in text
 
 
 def test_traced_scale_equals_a_static_scale():

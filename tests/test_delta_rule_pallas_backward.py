@@ -16,7 +16,8 @@ from test_delta_rule_kernels import VARIANTS, make_inputs, numpy_delta_rule
 
 from jaxrl_llm.kernels.delta_rule import delta_rule
 from jaxrl_llm.kernels.delta_rule.pallas import pallas_delta_rule
-from jaxrl_llm.kernels.delta_rule.pallas_backward import chunk_entry_states
+from jaxrl_llm.kernels.delta_rule.pallas_backward import chunk_entry_states, fused_backward
+from jaxrl_llm.kernels.delta_rule.pallas_fused import fused_forward
 
 C, T = 8, 21
 NAMES = ("q", "k", "v", "g", "beta", "beta_v", "initial_state")
@@ -153,7 +154,7 @@ def test_bfloat16_inputs_give_gradients_within_one_percent():
         assert 1e-5 < rel < 1e-2, f"{name}: relative error {rel:.2e}"
 
 
-def test_auto_lowers_the_fused_backward_for_cuda_and_the_chunked_vjp_for_tpu():
+def test_auto_lowers_the_fused_backward_for_cuda_and_pallas_for_tpu():
     z = lambda *s: jnp.zeros(s, jnp.float32)  # noqa: E731
 
     def grad_of(backward):
@@ -167,9 +168,77 @@ def test_auto_lowers_the_fused_backward_for_cuda_and_the_chunked_vjp_for_tpu():
 
     auto = grad_of("auto")
     cuda = auto.lower(lowering_platforms=("cuda",)).as_text()
-    tpu = auto.lower(lowering_platforms=("tpu",)).as_text()
-    assert "delta_rule_fused_backward" in cuda and "delta_rule_chunk_states" in cuda
-    assert "delta_rule_fused_backward" not in tpu
-    chunked = grad_of("chunked").lower(lowering_platforms=("cuda",)).as_text()
+    tpu = grad_of("pallas").lower(lowering_platforms=("tpu",)).as_text()
+    for text in (cuda, tpu):
+        assert "delta_rule_fused_backward" in text and "delta_rule_chunk_states" in text
+    assert "tpu_custom_call" in tpu
+    # "auto" on TPU keeps the chunked VJP (the fused kernels there are opt-in: pallas.py).
+    auto_tpu = auto.lower(lowering_platforms=("tpu",)).as_text()
+    assert "delta_rule_fused_backward" not in auto_tpu
+    chunked = grad_of("chunked").lower(lowering_platforms=("tpu",)).as_text()
     # (jax.grad alone: the forward's outputs are dead, so no forward kernel is left either.)
     assert "delta_rule_fused_backward" not in chunked and "delta_rule_chunk_states" not in chunked
+
+
+def _kernel_inputs(args):
+    """delta_rule arguments -> the fused kernels' g [B, T, HV, Kg] and beta [B, T, HV, 1 or K]."""
+    b, t, hv, _ = args["v"].shape
+    g, beta = args.get("g"), args.get("beta")
+    g = jnp.zeros((b, t, hv, 1), jnp.float32) if g is None else (g if g.ndim == 4 else g[..., None])
+    beta = None if beta is None else (beta if beta.ndim == 4 else beta[..., None])
+    return args["q"], args["k"], args["v"], g, beta, args.get("beta_v"), args["initial_state"]
+
+
+def _mosaic_block_grads(args, block_v):
+    """Forward and gradients through the kernels with Mosaic's block placement, in the interpreter."""
+    q, k, v, g, beta, beta_v, s0 = _kernel_inputs(args)
+    scale = q.shape[-1] ** -0.5
+    opts = dict(chunk=C, block_v=block_v, interpret=True, compiler_params=None, mosaic_blocks=True)
+    o, s = fused_forward(q, k, v, g, beta, beta_v, scale, s0, **opts)
+    d_o, d_s = jax.grad(_weighted, argnums=(0, 1))(o, s)
+    grads = fused_backward(q, k, v, g, beta, beta_v, s0, scale, None, d_o, d_s, **opts)
+    grads = dict(zip(NAMES, grads))
+    for name in ("g", "beta"):  # back to the delta_rule shapes
+        if name in args:
+            grads[name] = grads[name].reshape(args[name].shape)
+        else:
+            grads.pop(name)
+    if "beta_v" not in args:
+        grads.pop("beta_v")
+    return o, s, grads
+
+
+# (K, V): 16 puts every array head-major ([B, H, Tp, D] copies); 128 reads q, k, v (and a
+# per-channel g / beta) as column blocks of [B, Tp, H * D] and only the narrow gates head-major.
+@pytest.mark.parametrize("variant, kd, hv", [("gdn", 16, 4), ("kda", 16, 2), ("fg2plus", 16, 4),
+                                             ("gdn", 128, 4), ("kda", 128, 2)])
+def test_mosaic_block_placement_matches_float64_recurrence(variant, kd, hv):
+    args = _inputs(variant, seed=12, b=1, h=2, hv=hv, k=kd, v=kd)
+    o, s, grads = _mosaic_block_grads(args, block_v=args["v"].shape[-1])
+    with jax.enable_x64(True):
+        want_o, want_s = delta_rule(**{n: a.astype(jnp.float64) for n, a in args.items()},
+                                    impl="recurrent", output_final_state=True)
+    np.testing.assert_allclose(o, want_o, atol=2e-5, rtol=1e-4)
+    np.testing.assert_allclose(s, want_s, atol=2e-5, rtol=1e-4)
+    _assert_close(grads, _float64_grads(args))
+
+
+def test_mosaic_blocks_lower_for_tpu_with_several_heads():
+    # The (8, 128) block rule is checked while lowering: H = 4 heads of K = V = 128, a per-head
+    # and a per-channel gate, GQA (4 value heads on 2 q/k heads).
+    def lowered(fn, *shapes):
+        structs = [jax.ShapeDtypeStruct(sh, jnp.bfloat16 if len(sh) == 4 and sh[-1] == 128 and i < 3
+                                        else jnp.float32) for i, sh in enumerate(shapes)]
+        return jax.jit(fn).trace(*structs).lower(lowering_platforms=("tpu",)).as_text()
+
+    b, t, h, hv, d = 2, 256, 2, 4, 128
+    opts = dict(chunk=64, block_v=d, interpret=False, operand_dtype=jnp.bfloat16, mosaic_blocks=True,
+                compiler_params=None)
+    for kg in (1, d):
+        shapes = ((b, t, h, d), (b, t, h, d), (b, t, hv, d), (b, t, hv, kg), (b, t, hv, 1), (b, hv, d, d))
+        fwd = lowered(lambda q, k, v, g, beta, s0: fused_forward(q, k, v, g, beta, None, 0.1, s0, **opts),
+                      *shapes)
+        bwd = lowered(lambda q, k, v, g, beta, s0, do, ds: fused_backward(
+            q, k, v, g, beta, None, s0, 0.1, None, do, ds, **opts), *shapes, shapes[2], shapes[-1])
+        assert "delta_rule_fused_forward" in fwd and "tpu_custom_call" in fwd
+        assert "delta_rule_fused_backward" in bwd and "delta_rule_chunk_states" in bwd

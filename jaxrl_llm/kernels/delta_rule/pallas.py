@@ -2,7 +2,8 @@
 
 `pallas_delta_rule` runs the fused forward kernel (`pallas_fused.py`: chunk preparation and state
 pass in one kernel, reading the raw inputs) on GPU and in the interpreter, except for packed
-sequences; those, and always TPU, take the state-pass kernel defined here:
+sequences; those, and TPU unless `kernel="fused"` asks for the Mosaic-placed blocks
+(`pallas_fused.TimeLayout`), take the state-pass kernel defined here:
 
 The chunk-parallel work (decay factors, Gram matrices, UT solve) is done by XLA in
 `chunked.prepare_chunks`. The kernel then walks the chunks of one (batch, head, value-tile) with a
@@ -18,8 +19,8 @@ Only 2-D matmuls and static/aligned slices appear, which is what the Triton back
 The backward pass recomputes: residuals are the kernel inputs only. `backward="auto"` (default)
 runs the fused backward kernels (`pallas_backward.py`: a Pallas replay that writes the state
 entering each chunk, then a reverse walk over the chunks) on GPU and in the interpreter, and the
-VJP of the pure-JAX chunked path (`chunked.chunked_unified`) on TPU, where the fused kernels'
-row-by-row solve does not fit Mosaic's tiling; "pallas" and "chunked" force one of them.
+VJP of the pure-JAX chunked path (`chunked.chunked_unified`) on TPU; "pallas" forces the kernels
+(on TPU too), "chunked" the VJP.
 """
 
 from __future__ import annotations
@@ -124,6 +125,17 @@ def _state_pass(operands, s0, *, chunk, block_v, interpret, compiler_params):
     )(qd, w, edt, ut, p, dlast, s0)
 
 
+# The fused kernels on TPU hold one head's whole sequence in VMEM, double-buffered: at T = 4096,
+# K = V = 128 the backward needs 34 MB, over v5e's 16 MB / v6e's 32 MB default scoped limit
+# (`tools/aot_compile_tpu.py`); v5e / v6e have 128 MiB of VMEM.
+TPU_FUSED_VMEM_BYTES = 64 * 2**20
+
+
+def _fused_mosaic_params():
+    return pltpu.CompilerParams(dimension_semantics=("parallel", "parallel"),
+                                vmem_limit_bytes=TPU_FUSED_VMEM_BYTES)
+
+
 def _gpu_block_v(v):
     return GPU_BLOCK_V if v % GPU_BLOCK_V == 0 else v
 
@@ -182,19 +194,28 @@ def _per_channel(x):
     return x is not None and x.ndim == 4
 
 
-def _fused_kernel_path(q, k, v, g, beta, beta_v, initial_state, scale, chunk_size, interpret):
-    """The single fused kernel on the raw inputs (no resets)."""
-    b, t = q.shape[:2]
-    hv, vd = v.shape[2], v.shape[3]
+def _kernel_gates(g, beta, v):
+    """g as [B, T, HV, Kg] (zeros for none) and beta as None or [B, T, HV, 1 or K]: kernel inputs."""
+    b, t, hv = v.shape[:3]
     g4 = jnp.zeros((b, t, hv, 1), jnp.float32) if g is None else (g if _per_channel(g) else g[..., None])
-    beta4 = None if beta is None else (beta if _per_channel(beta) else beta[..., None])
-    params = None if interpret else plt.CompilerParams(num_warps=4, num_stages=1)
+    return g4, None if beta is None else (beta if _per_channel(beta) else beta[..., None])
+
+
+def _fused_kernel_path(q, k, v, g, beta, beta_v, initial_state, scale, chunk_size, interpret, tpu=False):
+    """The single fused kernel on the raw inputs (no resets); `tpu`: Mosaic blocks and params."""
+    vd = v.shape[3]
+    g4, beta4 = _kernel_gates(g, beta, v)
+    if tpu:
+        params, block_v = _fused_mosaic_params(), vd  # Mosaic: whole lane dimension per block
+    else:
+        params = None if interpret else plt.CompilerParams(num_warps=4, num_stages=1)
+        block_v = _gpu_block_v(vd)
     # bf16 models get bf16 matmul operands (tensor cores; fp32 accumulation and state): 0.3-0.4%
     # relative error against a float64 recurrence on the same bf16 inputs, vs 0.17% with fp32.
     low = all(x.dtype == jnp.bfloat16 for x in (q, k, v))
     return fused_forward(q, k, v, g4, beta4, beta_v, scale, initial_state, chunk=chunk_size,
-                         block_v=_gpu_block_v(vd), interpret=interpret, compiler_params=params,
-                         operand_dtype=jnp.bfloat16 if low else jnp.float32)
+                         block_v=block_v, interpret=interpret, compiler_params=params,
+                         operand_dtype=jnp.bfloat16 if low else jnp.float32, mosaic_blocks=tpu)
 
 
 def _unified_state_pass(q, k, v, g, beta, beta_v, initial_state, scale, reset, chunk_size, interpret):
@@ -203,12 +224,13 @@ def _unified_state_pass(q, k, v, g, beta, beta_v, initial_state, scale, reset, c
     return o.astype(v.dtype), s
 
 
-def _fused_or_state_pass(q, k, v, g, beta, beta_v, initial_state, scale, reset, chunk_size, interpret):
+def _fused_or_state_pass(q, k, v, g, beta, beta_v, initial_state, scale, reset, chunk_size, interpret,
+                         tpu=False):
     """The fused kernel, or the state-pass kernel for packed sequences."""
     if reset is not None:
         return _unified_state_pass(q, k, v, g, beta, beta_v, initial_state, scale, reset, chunk_size,
                                    interpret)
-    return _fused_kernel_path(q, k, v, g, beta, beta_v, initial_state, scale, chunk_size, interpret)
+    return _fused_kernel_path(q, k, v, g, beta, beta_v, initial_state, scale, chunk_size, interpret, tpu)
 
 
 KERNELS = ("auto", "fused", "state_pass")
@@ -217,8 +239,8 @@ KERNELS = ("auto", "fused", "state_pass")
 def _run_kernel(q, k, v, g, beta, beta_v, initial_state, scale, reset, chunk_size, interpret, kernel="auto"):
     """Forward through the Pallas kernels; returns (o [B, T, HV, V] in v's dtype, final_state fp32).
 
-    kernel: "auto" (GPU and the interpreter: fused, or state pass for packed sequences; TPU: state
-    pass), "fused" (refuses resets) or "state_pass".
+    kernel: "auto" (GPU and the interpreter: fused, or the state pass for packed sequences; TPU:
+    the state pass), "fused" (refuses resets; on TPU the Mosaic-placed blocks) or "state_pass".
     """
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}; got {kernel!r}")
@@ -230,11 +252,15 @@ def _run_kernel(q, k, v, g, beta, beta_v, initial_state, scale, reset, chunk_siz
         raise ValueError("the fused kernel does not take packed sequences (reset); use kernel='state_pass'")
     if interpret:
         return _fused_or_state_pass(*args, **opts, interpret=True)
-    # Mosaic (TPU) keeps the state-pass kernel: the fused one's per-head blocks of [B, T, H, D]
-    # (squeezed head axis second-minor) break its (8, 128) block rule for H > 1; with H = 1 the
-    # kernel compiles for v5e / v6e.
     gpu = functools.partial(_fused_or_state_pass, **opts, interpret=False)
-    tpu = functools.partial(_unified_state_pass, **opts, interpret=False)
+    # TPU runs the fused kernel only when asked: it compiles (tools/aot_compile_tpu.py) but its
+    # Mosaic block placement copies q/k/v and pads per-head gates (940 MB of temporaries against
+    # 558 MB of inputs + outputs at B=8, T=4096, H=16), it holds a head's whole sequence in VMEM
+    # (beyond T ~ 7.5K it will not fit), and it has not been timed against the state pass on a TPU.
+    if kernel == "fused":
+        tpu = functools.partial(_fused_or_state_pass, **opts, interpret=False, tpu=True)
+    else:
+        tpu = functools.partial(_unified_state_pass, **opts, interpret=False)
     return jax.lax.platform_dependent(*args, cuda=gpu, rocm=gpu, tpu=tpu, default=gpu)
 
 
@@ -256,8 +282,9 @@ def pallas_delta_rule(q, k, v, g, beta, beta_v, initial_state, scale, reset, chu
       [B, T, HV] or [B, T, HV, K]; beta_v: None or [B, T, HV, V]; initial_state: [B, HV, K, V];
       scale: python float; reset: optional [B, T] bool; chunk_size: C (a power of two >= 16 when
       compiled for GPU); interpret: run in the Pallas interpreter (required on CPU); kernel: see
-      `_run_kernel`; backward: "auto" (fused backward kernels on GPU and in the interpreter, the
-      chunked JAX VJP on TPU), "pallas" (the fused backward kernels everywhere) or "chunked";
+      `_run_kernel`; backward: "auto" (the fused backward kernels on GPU and in the interpreter,
+      the chunked JAX VJP on TPU), "pallas" (the kernels everywhere, Mosaic-placed on TPU) or
+      "chunked";
       backward_block_v: value tile of the backward kernels (None: `_backward_block_v`).
 
     Returns:
@@ -288,20 +315,22 @@ def _chunked_backward(diff_inputs, cotangents, *, scale, reset, chunk_size, bloc
     return vjp(cotangents)
 
 
-def _kernel_backward(diff_inputs, cotangents, *, scale, reset, chunk_size, interpret, block_v):
+def _kernel_backward(diff_inputs, cotangents, *, scale, reset, chunk_size, interpret, block_v, tpu=False):
     """Cotangents of every differentiable input through the fused backward kernels."""
     q, k, v, g, beta, beta_v, s0 = diff_inputs
     d_o, d_state = cotangents
-    b, t, hv, vd = v.shape
-    g4 = jnp.zeros((b, t, hv, 1), jnp.float32) if g is None else (g if _per_channel(g) else g[..., None])
-    beta4 = None if beta is None else (beta if _per_channel(beta) else beta[..., None])
-    # 8 warps (untuned: no GPU here): the carried cotangent tile is [K, BV] = [128, 128] fp32.
-    params = None if interpret else plt.CompilerParams(num_warps=8, num_stages=1)
+    vd = v.shape[3]
+    g4, beta4 = _kernel_gates(g, beta, v)
+    if tpu:
+        params = _fused_mosaic_params()
+    else:
+        # 8 warps (untuned: no GPU here): the carried cotangent tile is [K, BV] = [128, 128] fp32.
+        params = None if interpret else plt.CompilerParams(num_warps=8, num_stages=1)
     low = all(x.dtype == jnp.bfloat16 for x in (q, k, v))  # as the forward: bf16 matmul operands
     dq, dk, dv, dg, dbeta, dbeta_v, ds0 = fused_backward(
         q, k, v, g4, beta4, beta_v, s0, scale, reset, d_o, d_state, chunk=chunk_size,
         block_v=_backward_block_v(vd, block_v), interpret=interpret, compiler_params=params,
-        operand_dtype=jnp.bfloat16 if low else jnp.float32)
+        operand_dtype=jnp.bfloat16 if low else jnp.float32, mosaic_blocks=tpu)
     dg = None if g is None else (dg if _per_channel(g) else dg[..., 0])
     dbeta = None if beta is None else (dbeta if _per_channel(beta) else dbeta[..., 0])
     return dq, dk, dv, dg, dbeta, dbeta_v, ds0
@@ -318,7 +347,9 @@ def _pallas_bwd(scale, chunk_size, interpret, kernel, backward, backward_block_v
         grads = _kernel_backward(diff_inputs, cotangents, **opts, interpret=True)
     else:
         gpu = functools.partial(_kernel_backward, **opts, interpret=False)
-        tpu = gpu if backward == "pallas" else chunked
+        # On TPU "auto" keeps the chunked VJP, for the reasons `_run_kernel` gives for the forward.
+        tpu = (functools.partial(_kernel_backward, **opts, interpret=False, tpu=True) if backward == "pallas"
+               else chunked)
         grads = jax.lax.platform_dependent(diff_inputs, cotangents, cuda=gpu, rocm=gpu, tpu=tpu,
                                            default=gpu)
     return (*grads, None)

@@ -39,6 +39,7 @@ from jax.experimental import pallas as pl
 
 from jaxrl_llm.kernels.delta_rule.chunked import REFERENCE_SPAN_LIMIT, num_chunks
 from jaxrl_llm.kernels.delta_rule.pallas_fused import (
+    TimeLayout,
     _dot,
     _dot_nt,
     _dot_tn,
@@ -362,57 +363,52 @@ def _backward_kernel(*refs, chunk, key_dim, n_chunks, scale, variant, operand_dt
     ds0_ref[...] = ds0.astype(ds0_ref.dtype)
 
 
-def _pad_time(x, t_padded):
-    return x if x.shape[1] == t_padded else jnp.pad(
-        x, ((0, 0), (0, t_padded - x.shape[1])) + ((0, 0),) * (x.ndim - 2))
-
-
 def _variant(g, beta, reset):
     return Variant(g_channels=g.shape[-1], packed=reset is not None,
                    beta="none" if beta is None else ("head" if beta.shape[-1] == 1 else "channel"))
 
 
-class _Layout(NamedTuple):
-    """Block specs shared by both kernels; grid (B * HV, V / BV)."""
-
-    hv: int
-    rep: int
-    tp: int
-    block_v: int
-
-    def qk_head(self, width):
-        return pl.BlockSpec((None, self.tp, None, width),
-                            lambda i, j: (i // self.hv, 0, (i % self.hv) // self.rep, 0))
-
-    def v_head(self, width):
-        return pl.BlockSpec((None, self.tp, None, width), lambda i, j: (i // self.hv, 0, i % self.hv, 0))
-
-    def v_tile(self):
-        return pl.BlockSpec((None, self.tp, None, self.block_v),
-                            lambda i, j: (i // self.hv, 0, i % self.hv, j))
+class _Layout(TimeLayout):
+    """The forward's block placement (`pallas_fused.TimeLayout`) plus the backward's own arrays."""
 
     def seg(self):
-        return pl.BlockSpec((None, self.tp, 1), lambda i, j: (i // self.hv, 0, 0))
+        return pl.BlockSpec((None, self.tp, 1), lambda i, j: (self.batch(i), 0, 0))
 
-    def state(self, rows):
-        return pl.BlockSpec((None, rows, self.block_v), lambda i, j: (i, 0, j))
+    def partial_shape(self, nv, b, width, dtype):
+        """One value tile's share of a key-side gradient: [V / BV, B, Tp, HV, width] (as placed)."""
+        if not self.mosaic_blocks:
+            return jax.ShapeDtypeStruct((nv, b, self.tp, self.hv, width), dtype)
+        if self._columns(width):
+            return jax.ShapeDtypeStruct((nv, b, self.tp, self.hv * width), dtype)
+        return jax.ShapeDtypeStruct((nv, b, self.hv, self.tp, width), dtype)
 
     def partial(self, width):
-        """[V / BV, B, Tp, HV, width]: one value tile's share of a key-side gradient."""
-        return pl.BlockSpec((None, None, self.tp, None, width),
-                            lambda i, j: (j, i // self.hv, 0, i % self.hv, 0))
+        if not self.mosaic_blocks:
+            return pl.BlockSpec((None, None, self.tp, None, width),
+                                lambda i, j: (j, self.batch(i), 0, self.value_head(i), 0))
+        if self._columns(width):
+            return pl.BlockSpec((None, None, self.tp, width), lambda i, j: (j, self.batch(i), 0, self.value_head(i)))
+        return pl.BlockSpec((None, None, None, self.tp, width), lambda i, j: (j, self.batch(i), self.value_head(i), 0, 0))
+
+    def restore_partial(self, part):
+        """A `partial_shape` array -> [V / BV, B, Tp, HV, width]."""
+        if not self.mosaic_blocks:
+            return part
+        nv, b = part.shape[:2]
+        return part.reshape(nv, b, self.tp, self.hv, -1) if part.ndim == 4 else jnp.swapaxes(part, 2, 3)
 
 
 def _side_inputs(layout, g, beta, beta_v, seg):
     """g, beta?, gate?, seg? padded to Tp, with their block specs (the order `_split_refs` reads)."""
-    inputs, specs = [_pad_time(g, layout.tp)], [layout.v_head(g.shape[-1])]
+    inputs, specs = [layout.arrange(g)], [layout.v_head(g.shape[-1])]
     if beta is not None:
-        inputs.append(_pad_time(beta, layout.tp))
+        inputs.append(layout.arrange(beta))
         specs.append(layout.v_head(beta.shape[-1]))
         if beta.shape[-1] > 1:
             # The value gate: beta_v (FG2-GDN+) or beta itself (FG2-GDN, K == V), tiled like v.
-            inputs.append(_pad_time(beta if beta_v is None else beta_v, layout.tp))
-            specs.append(layout.v_tile())
+            gate = beta if beta_v is None else beta_v
+            inputs.append(layout.arrange(gate, tiled=True))
+            specs.append(layout.v_tile(gate.shape[-1]))
     if seg is not None:
         inputs.append(seg)
         specs.append(layout.seg())
@@ -429,13 +425,14 @@ def _segments(reset, b, t, chunk):
 
 
 def chunk_entry_states(k, v, g, beta, beta_v, initial_state, reset=None, *, chunk, block_v, interpret,
-                       compiler_params=None, operand_dtype=F32):
+                       compiler_params=None, operand_dtype=F32, mosaic_blocks=False):
     """The state before every chunk, by a Pallas replay of the forward's state pass.
 
     Args:
       k: [B, T, H, K]; v: [B, T, HV, V]; g: [B, T, HV, Kg] (Kg = 1 or K; zeros for none);
       beta: None, [B, T, HV, 1] or [B, T, HV, K]; beta_v: None or [B, T, HV, V];
-      initial_state: [B, HV, K, V]; reset: optional [B, T] bool (True at each sequence start).
+      initial_state: [B, HV, K, V]; reset: optional [B, T] bool (True at each sequence start);
+      mosaic_blocks: place the blocks as Mosaic (TPU) accepts them (`pallas_fused.TimeLayout`).
 
     Returns:
       [B * HV, NT * K, V] in `operand_dtype` (the state is carried in fp32; every use of a stored
@@ -445,7 +442,7 @@ def chunk_entry_states(k, v, g, beta, beta_v, initial_state, reset=None, *, chun
     b, t, h, kd = k.shape
     hv, vd = v.shape[2], v.shape[3]
     nt = num_chunks(t, chunk)
-    layout = _Layout(hv=hv, rep=hv // h, tp=nt * chunk, block_v=block_v)
+    layout = _Layout(hv=hv, rep=hv // h, tp=nt * chunk, block_v=block_v, mosaic_blocks=mosaic_blocks)
     variant = _variant(g, beta, reset)
     side, side_specs = _side_inputs(layout, g, beta, beta_v, _segments(reset, b, t, chunk))
     kernel = functools.partial(_states_kernel, chunk=chunk, key_dim=kd, n_chunks=nt, variant=variant,
@@ -455,12 +452,12 @@ def chunk_entry_states(k, v, g, beta, beta_v, initial_state, reset=None, *, chun
         kernel,
         out_shape=jax.ShapeDtypeStruct((b * hv, nt * kd, vd), operand_dtype),
         grid=(b * hv, vd // block_v),
-        in_specs=[layout.qk_head(kd), layout.v_tile()] + side_specs + [layout.state(kd)],
+        in_specs=[layout.qk_head(kd), layout.v_tile(vd)] + side_specs + [layout.state(kd)],
         out_specs=layout.state(nt * kd),
         interpret=interpret,
         compiler_params=compiler_params,
         name="delta_rule_chunk_states",
-    )(_pad_time(k, layout.tp), _pad_time(v, layout.tp), *side, s0)
+    )(layout.arrange(k), layout.arrange(v, tiled=True), *side, s0)
 
 
 def _sum_partial(part, t, rep, dtype):
@@ -473,7 +470,7 @@ def _sum_partial(part, t, rep, dtype):
 
 
 def fused_backward(q, k, v, g, beta, beta_v, initial_state, scale, reset, d_o, d_state, *, chunk,
-                   block_v, interpret, compiler_params=None, operand_dtype=F32):
+                   block_v, interpret, compiler_params=None, operand_dtype=F32, mosaic_blocks=False):
     """Gradients of `pallas_fused.fused_forward`'s outputs (and of the packed state-pass path).
 
     Args:
@@ -481,7 +478,9 @@ def fused_backward(q, k, v, g, beta, beta_v, initial_state, scale, reset, d_o, d
       [B, T, HV, 1] or [B, T, HV, K]; beta_v: None or [B, T, HV, V] (with a per-channel beta);
       initial_state: [B, HV, K, V]; scale: python float; reset: optional [B, T] bool;
       d_o: [B, T, HV, V] cotangent of o; d_state: [B, HV, K, V] cotangent of the final state;
-      block_v: value tile BV (divides V); operand_dtype: matmul operand dtype (fp32 accumulation).
+      block_v: value tile BV (divides V); operand_dtype: matmul operand dtype (fp32 accumulation);
+      mosaic_blocks: place the blocks as Mosaic (TPU) accepts them (`pallas_fused.TimeLayout`:
+      column blocks of `[B, Tp, H * D]` where a block is 128-lane aligned, else head-major copies).
 
     Returns:
       (dq, dk, dv, dg, dbeta, dbeta_v, d_initial_state), each in its input's shape and dtype
@@ -493,16 +492,16 @@ def fused_backward(q, k, v, g, beta, beta_v, initial_state, scale, reset, d_o, d
         raise ValueError(f"block_v must divide V = {vd}; got {block_v}")
     nt, nv, rep = num_chunks(t, chunk), vd // block_v, hv // h
     tp = nt * chunk
-    layout = _Layout(hv=hv, rep=rep, tp=tp, block_v=block_v)
+    layout = _Layout(hv=hv, rep=rep, tp=tp, block_v=block_v, mosaic_blocks=mosaic_blocks)
     variant = _variant(g, beta, reset)
     opts = dict(chunk=chunk, interpret=interpret, compiler_params=compiler_params,
-                operand_dtype=operand_dtype)
+                operand_dtype=operand_dtype, mosaic_blocks=mosaic_blocks)
     states = chunk_entry_states(k, v, g, beta, beta_v, initial_state, reset, block_v=block_v, **opts)
     side, side_specs = _side_inputs(layout, g, beta, beta_v, _segments(reset, b, t, chunk))
 
     def partial_out(width, dtype):
         final = nv == 1 and dtype is not None
-        return jax.ShapeDtypeStruct((nv, b, tp, hv, width), dtype if final else F32)
+        return layout.partial_shape(nv, b, width, dtype if final else F32)
 
     qk_dtype = q.dtype if rep == 1 else None  # GQA: the value heads of a q/k head are summed
     out_shape = [partial_out(kd, qk_dtype), partial_out(kd, qk_dtype), partial_out(g.shape[-1], g.dtype)]
@@ -513,19 +512,19 @@ def fused_backward(q, k, v, g, beta, beta_v, initial_state, scale, reset, d_o, d
     if beta is not None:
         out_shape.append(partial_out(beta.shape[-1], beta.dtype))
         out_specs.append(layout.partial(beta.shape[-1]))
-    out_shape.append(jax.ShapeDtypeStruct((b, tp, hv, vd), v.dtype))
-    out_specs.append(layout.v_tile())
+    out_shape.append(layout.out_shape(b, hv, vd, v.dtype, tiled=True))
+    out_specs.append(layout.v_tile(vd))
     if channel and not fold_gate:
         gate = beta if beta_v is None else beta_v
-        out_shape.append(jax.ShapeDtypeStruct((b, tp, hv, vd), F32 if beta_v is None else gate.dtype))
-        out_specs.append(layout.v_tile())
+        out_shape.append(layout.out_shape(b, hv, vd, F32 if beta_v is None else gate.dtype, tiled=True))
+        out_specs.append(layout.v_tile(vd))
     out_shape.append(jax.ShapeDtypeStruct((b * hv, kd, vd), F32))
     out_specs.append(layout.state(kd))
 
     kernel = functools.partial(_backward_kernel, chunk=chunk, key_dim=kd, n_chunks=nt, scale=float(scale),
                                variant=variant, operand_dtype=jnp.dtype(operand_dtype), fold_gate=fold_gate)
-    in_specs = ([layout.qk_head(kd), layout.qk_head(kd), layout.v_tile()] + side_specs
-                + [layout.v_tile(), layout.state(nt * kd), layout.state(kd)])
+    in_specs = ([layout.qk_head(kd), layout.qk_head(kd), layout.v_tile(vd)] + side_specs
+                + [layout.v_tile(vd), layout.state(nt * kd), layout.state(kd)])
     outs = list(pl.pallas_call(
         kernel,
         out_shape=tuple(out_shape),
@@ -535,18 +534,20 @@ def fused_backward(q, k, v, g, beta, beta_v, initial_state, scale, reset, d_o, d
         interpret=interpret,
         compiler_params=compiler_params,
         name="delta_rule_fused_backward",
-    )(_pad_time(q, tp), _pad_time(k, tp), _pad_time(v, tp), *side, _pad_time(d_o, tp), states,
+    )(layout.arrange(q), layout.arrange(k), layout.arrange(v, tiled=True), *side,
+      layout.arrange(d_o, tiled=True), states,
       d_state.astype(F32).reshape(b * hv, kd, vd)))
 
-    dq = _sum_partial(outs.pop(0), t, rep, q.dtype)
-    dk = _sum_partial(outs.pop(0), t, rep, k.dtype)
-    dg = _sum_partial(outs.pop(0), t, 1, g.dtype)
+    next_partial = lambda: layout.restore_partial(outs.pop(0))  # noqa: E731
+    dq = _sum_partial(next_partial(), t, rep, q.dtype)
+    dk = _sum_partial(next_partial(), t, rep, k.dtype)
+    dg = _sum_partial(next_partial(), t, 1, g.dtype)
     dbeta = dbeta_v = None
     if beta is not None:
-        dbeta = _sum_partial(outs.pop(0), t, 1, F32 if channel and not fold_gate else beta.dtype)
-    dv = outs.pop(0)[:, :t]
+        dbeta = _sum_partial(next_partial(), t, 1, F32 if channel and not fold_gate else beta.dtype)
+    dv = layout.restore(outs.pop(0), hv, t)
     if channel and not fold_gate:
-        d_gate = outs.pop(0)[:, :t]
+        d_gate = layout.restore(outs.pop(0), hv, t)
         if beta_v is None:
             dbeta = (dbeta + d_gate).astype(beta.dtype)
         else:

@@ -23,6 +23,19 @@ cumulative log decay, is a masked sum (per head) or a matmul with the causal one
 Only 2-D tiles, static iotas, masked reductions and matmuls with dimensions >= 16 appear, which is
 what the Triton backend accepts; on a CPU host the kernel runs with `interpret=True`. Packed
 sequences (resets) are not handled here: the caller uses the state-pass kernel for them.
+
+Block placement (`TimeLayout`): on GPU each program reads its head straight out of `[B, T, H, D]`
+(block `(Tp, squeezed head, D)`). Mosaic (TPU) wants a block's last two dimensions multiples of
+(8, 128) or whole, which that block is not for H > 1, so with `mosaic_blocks=True` an array whose
+block width is a multiple of 128 (q, k, v, o at K = V = 128, a per-channel g or beta) is viewed as
+`[B, Tp, H * D]` and read in `(Tp, D)` column blocks, and a narrower one (a per-head g or beta
+`[B, T, H, 1]`, or D = 64) is copied head-major to `[B, H, Tp, D]` by XLA (block `(Tp, D)`, both
+whole). On TPU neither view is free: HBM arrays are tiled over their last two dimensions, so the
+reshape is a relayout copy too, and a `[.., Tp, 1]` f32 array is stored padded to 128 lanes.
+Compiled for v5e / v6e at B = 8, T = 4096, H = 16, K = V = 128 in bf16 (`tools/aot_compile_tpu.py`)
+the forward shows 940 MB of temporaries: q, k, v copies (3 x 134 MB, each one extra HBM read and
+write) and the two per-head gates (2 x 268 MB, 128x padded) against 558 MB of inputs and outputs;
+a model that emits head-major (or lane-dense gate) arrays would avoid them.
 """
 
 from __future__ import annotations
@@ -207,60 +220,130 @@ def _pad_time(x, t_padded):
         x, ((0, 0), (0, t_padded - x.shape[1])) + ((0, 0),) * (x.ndim - 2))
 
 
+# Mosaic's lane width: a block's last dimension must be a multiple of it (or the whole dimension).
+LANES = 128
+
+
+class TimeLayout(NamedTuple):
+    """Where the whole-sequence block of one program (grid (B * HV, V / BV)) sits in memory.
+
+    hv: value heads; rep: value heads per q/k head; tp: padded length; block_v: value tile BV;
+    mosaic_blocks: False keeps the `[B, Tp, H, D]` arrays as given (GPU, the interpreter); True
+    reads an array whose block width is a multiple of `LANES` as `[B, Tp, H * D]` column blocks
+    and copies a narrower one to `[B, H, Tp, D]` (TPU: see the module docstring).
+    """
+
+    hv: int
+    rep: int
+    tp: int
+    block_v: int
+    mosaic_blocks: bool = False
+
+    # Truncating div / rem (the indices are >= 0): `//` lowers through `sign`, which Mosaic's
+    # lowering resolves per TPU generation, so a CPU host could not lower for TPU.
+    def batch(self, i):
+        return jax.lax.div(i, self.hv)
+
+    def value_head(self, i):
+        return jax.lax.rem(i, self.hv)
+
+    def _columns(self, block):
+        return self.mosaic_blocks and block % LANES == 0
+
+    def _spec(self, width, block, head, col):
+        """Block (Tp, `block`) of head `head(i)`, column tile `col(j)`, of an array of `width` columns."""
+        if not self.mosaic_blocks:
+            return pl.BlockSpec((None, self.tp, None, block),
+                                lambda i, j: (self.batch(i), 0, head(i), col(j)))
+        if self._columns(block):
+            tiles = width // block
+            return pl.BlockSpec((None, self.tp, block), lambda i, j: (self.batch(i), 0, head(i) * tiles + col(j)))
+        return pl.BlockSpec((None, None, self.tp, block), lambda i, j: (self.batch(i), head(i), 0, col(j)))
+
+    def qk_head(self, width):
+        """The program's q/k head (value head // rep), all `width` columns."""
+        return self._spec(width, width, lambda i: jax.lax.div(self.value_head(i), self.rep), lambda j: 0)
+
+    def v_head(self, width):
+        """The program's value head, all `width` columns (g, beta)."""
+        return self._spec(width, width, self.value_head, lambda j: 0)
+
+    def v_tile(self, width):
+        """The program's value head, value tile j of `width` = V columns (v, o, the value gate)."""
+        return self._spec(width, self.block_v, self.value_head, lambda j: j)
+
+    def state(self, rows):
+        return pl.BlockSpec((None, rows, self.block_v), lambda i, j: (i, 0, j))
+
+    def arrange(self, x, tiled=False):
+        """[B, T, H, D] -> padded to Tp, in the placement its specs read (`tiled`: v_tile)."""
+        x = _pad_time(x, self.tp)
+        if not self.mosaic_blocks:
+            return x
+        b, tp, h, d = x.shape
+        return x.reshape(b, tp, h * d) if self._columns(self.block_v if tiled else d) else jnp.swapaxes(x, 1, 2)
+
+    def out_shape(self, b, h, d, dtype, tiled=False):
+        """The kernel-side array of an output that `restore` turns into [B, T, H, D]."""
+        if not self.mosaic_blocks:
+            return jax.ShapeDtypeStruct((b, self.tp, h, d), dtype)
+        if self._columns(self.block_v if tiled else d):
+            return jax.ShapeDtypeStruct((b, self.tp, h * d), dtype)
+        return jax.ShapeDtypeStruct((b, h, self.tp, d), dtype)
+
+    def restore(self, x, h, t):
+        """Inverse of `arrange` for a kernel output of `h` heads: -> [B, T, H, D]."""
+        if self.mosaic_blocks:
+            x = x.reshape(x.shape[0], self.tp, h, -1) if x.ndim == 3 else jnp.swapaxes(x, 1, 2)
+        return x[:, :t]
+
+
 def fused_forward(q, k, v, g, beta, beta_v, scale, initial_state, *, chunk, block_v, interpret,
-                  compiler_params, operand_dtype=jnp.float32):
+                  compiler_params, operand_dtype=jnp.float32, mosaic_blocks=False):
     """Forward of the delta rule from the raw inputs, in one pallas_call (no resets).
 
     Args:
       q, k: [B, T, H, K]; v: [B, T, HV, V]; g: [B, T, HV, Kg] (Kg = 1 or K; zeros for none);
       beta: None, [B, T, HV, 1] or [B, T, HV, K]; beta_v: None or [B, T, HV, V] (with a
       per-channel beta); scale: python float; initial_state: [B, HV, K, V]; operand_dtype: dtype
-      of the matmul operands (float32, or bfloat16 for tensor cores; fp32 accumulation either way).
+      of the matmul operands (float32, or bfloat16 for tensor cores; fp32 accumulation either way);
+      mosaic_blocks: place the blocks as Mosaic (TPU) accepts them (`TimeLayout`).
 
     Returns:
       (o [B, T, HV, V] in v's dtype, final_state [B, HV, K, V] fp32). The grid is
       (B * HV, V / BV); each program reads its q/k head (value head // rep) directly from the
-      [B, T, H, D] arrays, so nothing but padding (T up to a multiple of C) is copied.
+      [B, T, H, D] arrays, so nothing but padding (T up to a multiple of C) is copied (with
+      `mosaic_blocks`, also the arrays narrower than 128 columns, head-major).
     """
     b, t, h, kd = q.shape
     hv, vd = v.shape[2], v.shape[3]
-    rep = hv // h
     nt = -(-t // chunk)
-    tp = nt * chunk
+    layout = TimeLayout(hv=hv, rep=hv // h, tp=nt * chunk, block_v=block_v, mosaic_blocks=mosaic_blocks)
     variant = Variant(g_channels=g.shape[-1], beta="none" if beta is None else
                       ("head" if beta.shape[-1] == 1 else "channel"))
 
-    def qk_head(width):
-        return pl.BlockSpec((None, tp, None, width), lambda i, j: (i // hv, 0, (i % hv) // rep, 0))
-
-    def v_head(width):
-        return pl.BlockSpec((None, tp, None, width), lambda i, j: (i // hv, 0, i % hv, 0))
-
-    def v_tile():
-        return pl.BlockSpec((None, tp, None, block_v), lambda i, j: (i // hv, 0, i % hv, j))
-
-    inputs = [_pad_time(x, tp) for x in (q, k, v, g)]
-    specs = [qk_head(kd), qk_head(kd), v_tile(), v_head(g.shape[-1])]
+    inputs = [layout.arrange(q), layout.arrange(k), layout.arrange(v, tiled=True), layout.arrange(g)]
+    specs = [layout.qk_head(kd), layout.qk_head(kd), layout.v_tile(vd), layout.v_head(g.shape[-1])]
     if beta is not None:
-        inputs.append(_pad_time(beta, tp))
-        specs.append(v_head(beta.shape[-1]))
+        inputs.append(layout.arrange(beta))
+        specs.append(layout.v_head(beta.shape[-1]))
     if variant.beta == "channel":
         # The value gate: beta_v (FG2-GDN+) or beta itself (FG2-GDN, K == V), tiled like v.
-        inputs.append(_pad_time(beta if beta_v is None else beta_v, tp))
-        specs.append(v_tile())
+        inputs.append(layout.arrange(beta if beta_v is None else beta_v, tiled=True))
+        specs.append(layout.v_tile(vd))
     s0 = initial_state.astype(jnp.float32).reshape(b * hv, kd, vd)
-    state_tile = pl.BlockSpec((None, kd, block_v), lambda i, j: (i, 0, j))
+    state_tile = layout.state(kd)
     kernel = functools.partial(_fused_kernel, chunk=chunk, key_dim=kd, n_chunks=nt, scale=float(scale),
                                variant=variant, operand_dtype=jnp.dtype(operand_dtype))
     o, s_final = pl.pallas_call(
         kernel,
-        out_shape=(jax.ShapeDtypeStruct((b, tp, hv, vd), v.dtype),
+        out_shape=(layout.out_shape(b, hv, vd, v.dtype, tiled=True),
                    jax.ShapeDtypeStruct((b * hv, kd, vd), jnp.float32)),
         grid=(b * hv, vd // block_v),
         in_specs=specs + [state_tile],
-        out_specs=(v_tile(), state_tile),
+        out_specs=(layout.v_tile(vd), state_tile),
         interpret=interpret,
         compiler_params=compiler_params,
         name="delta_rule_fused_forward",
     )(*inputs, s0)
-    return o[:, :t], s_final.reshape(b, hv, kd, vd)
+    return layout.restore(o, hv, t), s_final.reshape(b, hv, kd, vd)
