@@ -112,7 +112,7 @@ class Peer:
                 self.proc.stdin.close()
                 self.proc.wait(timeout=60)
             except (OSError, subprocess.TimeoutExpired):
-                pass
+                pass  # a worker that did not exit on EOF is killed just below
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
