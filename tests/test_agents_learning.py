@@ -1,5 +1,7 @@
-"""A reduced agent run learns: after a short cold-start SFT on TextHouse "pick" houses, a few GRPO steps
-over turns raise the success rate (train episodes and held-out houses)."""
+"""A reduced agent run learns what its reward pays for: after a short cold-start SFT on TextHouse "pick"
+houses, eight GRPO steps over turns (reward = success - agent.invalid_penalty per invalid action) lower
+the held-out invalid-action rate. Success itself is not asserted: at this budget it moves within the noise
+of 4 houses a step and 16 held-out episodes (3 seeds measured, benchmarks/RESULTS.md)."""
 
 import json
 
@@ -15,7 +17,7 @@ REDUCED = {"data.task_kwargs.task_types": "('pick',)", "data.task_kwargs.env_kwa
 
 
 @pytest.mark.slow
-def test_grpo_over_turns_raises_the_success_rate(tmp_path):
+def test_grpo_over_turns_lowers_the_invalid_action_rate(tmp_path):
     out = tmp_path / "run"
     args = ["rl", "--config", "configs/agents_house_grpo.py", f"--config.output_dir={out}"]
     args += [f"--config.{k}={v}" for k, v in REDUCED.items()]
@@ -23,10 +25,9 @@ def test_grpo_over_turns_raises_the_success_rate(tmp_path):
     with open(out / "metrics.jsonl") as f:
         records = [json.loads(line) for line in f]
     train = [r["success"] for r in records if "success" in r]
-    evals = [r["eval/accuracy"] for r in records if "eval/accuracy" in r]
-    print("train success per step", train, "held-out", evals)
+    evals = [r["eval/invalid_rate"] for r in records if "eval/invalid_rate" in r]
+    print("train success per step", train, "held-out sampled invalid rate", evals)
     assert len(train) == 8 and len(evals) == 2
-    # Measured (32 episodes a step): train [0.34, 0.31, 0.25, 0.22, 0.28, 0.34, 0.53, 0.28], held-out
-    # 0.125 -> 0.44. With 16 episodes a step the 3-step means were within sampling noise of each other.
-    assert sum(train[-3:]) / 3 > sum(train[:3]) / 3  # the policy's own episodes succeed more often
-    assert evals[-1] >= evals[0]  # and held-out houses do not get worse
+    # Measured, seeds 0 / 1 / 2: held-out sampled invalid rate 0.708 -> 0.158, 0.536 -> 0.441,
+    # 0.644 -> 0.564; train success and the train invalid rate rose in some seeds and fell in others.
+    assert evals[-1] < evals[0]
