@@ -114,6 +114,9 @@ def get_config() -> ConfigDict:
     # the learner's pass runs only on proximal_check_rows rows (for rollout/mismatch_abs_logp); "always": every row.
     c.rl.proximal_pass = "auto"
     c.rl.proximal_check_rows = 8
+    # Dispatch the proximal / reference / teacher / critic passes before the host scores the rollout, so
+    # scoring overlaps them (off, or with dynamic sampling whose rows depend on the rewards: after it).
+    c.rl.overlap_scoring = True
     c.rl.kl_coef = 0.0  # > 0: KL to the frozen post-warm-up policy (k3); the reference pass then runs
     c.rl.logprob_chunk = 8192
     # Stop when the mean |sampler - learner| log-prob of the rollout's tokens exceeds this (nats per

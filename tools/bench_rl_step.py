@@ -24,10 +24,11 @@ range of the per-round ratios:
   estimator, `rl.reuse_epochs = rl.minibatches = 1`, DGG off, `rl.kl_coef = 0`), a task registered
   here (`rl_bench_even_ids`), `train.rl.setup_rl(cfg, warm_up=False)` and `train.rl_step.rl_step`
   timed whole, in this process, on XLA:CPU's thread pool. Phases from its record:
-  `rollout/time_s` (prompts, sampling, decoding, scoring), the learner's log-prob pass (with one
-  update per batch the sampler's log-probs are the proximal ones, `train/proximal.py`, and the
-  pass runs only on `rl.proximal_check_rows` rows for the mismatch guard; timed by a wrapper on
-  `setup.logprob_fn`) and `update/time_s` (the jitted update). The one change to the built setup:
+  `rollout/time_s` + `rollout/score_time_s` (prompts, sampling, decoding, scoring), the learner's
+  log-prob pass (with one update per batch the sampler's log-probs are the proximal ones,
+  `train/proximal.py`, and the pass runs only on `rl.proximal_check_rows` rows for the mismatch
+  guard; timed by a blocking wrapper on `setup.logprob_fn`, so it does not overlap the scoring
+  here, which costs microseconds) and `update/time_s` (the jitted update). The one change to the built setup:
   `setup.sampling.stop_ids = ()`, so every sample has exactly `--new-tokens` tokens.
 * TRL: `rl_peers/trl_worker.py` in `--trl-python`'s venv (`GRPOTrainer`, its docstring says
   exactly what is timed), at `torch.set_num_threads(1)` and at the core count; the better of the
@@ -71,7 +72,7 @@ VENV_RECIPES = {
 PHASES = ("rollout_s", "logprob_s", "update_s")
 # What each framework's phases measure (in the JSON beside its times); "other" = step - the phases.
 PHASE_NOTES = {
-    "ours": {"rollout_s": "rl_step's rollout/time_s: prompts, sampling, decoding, scoring",
+    "ours": {"rollout_s": "rl_step's rollout/time_s + rollout/score_time_s: prompts, sampling, decoding, scoring",
              "logprob_s": "the learner's proximal log-prob pass (on rl.proximal_check_rows rows when the sampler's "
                           "log-probs are exact, train/proximal.py)",
              "update_s": "rl_step's update/time_s: the jitted loss forward/backward, clipping and AdamW",
@@ -230,7 +231,8 @@ def make_ours(args: argparse.Namespace, tokenizer_dir: str, output_dir: str) -> 
         t = time.perf_counter()
         box["state"], record = rl_step(setup, box["state"])
         step_s = time.perf_counter() - t
-        return {"step_s": step_s, "rollout_s": record["rollout/time_s"], "logprob_s": clock["logprob_s"],
+        rollout_s = record["rollout/time_s"] + record["rollout/score_time_s"]  # as the peers': scoring included
+        return {"step_s": step_s, "rollout_s": rollout_s, "logprob_s": clock["logprob_s"],
                 "update_s": record["update/time_s"], "completion_tokens": int(record["rollout/tokens"]),
                 "reward_mean": record["reward/mean"], "proximal_skipped": bool(record["rollout/proximal_skipped"])}
 

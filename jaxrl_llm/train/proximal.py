@@ -25,11 +25,13 @@ The two choices of `old_logprobs` then differ by the sampler-vs-learner rounding
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from jaxrl_llm.models.lora import has_lora
+from jaxrl_llm.train.rl_update import dispatch
 
 PROXIMAL_PASSES = ("auto", "always")
 DEFAULT_CHECK_ROWS = 8
@@ -94,15 +96,32 @@ def proximal_logprobs(setup: Any, params: Any, arrays: tuple, batch: Any, *,
     """`(old_logprobs [B, T], mismatch, skipped)` for `batch` (a `RolloutBatch` whose `rollout_logprobs`
     are the sampler's) under `params`, by `setup.logprob_fn` on `arrays = (tokens, positions,
     segment_ids)`. `mismatch`: `rollout/mismatch_abs_logp`, over the check rows when `skipped`."""
+    return launch_proximal(setup, params, arrays, batch, sampling_temperature=sampling_temperature)()
+
+
+def launch_proximal(setup: Any, params: Any, arrays: tuple, batch: Any, *,
+                    sampling_temperature: float) -> Callable[[], tuple[np.ndarray, float, bool]]:
+    """`proximal_logprobs` in two halves: the learner's pass is dispatched now, and the returned
+    callable waits for it and gives `(old_logprobs, mismatch, skipped)`. Host work done in between
+    (the step's scoring) overlaps the device's pass. Reads `batch.loss_mask` and
+    `batch.rollout_logprobs` now: they must be final."""
     mask = batch.loss_mask
     blockers = proximal_blockers(setup.cfg.rl, sampling_temperature=sampling_temperature, params=params,
                                  rows=mask.shape[0], critic=setup.values_fn is not None)
     if blockers:
-        old, _ = setup.logprob_fn(params, setup.rest, *arrays)
-        old = np.asarray(old) * mask
-        return old, mismatch_abs_logp(old, batch.rollout_logprobs, mask), False
+        pending = dispatch(setup.logprob_fn, params, setup.rest, *arrays)
+
+        def full() -> tuple[np.ndarray, float, bool]:
+            old = np.asarray(pending()[0]) * mask
+            return old, mismatch_abs_logp(old, batch.rollout_logprobs, mask), False
+
+        return full
     rows = check_rows(mask, int(setup.cfg.rl.get("proximal_check_rows", DEFAULT_CHECK_ROWS)))
-    learner, _ = setup.logprob_fn(params, setup.rest, *(np.asarray(a)[rows] for a in arrays))
-    sub = mask[rows]
-    return (np.asarray(batch.rollout_logprobs) * mask,
-            mismatch_abs_logp(np.asarray(learner) * sub, np.asarray(batch.rollout_logprobs)[rows], sub), True)
+    pending = dispatch(setup.logprob_fn, params, setup.rest, *(np.asarray(a)[rows] for a in arrays))
+    sub, rollout_logprobs = mask[rows], np.asarray(batch.rollout_logprobs)
+
+    def checked() -> tuple[np.ndarray, float, bool]:
+        learner = np.asarray(pending()[0]) * sub
+        return rollout_logprobs * mask, mismatch_abs_logp(learner, rollout_logprobs[rows], sub), True
+
+    return checked

@@ -150,6 +150,8 @@ def check_rl_config(cfg: Any) -> None:
                          f"must be a multiple of the mesh's {shards} row shards (mesh.data x mesh.fsdp)")
     check_micro_batches(rows, int(rl.minibatches), rl.get("micro_batches", 1), shards)
     check_proximal_config(rl)  # rl.proximal_pass, rl.proximal_check_rows (train/proximal.py)
+    if not isinstance(rl.get("overlap_scoring", True), bool):
+        raise ValueError(f"rl.overlap_scoring must be true or false; got {rl.overlap_scoring!r}")
     if int(cfg.eval.samples_per_prompt) < 0:
         raise ValueError(f"eval.samples_per_prompt must be >= 0 (0: greedy only); got {cfg.eval.samples_per_prompt}")
     if not float(rl.get("max_mismatch", 0.0)) >= 0:

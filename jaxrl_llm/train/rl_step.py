@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -44,7 +45,8 @@ from jaxrl_llm.train.rl_rollout import (
     score_with_metrics,
     select_rows,
 )
-from jaxrl_llm.train.proximal import mismatch_abs_logp, proximal_logprobs
+from jaxrl_llm.train.proximal import launch_proximal, mismatch_abs_logp
+from jaxrl_llm.train.rl_update import dispatch
 from jaxrl_llm.train.state import TrainState
 from jaxrl_llm.train.agent_step import collect_agent_batch
 
@@ -74,25 +76,37 @@ def teacher_pass(setup: RLSetup, state: TrainState, batch: Any, rollout: Any, pr
     prompt (re-tokenised, left-truncated to `rl.teacher.max_prompt_tokens`), response tokens
     unchanged; "hf:PATH": the separate teacher reads the same rows as the learner.
     """
+    return launch_teacher_pass(setup, state, batch, rollout, problems)()
+
+
+def launch_teacher_pass(setup: RLSetup, state: TrainState, batch: Any, rollout: Any, problems: list
+                        ) -> Callable[[], dict[str, Any]]:
+    """`teacher_pass` in two halves: the separate teacher's pass is dispatched now (host work before
+    the returned callable is called overlaps it); the privileged teacher's runs when called."""
     rl = setup.cfg.rl
     n = int(rl.samples_per_prompt)
     width = rollout.prompt_width
     mask = batch.loss_mask
+
+    def fields_of(response: dict[str, np.ndarray]) -> dict[str, Any]:
+        fields = {"teacher_logprobs": response_to_token_axis(response["logp"], width, mask)}
+        if "topk_idx" in response:
+            fields["teacher_topk_idx"] = response_to_token_axis(response["topk_idx"], width, mask)
+            fields["teacher_topk_logp"] = response_to_token_axis(response["topk_logp"], width, mask)
+        return fields
+
     if setup.teacher is not None:
-        out = setup.teacher.pass_fn(setup.teacher.params, setup.teacher.rest, batch.tokens, batch.positions,
-                                    batch.segment_ids)
-        out = {k: np.asarray(v) for k, v in out.items()}
-        response = {k: v[:, width:] for k, v in out.items()}
-    else:
+        pending = dispatch(setup.teacher.pass_fn, setup.teacher.params, setup.teacher.rest, batch.tokens,
+                           batch.positions, batch.segment_ids)
+        return lambda: fields_of({k: np.asarray(v)[:, width:] for k, v in pending().items()})
+
+    def privileged() -> dict[str, Any]:
         texts = privileged_prompts(setup.task, problems)
-        response = privileged_teacher_outputs(
+        return fields_of(privileged_teacher_outputs(
             setup.teacher_fn, state.params, setup.rest, setup.tokenizer, [texts[i // n] for i in range(batch.shape[0])],
-            rollout, max_prompt_tokens=int(rl.teacher.max_prompt_tokens), bucket=setup.sampling.prompt_bucket)
-    fields = {"teacher_logprobs": response_to_token_axis(response["logp"], width, mask)}
-    if "topk_idx" in response:
-        fields["teacher_topk_idx"] = response_to_token_axis(response["topk_idx"], width, mask)
-        fields["teacher_topk_logp"] = response_to_token_axis(response["topk_logp"], width, mask)
-    return fields
+            rollout, max_prompt_tokens=int(rl.teacher.max_prompt_tokens), bucket=setup.sampling.prompt_bucket))
+
+    return privileged
 
 
 def step_label_fields(setup: RLSetup, rollout: Any, problems: list, mask: np.ndarray) -> dict[str, Any]:
@@ -127,17 +141,25 @@ def mixed_groups(rewards: np.ndarray, n: int) -> np.ndarray:
 
 
 def sample_round(setup: RLSetup, state: TrainState, step: int, round_index: int) -> dict[str, Any]:
-    """One draw of `rl.prompts_per_step` prompts and their samples, scored.
+    """One draw of `rl.prompts_per_step` prompts and their samples, scored: `score_round(draw_round(...))`.
+
+    Returns `problems`, `rollout`, `cond` (or None), `texts`, `rewards` (`[B]` or `[B, R]`, overlong
+    shaping added to the first column), `task_reward` (the first scorer's, unshaped) and
+    `scorer_metrics` (what the scorers report, e.g. `autothink/...`, and HeavySkill's `heavyskill/...`).
+    """
+    return score_round(setup, draw_round(setup, state, step, round_index), step)
+
+
+def draw_round(setup: RLSetup, state: TrainState, step: int, round_index: int) -> dict[str, Any]:
+    """One draw of `rl.prompts_per_step` prompts and their samples, decoded but not scored.
 
     Round 0 is the step's batch; refill rounds (dynamic sampling) use fresh prompts and keys.
-    Returns `problems`, `rollout`, `cond` (or None), `rewards` (`[B]` or `[B, R]`, overlong
-    shaping added to the first column), `task_reward` (the first scorer's, unshaped) and
-    `scorer_metrics` (what the scorers report, e.g. `autothink/...`). With `rl.heavyskill.enabled` the
-    problems carry their deliberation prompts (`agents/heavyskill.py`), the samples are deliberations with
-    prompts left-padded to `context - reserve`, and `scorer_metrics` adds `heavyskill/...`.
+    Returns `problems`, `rollout`, `cond` (or None), `texts` and `scorer_metrics` (HeavySkill's so far).
+    With `rl.heavyskill.enabled` the problems carry their deliberation prompts (`agents/heavyskill.py`),
+    the samples are deliberations with prompts left-padded to `context - reserve`, and `scorer_metrics`
+    holds `heavyskill/...`.
     """
     cfg, rl = setup.cfg, setup.cfg.rl
-    n = int(rl.samples_per_prompt)
     problems = prompts_for_step(setup.task, int(rl.prompts_per_step), int(cfg.seed), step, round_index)
     problems = prompts_with_hints(rl, setup.task, state, problems, step)  # rl.hints (LANG); unchanged when off
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), step)
@@ -162,12 +184,22 @@ def sample_round(setup: RLSetup, state: TrainState, step: int, round_index: int)
                                quant_format=rl.rollout_quant, mesh=setup.mesh)
     if heavy is not None:
         rollout = concat_rollouts([rollout], setup.tokenizer.pad_id, width=heavy.width)  # the one prompt width
+    return {"problems": problems, "rollout": rollout, "cond": cond, "texts": decode_responses(setup.tokenizer, rollout),
+            "scorer_metrics": heavy_metrics}
+
+
+def score_round(setup: RLSetup, drawn: dict[str, Any], step: int) -> dict[str, Any]:
+    """`drawn` (a `draw_round`) with its `rewards`, `task_reward`, the scorers' metrics and `score_s` (the
+    seconds it took) added: host work only."""
+    rl = setup.cfg.rl
+    t0 = time.perf_counter()
+    rollout = drawn["rollout"]
     lengths = np.asarray(rollout.lengths)
-    texts = decode_responses(setup.tokenizer, rollout)
     finished = np.asarray(rollout.finish_reasons) == FINISH_STOP
     rewards, scorer_metrics = score_with_metrics(
-        tuple(rl.scorers), setup.task, problems, texts, n, lengths=lengths, finished=finished,
-        max_length=int(rl.max_new_tokens), step=step, options={name: rl.get(name, None) for name in rl.scorers})
+        tuple(rl.scorers), setup.task, drawn["problems"], drawn["texts"], int(rl.samples_per_prompt), lengths=lengths,
+        finished=finished, max_length=int(rl.max_new_tokens), step=step,
+        options={name: rl.get(name, None) for name in rl.scorers})
     task_reward = (rewards if rewards.ndim == 1 else rewards[:, 0]).copy()
     if int(rl.overlong.cache_length):
         # DAPO's soft overlong punishment, with L_max = rl.max_new_tokens.
@@ -178,8 +210,8 @@ def sample_round(setup: RLSetup, state: TrainState, step: int, round_index: int)
             rewards += penalty
         else:
             rewards[:, 0] += penalty  # the shaping goes into the first scorer's column
-    return {"problems": problems, "rollout": rollout, "cond": cond, "rewards": rewards, "task_reward": task_reward,
-            "scorer_metrics": {**scorer_metrics, **heavy_metrics}, "texts": texts}
+    return {**drawn, "rewards": rewards, "task_reward": task_reward,
+            "scorer_metrics": {**scorer_metrics, **drawn["scorer_metrics"]}, "score_s": time.perf_counter() - t0}
 
 
 def collect_rollout_batch(setup: RLSetup, state: TrainState) -> tuple[Any, dict[str, float]]:
@@ -191,17 +223,22 @@ def collect_rollout_batch(setup: RLSetup, state: TrainState) -> tuple[Any, dict[
     step = int(state.step)
     n_prompts, n = int(rl.prompts_per_step), int(rl.samples_per_prompt)
     t0 = time.perf_counter()
-    drawn = [sample_round(setup, state, step, 0)]
+    # rl.overlap_scoring (default on): without dynamic sampling the batch's rows do not depend on the
+    # rewards, so the learner's passes are dispatched before the host scores, and run meanwhile.
+    overlap = bool(rl.get("overlap_scoring", True)) and not rl.dynamic_sampling.enabled
+    drawn = [draw_round(setup, state, step, 0) if overlap else sample_round(setup, state, step, 0)]
     if rl.dynamic_sampling.enabled:
         # DAPO: groups whose rewards are all equal carry no advantage; draw fresh prompts until the
         # step has `prompts_per_step` informative groups (or `max_rounds` refills were drawn).
         while (sum(int(mixed_groups(d["task_reward"], n).sum()) for d in drawn) < n_prompts
                and len(drawn) <= int(rl.dynamic_sampling.max_rounds)):
             drawn.append(sample_round(setup, state, step, len(drawn)))
-    rollout_s = time.perf_counter() - t0
-    informative = np.concatenate([mixed_groups(d["task_reward"], n) for d in drawn])
-    groups, kept = (pick_groups(informative, n_prompts) if rl.dynamic_sampling.enabled
-                    else (np.arange(n_prompts), np.ones(n_prompts, bool)))
+    rollout_s = time.perf_counter() - t0 - sum(d.get("score_s", 0.0) for d in drawn)  # sampling and decoding
+    if rl.dynamic_sampling.enabled:
+        informative = np.concatenate([mixed_groups(d["task_reward"], n) for d in drawn])
+        groups, kept = pick_groups(informative, n_prompts)
+    else:
+        groups, kept = np.arange(n_prompts), np.ones(n_prompts, bool)
     rows = (groups[:, None] * n + np.arange(n)[None, :]).reshape(-1)
     # rl.prompt_bucket > 0: the batch's prompt part is left-padded to a multiple of it, so prompts of
     # varying length (e.g. LANG's hints) give a few batch shapes, not one compile of the update per step.
@@ -211,13 +248,12 @@ def collect_rollout_batch(setup: RLSetup, state: TrainState) -> tuple[Any, dict[
                                           width=round_up(widest, bucket) if bucket > 0 else 0), rows)
     all_problems = [p for d in drawn for p in d["problems"]]
     problems = [all_problems[g] for g in groups]
-    pick = {k: np.concatenate([d[k] for d in drawn])[rows] for k in ("rewards", "task_reward")}
-    rewards, task_reward = pick["rewards"], pick["task_reward"]
     cond = None if drawn[0]["cond"] is None else np.concatenate([d["cond"] for d in drawn])[rows]
     lengths = np.asarray(rollout.lengths)
     truncated = np.asarray(rollout.finish_reasons) != FINISH_STOP
     group_ids = np.repeat(np.arange(n_prompts, dtype=np.int32), n)
-    batch = build_rollout_batch(rollout, rewards, group_ids, np.zeros(len(rows), np.float32),
+    # Rewards are filled in after scoring; nothing before that reads them.
+    batch = build_rollout_batch(rollout, np.zeros(len(rows), np.float32), group_ids, np.zeros(len(rows), np.float32),
                                 pad_id=setup.tokenizer.pad_id)
     if rl.dynamic_sampling.enabled or rl.overlong.filter:
         # Filled-up uninformative groups and (overlong filtering) truncated responses leave the loss.
@@ -225,24 +261,36 @@ def collect_rollout_batch(setup: RLSetup, state: TrainState) -> tuple[Any, dict[
         batch = batch.replace(loss_mask=np.where(drop[:, None], 0.0, batch.loss_mask).astype(np.float32))
     arrays = (batch.tokens, batch.positions, batch.segment_ids)
     mask = batch.loss_mask
+    # Device passes, dispatched now; each `finish_*` waits for its own.
     if setup.values_fn is not None:
         # The critic's pass is the proximal pass plus the value head: one forward gives both.
-        out = setup.values_fn(state.params, setup.rest, *arrays)
-        old = out["logp"]
-        batch = batch.replace(old_values=np.asarray(out["values"]) * mask)
-        mismatch = mismatch_abs_logp(np.asarray(old) * mask, batch.rollout_logprobs, mask)
-        skipped = False
+        pending_values = dispatch(setup.values_fn, state.params, setup.rest, *arrays)
     else:
         # rl.proximal_pass = "auto": the sampler's log-probs when exact, the learner's pass on a few rows
         # (train/proximal.py); otherwise the learner's pass on every row.
-        old, mismatch, skipped = proximal_logprobs(setup, state.params, arrays, batch,
-                                                   sampling_temperature=setup.sampling.temperature)
-    batch = batch.replace(old_logprobs=np.asarray(old) * mask, cond=cond)
-    if setup.ref_params is not None:
-        ref, _ = setup.logprob_fn(setup.ref_params, setup.rest, *arrays)
-        batch = batch.replace(ref_logprobs=np.asarray(ref) * mask)
-    if setup.teacher is not None or setup.teacher_fn is not None:
-        batch = batch.replace(**teacher_pass(setup, state, batch, rollout, problems))
+        finish_proximal = launch_proximal(setup, state.params, arrays, batch,
+                                          sampling_temperature=setup.sampling.temperature)
+    pending_ref = None if setup.ref_params is None else dispatch(setup.logprob_fn, setup.ref_params, setup.rest,
+                                                                 *arrays)
+    has_teacher = setup.teacher is not None or setup.teacher_fn is not None
+    finish_teacher = launch_teacher_pass(setup, state, batch, rollout, problems) if has_teacher else None
+    if overlap:
+        drawn = [score_round(setup, drawn[0], step)]
+    score_s = sum(d["score_s"] for d in drawn)
+    pick = {k: np.concatenate([d[k] for d in drawn])[rows] for k in ("rewards", "task_reward")}
+    rewards, task_reward = pick["rewards"], pick["task_reward"]
+    if setup.values_fn is not None:
+        out = pending_values()
+        old = np.asarray(out["logp"]) * mask
+        mismatch, skipped = mismatch_abs_logp(old, batch.rollout_logprobs, mask), False
+        batch = batch.replace(old_values=np.asarray(out["values"]) * mask)
+    else:
+        old, mismatch, skipped = finish_proximal()
+    batch = batch.replace(rewards=np.asarray(rewards, np.float32), old_logprobs=np.asarray(old) * mask, cond=cond)
+    if pending_ref is not None:
+        batch = batch.replace(ref_logprobs=np.asarray(pending_ref()[0]) * mask)
+    if finish_teacher is not None:
+        batch = batch.replace(**finish_teacher())
     if rl.step_labels.enabled:
         batch = batch.replace(**step_label_fields(setup, rollout, problems, mask))
     scalar = rewards if rewards.ndim == 1 else rewards[:, 0]
@@ -264,6 +312,7 @@ def collect_rollout_batch(setup: RLSetup, state: TrainState) -> tuple[Any, dict[
         "rollout/tokens": float(lengths.sum()),
         "rollout/tokens_per_s": float(lengths.sum() / max(rollout_s, 1e-9)),
         "rollout/time_s": rollout_s,
+        "rollout/score_time_s": score_s,  # host scoring (while the passes run, with the overlap)
         **{f"advantage/{k}": v for k, v in adv_metrics.items()},
         **drawn[0]["scorer_metrics"],  # the step's own draw (refill rounds are not summarised)
     }

@@ -146,12 +146,31 @@ def policy_token_stats(parts: ModelParts, params: Any, rest: Any, tokens: jax.Ar
 
 def host_outputs(jitted: Callable) -> Callable:
     """`jitted` returning host arrays on every process (`parallel.batch.to_host`); `.lower` still
-    reaches the compiled program (memory analysis)."""
+    reaches the compiled program (memory analysis), and `.dispatch(*args)` starts the program and
+    returns a zero-argument callable that waits for its host arrays (see `dispatch`)."""
     def call(*args):
         return to_host(jitted(*args))
 
+    def start(*args):
+        out = jitted(*args)  # JAX dispatches asynchronously: this returns before the device is done
+        return lambda: to_host(out)
+
     call.lower = jitted.lower
+    call.dispatch = start
     return call
+
+
+def dispatch(fn: Callable, *args: Any) -> Callable[[], Any]:
+    """Start `fn(*args)` and return a zero-argument callable giving its host outputs.
+
+    For a `host_outputs` function the device runs while the caller does host work (e.g. scoring)
+    before calling the result; any other callable (e.g. a test double) runs now.
+    """
+    start = getattr(fn, "dispatch", None)
+    if start is not None:
+        return start(*args)
+    out = fn(*args)
+    return lambda: out
 
 
 def make_logprob_fn(parts: ModelParts, *, chunk_size: int = 8192, qarl_format: str = "",
