@@ -23,7 +23,7 @@ default only successful episodes add theirs (`add_failed`); an unparsable rerank
 top-ranked candidate; a skill's title is the task type of the episode that distilled it (never shown
 to the policy; it only scores the selection accuracy).
 
-Host-side numpy; the trainer (`train/agent_step.py`) supplies the sampler.
+Host-side numpy; the trainer (`train/agent_skills.py: skill1_play`) supplies the sampler.
 """
 
 from __future__ import annotations
