@@ -159,5 +159,20 @@ def build_model(model_cfg: Mapping[str, Any], tokenizer: Tokenizer, mesh: Any, *
         shardings = state_shardings(parts.abstract_params, mesh)
         rest = jax.jit(lambda: split_module(factory())[1])()  # non-parameter state (RoPE tables): cheap
         params = restore_merged_params(path, parts, shardings, field)  # a LoRA run's weights come merged
-        return parts, params, rest, shardings
+        return parts, with_fresh_value_head(params, factory, shardings, f"{field}=orbax:{path}"), rest, shardings
     return init_sharded(factory, mesh)
+
+
+def with_fresh_value_head(params: Any, factory: Any, shardings: Any, source: str) -> Any:
+    """`params` restored from `source`, with a freshly initialised `value_head` when the checkpoint had none
+    (an SFT run feeding a PPO critic). Any other parameter missing from the checkpoint is an error."""
+    missing = [k for k, v in jax.tree_util.tree_flatten_with_path(params)[0] if isinstance(v, jax.ShapeDtypeStruct)]
+    if not missing:
+        return params
+    names = sorted({jax.tree_util.keystr(k) for k in missing})
+    if any("value_head" not in name for name in names):
+        raise ValueError(f"{source}: the checkpoint holds no {', '.join(names)}; its model differs from this "
+                         "config's model section")
+    # Only the head is returned, so XLA drops the rest of the initialisation.
+    head = jax.jit(lambda: split_module(factory())[0]["value_head"], out_shardings=shardings["value_head"])()
+    return {**params, "value_head": head}
