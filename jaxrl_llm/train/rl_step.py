@@ -69,20 +69,16 @@ def rollout_prompts(setup: RLSetup, problems: list) -> tuple[list[list[int]], np
     return [hinted[i // n] if c else plain[i // n] for i, c in enumerate(cond)], cond
 
 
-def teacher_pass(setup: RLSetup, state: TrainState, batch: Any, rollout: Any, problems: list) -> dict[str, Any]:
-    """`teacher_logprobs [B, T]` (and `teacher_topk_idx/logp [B, T, k]`) for the sampled responses.
-
-    "privileged": the actor at rollout parameters reads each response after the task's privileged
-    prompt (re-tokenised, left-truncated to `rl.teacher.max_prompt_tokens`), response tokens
-    unchanged; "hf:PATH": the separate teacher reads the same rows as the learner.
-    """
-    return launch_teacher_pass(setup, state, batch, rollout, problems)()
-
-
 def launch_teacher_pass(setup: RLSetup, state: TrainState, batch: Any, rollout: Any, problems: list
                         ) -> Callable[[], dict[str, Any]]:
-    """`teacher_pass` in two halves: the separate teacher's pass is dispatched now (host work before
-    the returned callable is called overlaps it); the privileged teacher's runs when called."""
+    """A callable giving `teacher_logprobs [B, T]` (and `teacher_topk_idx/logp [B, T, k]`) for the sampled
+    responses.
+
+    "hf:PATH": the separate teacher reads the same rows as the learner; its pass is dispatched now, so
+    host work before the callable is called overlaps it. "privileged": the actor at rollout parameters
+    reads each response after the task's privileged prompt (re-tokenised, left-truncated to
+    `rl.teacher.max_prompt_tokens`), response tokens unchanged; that pass runs when called.
+    """
     rl = setup.cfg.rl
     n = int(rl.samples_per_prompt)
     width = rollout.prompt_width
