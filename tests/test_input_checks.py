@@ -111,3 +111,11 @@ def test_a_batch_the_mesh_rows_do_not_divide_is_an_error_not_replication(tmp_pat
                                                            "rl.samples_per_prompt": 2})
     with pytest.raises(ValueError, match=r"= 4 rows must be a multiple of the mesh's 8 row shards"):
         rl_module.run_rl(cfg)
+
+
+@pytest.mark.parametrize("path, run", [("configs/sft_tiny.py", sft_run.run_sft), ("configs/quickstart.py", rl_module.run_rl)])
+def test_an_eval_set_larger_than_the_task_fails_before_training(path, run, tmp_path):
+    # arithmetic level 0 has 100 prompts, about 10 of them held out: 200 distinct ones cannot be drawn
+    with pytest.raises(ValueError, match=r"n=200 distinct eval problems requested but only \d+ were found"):
+        run(configured(path, tmp_path, **{"data.level": 0, "eval.num_problems": 200}))
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -318,6 +318,13 @@ def setup_rl(cfg: Any, *, warm_up: bool = True, initial: tuple | None = None) ->
     check_rl_config(cfg)
     tokenizer = build_tokenizer(cfg.data)
     task = task_from_config(cfg.data)
+    agent = is_agent_task(task)
+    # The held-out set is drawn before the warm-up, so a task too small for eval.num_problems fails first.
+    runtime = make_agent_runtime(cfg, task) if agent else None
+    if agent:
+        eval_problems = runtime.eval_episodes  # held-out episodes (task_id, seed)
+    else:
+        eval_problems = task.eval_set(int(cfg.eval.num_problems), seed=int(cfg.seed)) if int(cfg.eval.num_problems) else []
     if initial is None:
         mesh, parts, params, rest, shardings = initial_policy(cfg, warm_up=warm_up)
     else:
@@ -328,18 +335,12 @@ def setup_rl(cfg: Any, *, warm_up: bool = True, initial: tuple | None = None) ->
     total = int(rl.steps) * options.reuse_epochs * options.minibatches
     optimizer = rl_optimizer(make_optimizer(rl.optimizer, total), options)
     ref_params = jax.tree.map(lambda x: x.copy(), params) if needs_reference(rl) else None
-    agent = is_agent_task(task)
     extras = {**initial_extras(rl), **(agent_extras(cfg, task) if agent else {})}
     state = create_train_state(params, optimizer, mesh, shardings, seed=int(cfg.seed), extras=extras)
     state_shardings = jax.tree.map(lambda x: x.sharding, state)
     update_fn = make_rl_update(parts, optimizer, options, rest=rest, mesh=mesh, state_shardings=state_shardings)
     logprob_fn = make_logprob_fn(parts, chunk_size=options.logprob_chunk, qarl_format=options.qarl_format,
                                  temperature=options.temperature)
-    runtime = make_agent_runtime(cfg, task) if agent else None
-    if agent:
-        eval_problems = runtime.eval_episodes  # held-out episodes (task_id, seed)
-    else:
-        eval_problems = task.eval_set(int(cfg.eval.num_problems), seed=int(cfg.seed)) if int(cfg.eval.num_problems) else []
     eval_generate = make_greedy_generate(parts, int(cfg.eval.max_new_tokens), valid_vocab_size=tokenizer.vocab_size)
     setup = RLSetup(cfg, mesh, tokenizer, task, parts, rest, state, update_fn, logprob_fn,
                     sampling_config(cfg, tokenizer), ref_params, eval_problems, eval_generate, agent=runtime)

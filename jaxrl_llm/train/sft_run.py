@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -20,6 +20,7 @@ from jax.sharding import Mesh
 
 from jaxrl_llm.data.pipeline import build_sft_dataset
 from jaxrl_llm.data.tokenizer import Tokenizer
+from jaxrl_llm.envs.task import Problem
 from jaxrl_llm.models.config import ModelConfig
 from jaxrl_llm.parallel.batch import row_shards
 from jaxrl_llm.parallel.distributed import initialize_distributed, is_primary_process
@@ -211,11 +212,19 @@ def train_loop(
                  checkpoint_iterator=iterator if hasattr(iterator, "get_state") else None)
 
 
-def evaluate_sft(setup: SFTSetup, state: TrainState) -> dict[str, Any]:
-    """Greedy exact-match accuracy on `eval.num_problems` held-out task problems."""
+def sft_eval_problems(cfg: Any) -> list:
+    """The `eval.num_problems` held-out problems of `data.task` (none when 0). `run_sft` draws them
+    before training, so a task too small for the request fails before anything compiles."""
+    if int(cfg.eval.num_problems) <= 0:
+        return []
+    return task_from_config(cfg.data).eval_set(int(cfg.eval.num_problems), seed=int(cfg.seed))
+
+
+def evaluate_sft(setup: SFTSetup, state: TrainState, problems: Sequence[Problem] | None = None) -> dict[str, Any]:
+    """Greedy exact-match accuracy on `problems` (default: `sft_eval_problems(setup.cfg)`)."""
     cfg = setup.cfg
     task = task_from_config(cfg.data)
-    problems = task.eval_set(int(cfg.eval.num_problems), seed=int(cfg.seed))
+    problems = sft_eval_problems(cfg) if problems is None else list(problems)
     generate = make_greedy_generate(
         setup.parts, int(cfg.eval.max_new_tokens), valid_vocab_size=setup.tokenizer.vocab_size
     )
@@ -234,6 +243,7 @@ def run_sft(cfg: Any) -> dict[str, Any]:
     t0 = time.perf_counter()
     run_dir = os.path.abspath(cfg.output_dir)
     check_sft_config(cfg)
+    eval_problems = sft_eval_problems(cfg)
     resume = open_run_dir(cfg, command="sft")  # refuses a used directory unless resuming a compatible run
     setup = setup_sft(cfg)
     primary = is_primary_process()
@@ -259,7 +269,7 @@ def run_sft(cfg: Any) -> dict[str, Any]:
         if records:
             summary.update(first_loss=records[0]["loss"], final_loss=records[-1]["loss"])
         if int(cfg.eval.num_problems) > 0:
-            result = evaluate_sft(setup, state)
+            result = evaluate_sft(setup, state, eval_problems)
             summary.update(eval_accuracy=result["accuracy"], eval_examples=result["examples"],
                            eval_num_problems=result["num_problems"])
             if writer is not None:
