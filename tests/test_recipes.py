@@ -1,5 +1,6 @@
-"""Every shipped config loads and passes its checks; every RL recipe trains two reduced steps from the
-CLI (OPD / AOPD with a teacher exported by the SFT command as a Hugging Face checkpoint)."""
+"""Every shipped config loads and passes its checks (a teacher source is pointed at a tiny checkpoint
+exported by the SFT command); every RL recipe trains two reduced steps from the CLI, except those whose
+learning run in test_recipes_learn.py already goes through the same command."""
 
 import glob
 import json
@@ -7,6 +8,7 @@ import os
 
 import numpy as np
 import pytest
+from test_recipes_learn import LEARNING
 
 from jaxrl_llm import cli
 from jaxrl_llm.models.hf import load_pretrained
@@ -15,7 +17,8 @@ from jaxrl_llm.train.rl import check_rl_config
 # Recipes that start from a Hugging Face checkpoint run against tiny local ones in test_hf_end_to_end.py.
 CONFIGS = sorted(p for p in glob.glob("configs/*.py")
                  if not cli.load_config_file(p).model.get("init_from", "").startswith("hf:"))
-RL_RECIPES = [p for p in CONFIGS if "rl" in cli.load_config_file(p) and not p.endswith("quickstart.py")]
+RL_RECIPES = [p for p in CONFIGS if "rl" in cli.load_config_file(p) and not p.endswith("quickstart.py")
+              and os.path.basename(p)[:-3] not in LEARNING]
 SMALL_MODEL = {"model.hidden_size": 32, "model.intermediate_size": 64, "model.num_layers": 1, "model.head_dim": 8,
                "mesh.fsdp": 1}
 TINY_RL = {**SMALL_MODEL, "data.level": 0, "sft.train.steps": 0, "rl.steps": 2, "rl.prompts_per_step": 2,
