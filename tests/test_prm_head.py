@@ -169,6 +169,11 @@ def test_prm_command_writes_report_with_documented_keys(prm_run_dir):
     assert report["step"]["rule_based"]["f1"] == 1.0
     assert report["step"]["first_error"]["recall"] == 1.0
     assert report["prm_at_n"]["8"]["rule_based"] == report["prm_at_n"]["8"]["pass@n"]
+    # The rule-based final label is the answer's correctness, so it ranks every right solution first.
+    assert report["solution_auc"]["rule_based"] == 1.0 and set(report["solution_auc"]) == set(report["step"]) - {
+        "all_correct"}
+    assert 0 < report["distinct_per_problem"]["correct"] <= 8 and 0 < report["distinct_per_problem"]["wrong"] <= 8
+    assert "| solution AUC |" in prm_run.report_table(report)
     assert os.path.isfile(prm_run_dir / prm_run.HEAD_FILE)
     assert (prm_run_dir / "metrics.jsonl").read_text().count("\n") >= 2
 

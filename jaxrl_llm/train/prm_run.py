@@ -85,6 +85,7 @@ __all__ = ["HEAD_FILE", "PRM_SOURCES", "REPORT_KEYS", "PRMHead", "build_examples
 HEAD_FILE = "prm_head.json"
 PRM_SOURCES = ("traces", "policy")
 REPORT_KEYS = ("labels", "source", "gold", "threshold", "num_problems", "num_responses", "num_steps", "step",
+               "solution_auc", "distinct_per_problem",
                "prm_at_n", "head_path")
 # Rows of the report: the trained head and the label rules used as scores (references).
 REPORT_ROWS = ("prm_head", "rule_based", "first_error", "all_correct")
@@ -395,6 +396,15 @@ def evaluate_prm(head: PRMHead, task: Any, problems: Sequence[Problem], response
             padded[i, :len(v)], mask[i, :len(v)] = v, True
         mask[:, 0] |= ~mask.any(1)  # a response without steps scores 0 (its padded first slot)
         finals[name] = final_step_scores(padded, mask).reshape(len(problems), n)
+    # Whether the final-step score judges whole solutions: its AUC at telling right answers from wrong
+    # ones. A step-level AUC well above 0.5 with this near 0.5 is a head that ranks solutions by noise.
+    solution_auc = {name: step_auc(f.ravel(), (correct > 0).ravel().astype(int), positive=1)
+                    for name, f in finals.items() if name != "all_correct"}
+    # Best-of-N over a weak scorer favours the class with more distinct texts (more draws of its noise):
+    # correct traces of one problem are often one text repeated, wrong ones rarely are.
+    distinct = {kind: float(np.mean([len({r for r, c in zip(rs, row) if (c > 0) == want}) for rs, row
+                                     in zip(responses, correct)]))
+                for kind, want in (("correct", True), ("wrong", False))}
     for k in n_values:
         row = {name: prm_at_n(f[:, :k], correct[:, :k]) for name, f in finals.items() if name != "all_correct"}
         row["pass@n"] = float(correct[:, :k].max(1).mean())
@@ -402,22 +412,25 @@ def evaluate_prm(head: PRMHead, task: Any, problems: Sequence[Problem], response
         at_n[str(k)] = row
     return {"gold": "propagation", "threshold": float(threshold), "num_problems": len(problems),
             "num_responses": len(flat_r), "num_steps": int(gold_all.size), "step": step, "prm_at_n": at_n,
-            "solution_accuracy": float(correct.mean())}
+            "solution_accuracy": float(correct.mean()), "solution_auc": solution_auc,
+            "distinct_per_problem": distinct}
 
 
 def report_table(report: Mapping[str, Any]) -> str:
-    """Markdown table: one row per scorer, step P/R/F1/AUC and PRM@N columns."""
+    """Markdown table: one row per scorer, step P/R/F1/AUC, solution AUC and PRM@N columns."""
     ns = list(report["prm_at_n"])
-    head = "| scorer | step P | step R | step F1 | AUC | " + " | ".join(f"PRM@{k}" for k in ns) + " |"
-    lines = [head, "|" + "---|" * (5 + len(ns))]
+    head = "| scorer | step P | step R | step F1 | AUC | solution AUC | " + " | ".join(f"PRM@{k}" for k in ns) + " |"
+    lines = [head, "|" + "---|" * (6 + len(ns))]
     for name, m in report["step"].items():
         at = [report["prm_at_n"][k].get(name) for k in ns]
-        cells = [f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", f"{m['auc']:.3f}"]
+        sol = report.get("solution_auc", {}).get(name)
+        cells = [f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", f"{m['auc']:.3f}",
+                 "-" if sol is None else f"{sol:.3f}"]
         cells += ["-" if a is None else f"{a:.3f}" for a in at]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     for extra in ("pass@n", "random"):
-        lines.append(f"| {extra} | - | - | - | - | " + " | ".join(f"{report['prm_at_n'][k][extra]:.3f}" for k in ns)
-                     + " |")
+        lines.append(f"| {extra} | - | - | - | - | - | "
+                     + " | ".join(f"{report['prm_at_n'][k][extra]:.3f}" for k in ns) + " |")
     return "\n".join(lines)
 
 
