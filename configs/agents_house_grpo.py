@@ -39,6 +39,9 @@ def get_config() -> ConfigDict:
     c.data.task_kwargs.show_actions = True  # list the admissible actions
     c.data.task_kwargs.action_format = "plain"  # "plain" (the action) or "tagged" (<action>...</action>)
     c.data.task_kwargs.oracle_noise = 0.3  # warm-up episodes take a random action this often (recovery states)
+    # Whose actions the warm-up teaches: "full" (the shortest plan, which knows where hidden objects are)
+    # or "explorer" (TextHouse: searches unseen storage first, acting only on what the prompt shows).
+    c.data.task_kwargs.oracle = "full"
     # A share of warm-up episodes reads its task type's skill text (data.task_kwargs.skills: "builtin" or a
     # JSON file), so the skill-injected episodes of SkillC / SDAR's teacher are in the policy's distribution;
     # every agent recipe shares this warm-up (GRPO never injects skills).

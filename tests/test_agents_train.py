@@ -47,6 +47,20 @@ def test_oracle_records_teach_the_oracle_action_and_splits_are_disjoint():
         AgentTask("texthouse", skill_fraction=1.5)
 
 
+def test_explorer_records_teach_a_search_from_what_the_prompt_shows():
+    kw = {"history_turns": 1, "task_types": ("pick",), "oracle_noise": 0.0}
+    full, explorer = AgentTask("texthouse", **kw), AgentTask("texthouse", oracle="explorer", **kw)
+    first = lambda task: [r for r in task.sample_batch(400, 5) if r.metadata["turn"] == 0]  # noqa: E731
+    # Turn 0 shows only the receptacle list: the explorer's first stop is always the first storage
+    # receptacle in it (the countertop, in every house), the oracle's is wherever the object hides.
+    assert {r.reference for r in first(explorer)} == {"go to countertop"}
+    assert len({r.reference for r in first(full)}) > 1
+    with pytest.raises(ValueError, match=r"data.task_kwargs.oracle must be one of \['explorer', 'full'\]"):
+        AgentTask("texthouse", oracle="greedy")
+    with pytest.raises(ValueError, match=r"oracle='explorer' reads info\['explorer_action'\], which env 'textshop'"):
+        AgentTask("textshop", oracle="explorer")
+
+
 @pytest.fixture(scope="module")
 def one_step(tmp_path_factory):
     cfg = _config(**{"output_dir": str(tmp_path_factory.mktemp("agent"))})

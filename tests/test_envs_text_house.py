@@ -13,9 +13,11 @@ from jaxrl_llm.envs.text_house import (
     TextHouse,
     admissible_actions,
     apply_action,
+    explorer_action,
     goal_met,
     oracle_action,
 )
+from jaxrl_llm.envs.text_house import STORAGE
 
 TYPES = TextHouse.task_types
 
@@ -292,7 +294,7 @@ def test_batched_env_over_texthouse():
     assert benv.name == "texthouse" and benv.task_types == TYPES and "desklamp" in benv.describe()
     obs, infos = benv.reset(list(range(6)), [9] * 6)
     assert all(o.startswith("You are in a house. Receptacles: countertop") for o in obs)
-    assert [i["task_type"] for i in infos] == list(TYPES) and set(infos[0]) == set(INFO_KEYS)
+    assert [i["task_type"] for i in infos] == list(TYPES) and set(infos[0]) == set(INFO_KEYS) | {"explorer_action"}
     total = np.zeros(6, np.float32)
     for _ in range(benv.max_steps):
         actions = [info["oracle_action"] or "look" for info in infos]
@@ -315,3 +317,43 @@ def test_bad_constructor_arguments():
         TextHouse(max_steps=8)
     with pytest.raises(RuntimeError, match="reset must be called before step"):
         TextHouse().step("look")
+
+
+def test_explorer_searches_in_order_where_the_oracle_walks_to_the_hidden_object():
+    # pick: the apple is hidden in the closed cabinet 1; the oracle goes there first, the explorer
+    # looks on the countertop (the first storage in the house's order) before it.
+    receptacles = ("countertop", "cabinet 1", "fridge", "microwave", "sinkbasin", "desklamp", "shelf")
+    house = House("pick", receptacles, ("apple", "mug", "book"), "microwave", "apple", "shelf")
+    state = HouseState(None, frozenset({"cabinet 1"}), ("cabinet 1", "countertop", "countertop"),
+                       (frozenset(),) * 3)
+    assert oracle_action(house, state) == "go to cabinet 1"
+    seen, plan = frozenset(), []
+    while (action := explorer_action(house, state, seen)) is not None:
+        plan.append(action)
+        state = apply_action(house, state, action)[0]
+        if state.at in STORAGE and state.at not in state.closed:
+            seen |= {state.at}  # the contents of an open storage receptacle are shown on arrival
+    assert plan == ["go to countertop", "go to cabinet 1", "open cabinet 1", "take apple from cabinet 1",
+                    "go to shelf", "put apple on shelf"]
+    assert goal_met(house, state)
+
+
+@pytest.mark.parametrize("task_id", range(6))
+def test_explorer_wins_every_task_type_from_what_it_has_observed(task_id):
+    env = TextHouse(max_steps=40)
+    for seed in range(15):
+        env.reset(seed, task_id)
+        info, done, seen, steps = env.info, False, set(), 0
+        while not done:
+            action = info["explorer_action"]
+            if action.startswith("go to ") and action[6:] in STORAGE and action[6:] not in seen:
+                # a walk to unseen storage is the search's next stop, never a jump to a hidden object
+                unseen = [r for r in env.house.receptacles if r in STORAGE and r not in seen]
+                assert action[6:] == unseen[0] or info["oracle_action"] == action, (seed, action)
+            obs, _, done, info = env.step(action)
+            assert not info["invalid"], (seed, task_id, action)
+            if obs.startswith("You are at the ") and "It is closed" not in obs or obs.startswith("You open"):
+                seen.add(env.state.at)
+            steps += 1
+        assert info["won"] and info["explorer_action"] is None, (seed, task_id)
+        assert steps >= len(_play_oracle(TextHouse(max_steps=40), seed, task_id)[0])

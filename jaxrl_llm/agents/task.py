@@ -35,6 +35,9 @@ _MAX_DRAWS = 100_000
 _TASK_ID_RANGE = 1 << 20
 _SEED_RANGE = 1 << 30
 CONTEXTS = ("", "map")
+# Whose actions the warm-up records teach: the env's shortest plan from full knowledge ("full"), or a
+# player that acts on what it has observed ("explorer": TextHouse's info["explorer_action"]).
+ORACLES = {"full": "oracle_action", "explorer": "explorer_action"}
 _MAP_CACHE = 4096  # maps kept per task (an RL step needs prompts_per_step of them)
 SEGMENT_KEY = "segment"  # a Skill1 segment record's metadata key ("query", "select", "distill")
 
@@ -58,6 +61,9 @@ class AgentTask:
       context: "" or "map" (module docstring; TextHouse only).
       map_budget, map_patience: the MAP explorer's env-step budget E and idle-step patience w.
       skill1: add Skill1's segment records (module docstring).
+      oracle: whose actions the warm-up records teach (`ORACLES`): "full", the env's shortest plan,
+        which walks straight to hidden objects; "explorer", TextHouse's `explorer_action`, which
+        searches unseen storage first, so every action follows from the prompt's observations.
     """
 
     name = "agent"
@@ -68,7 +74,7 @@ class AgentTask:
                  action_format: str = "plain", instruction: str = PromptBuilder.instruction,
                  oracle_noise: float = 0.3, eval_fraction: float = 0.1, task_types: tuple = (), context: str = "",
                  map_budget: int = 30, map_patience: int = 3, skill1: bool = False, skill_fraction: float = 0.0,
-                 skills: str = "builtin"):
+                 skills: str = "builtin", oracle: str = "full"):
         from jaxrl_llm.envs.env_registry import make_env  # noqa: PLC0415 (the registry imports the envs)
 
         if not 0.0 <= float(oracle_noise) < 1.0:
@@ -85,6 +91,9 @@ class AgentTask:
                                      show_actions=bool(show_actions), max_actions=int(max_actions),
                                      action_format=str(action_format))
         self.oracle_noise = float(oracle_noise)
+        if oracle not in ORACLES:
+            raise ValueError(f"data.task_kwargs.oracle must be one of {sorted(ORACLES)}; got {oracle!r}")
+        self.oracle_key = ORACLES[oracle]
         self.eval_fraction = float(eval_fraction)
         self._make = lambda: make_env(self.env_name, self.env_kwargs)
         probe = self._make()
@@ -94,6 +103,9 @@ class AgentTask:
             raise ValueError(f"data.task_kwargs.task_types {unknown} are not task types of env {self.env_name!r}; "
                              f"it has {list(self.task_types)}")
         self.allowed_types = tuple(task_types) or self.task_types
+        if self.oracle_key not in probe.reset([0], [0])[1][0]:
+            raise ValueError(f"data.task_kwargs.oracle={oracle!r} reads info[{self.oracle_key!r}], which env "
+                             f"{self.env_name!r} does not give")
         self.max_steps = int(probe.max_steps)
         if context not in CONTEXTS:
             raise ValueError(f"data.task_kwargs.context must be one of {CONTEXTS}; got {context!r}")
@@ -214,7 +226,7 @@ class AgentTask:
                 break
             actions = []
             for i, info in enumerate(infos):
-                oracle = info.get("oracle_action")
+                oracle = info.get(self.oracle_key)
                 if done[i] or oracle is None:
                     actions.append("")
                     continue

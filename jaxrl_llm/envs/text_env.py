@@ -11,7 +11,9 @@ Rules every environment follows:
 - An unparsable or inadmissible action is a no-op with `info["invalid"] = True`.
 - `info` carries task_id, task_type, goal, step, admissible_actions, won, score, invalid,
   privileged (strategy text for privileged teachers, never shown to the policy) and
-  oracle_action (the next action of a shortest plan, for tests and scripted reflectors).
+  oracle_action (the next action of a shortest plan, for tests and scripted reflectors). An env
+  may add keys (TextHouse's explorer_action: the next action of a player that knows only what it
+  has observed).
 """
 
 from __future__ import annotations

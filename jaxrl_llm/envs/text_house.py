@@ -16,8 +16,8 @@ heats in a given house (the other answers "The stoveburner is broken." -- a vali
 does nothing), which containers start closed, and where the objects are hidden.
 
 The house is plain data (`House`, `HouseState`) and the rules are pure functions of it
-(`admissible_actions`, `apply_action`, `goal_met`, `oracle_action`); `TextHouse` is the
-single-episode `TextEnv` over them. Every text is ASCII (the character tokenizer encodes it).
+(`admissible_actions`, `apply_action`, `goal_met`, `oracle_action`, `explorer_action`); `TextHouse`
+is the single-episode `TextEnv` over them. Every text is ASCII (the character tokenizer encodes it).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ __all__ = [
     "TextHouse",
     "admissible_actions",
     "apply_action",
+    "explorer_action",
     "generate_house",
     "goal_met",
     "oracle_action",
@@ -311,6 +312,34 @@ def oracle_action(house: House, state: HouseState) -> str | None:
     return f"take {o} from {source}"
 
 
+def explorer_action(house: House, state: HouseState, seen: frozenset[str]) -> str | None:
+    """Next action of an agent that knows only what it has been shown; None once the goal is met.
+
+    `seen`: the storage receptacles whose contents the agent has observed (been at while open, or
+    opened). It follows `oracle_action` except where that plan walks to an object in storage it has
+    not seen: there it searches instead, opening the unseen receptacle it stands at, else going to
+    the first unseen storage receptacle in the house's order. The goal's receptacle, the appliances
+    and wherever the agent put things itself are known without looking. Warm-up records of it teach
+    a search a policy can imitate from its observations (the oracle's straight line to a hidden
+    object cannot be).
+    """
+    action = oracle_action(house, state)
+    if action is None or not action.startswith("go to "):
+        return action
+    target, held = action[len("go to "):], state.held
+    fetching = held is None or house.objects[held] != house.goal_object
+    if not fetching or target not in STORAGE or target in seen:
+        return action
+    if state.at in STORAGE and state.at not in seen:  # standing at it without seeing inside: it is closed
+        return f"open {state.at}"
+    return f"go to {next(r for r in house.receptacles if r in STORAGE and r not in seen)}"
+
+
+def _observed(state: HouseState, seen: frozenset[str]) -> frozenset[str]:
+    """`seen` plus the receptacle the agent stands at when its contents are shown (open storage)."""
+    return seen | {state.at} if state.at in STORAGE and state.at not in state.closed else seen
+
+
 # ----- the environment ----------------------------------------------------------------------
 class TextHouse:
     """One TextHouse episode (see the module docstring).
@@ -365,6 +394,7 @@ class TextHouse:
             num_objects=self.num_objects, closed_prob=self.closed_prob)
         self.goal = self.house.goal
         self._steps, self._done, self._won, self._invalid = 0, False, False, False
+        self._seen = _observed(self.state, frozenset())
         self._obs = _describe_place(self.house, self.state)
         return self._obs
 
@@ -373,6 +403,9 @@ class TextHouse:
 
     def oracle_action(self) -> str | None:
         return None if self._done else oracle_action(self.house, self.state)
+
+    def explorer_action(self) -> str | None:
+        return None if self._done else explorer_action(self.house, self.state, self._seen)
 
     @property
     def info(self) -> dict[str, Any]:
@@ -387,6 +420,7 @@ class TextHouse:
             "invalid": self._invalid,
             "privileged": PRIVILEGED[self.task_type],
             "oracle_action": self.oracle_action(),
+            "explorer_action": self.explorer_action(),
         }
 
     # ----- transitions ----------------------------------------------------------------------
@@ -402,6 +436,7 @@ class TextHouse:
         self._steps += 1
         if result is not None:
             self.state, self._obs = result
+            self._seen = _observed(self.state, self._seen)
         reward = 0.0
         if goal_met(self.house, self.state):
             self._done, self._won, reward = True, True, 1.0
