@@ -212,7 +212,7 @@ def train_loop(
                  checkpoint_iterator=iterator if hasattr(iterator, "get_state") else None)
 
 
-def sft_eval_problems(cfg: Any) -> list:
+def sft_eval_problems(cfg: Any) -> list[Problem]:
     """The `eval.num_problems` held-out problems of `data.task` (none when 0). `run_sft` draws them
     before training, so a task too small for the request fails before anything compiles."""
     if int(cfg.eval.num_problems) <= 0:
