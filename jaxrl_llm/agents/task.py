@@ -103,7 +103,8 @@ class AgentTask:
             raise ValueError(f"data.task_kwargs.task_types {unknown} are not task types of env {self.env_name!r}; "
                              f"it has {list(self.task_types)}")
         self.allowed_types = tuple(task_types) or self.task_types
-        if self.oracle_key not in probe.reset([0], [0])[1][0]:
+        # Only the optional key needs a probe episode; every env gives "oracle_action".
+        if oracle != "full" and self.oracle_key not in probe.reset([0], [0])[1][0]:
             raise ValueError(f"data.task_kwargs.oracle={oracle!r} reads info[{self.oracle_key!r}], which env "
                              f"{self.env_name!r} does not give")
         self.max_steps = int(probe.max_steps)
