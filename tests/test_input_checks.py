@@ -119,3 +119,21 @@ def test_an_eval_set_larger_than_the_task_fails_before_training(path, run, tmp_p
     with pytest.raises(ValueError, match=r"n=200 distinct eval problems requested but only \d+ were found"):
         run(configured(path, tmp_path, **{"data.level": 0, "eval.num_problems": 200}))
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_an_eval_too_short_for_the_trained_completions_fails_before_training(tmp_path):
+    # sft_tiny's 5 new tokens hold an addition answer, not an ArithChain worked solution
+    # ("12+7=19;19-30=-11;#-11": one token a character with the char tokenizer)
+    cfg = configured("configs/sft_tiny.py", tmp_path, **{"data.task": "arith_chain", "data.seq_len": 64,
+                                                         "data.task_kwargs.num_operands": 3})
+    with pytest.raises(ValueError, match=r"eval.max_new_tokens=5 is shorter than the held-out completions of "
+                                         r"data.task='arith_chain' \(up to \d+ tokens; \d+ of 200 longer\)") as error:
+        sft_run.run_sft(cfg)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    longest = int(str(error.value).split("up to ")[1].split()[0])
+    assert 16 <= longest <= 27  # 3 operands of 1-2 digits: "1+2=3;3+4=7;#7" .. "99+99=198;198+99=297;#297"
+    apply_override(cfg, "eval.max_new_tokens", str(longest))
+    sft_run.check_eval_length(cfg, CharTokenizer())  # enough: no error
+    apply_override(cfg, "eval.max_new_tokens", str(longest - 1))
+    with pytest.raises(ValueError, match=f"up to {longest} tokens"):
+        sft_run.check_eval_length(cfg, CharTokenizer())

@@ -147,10 +147,32 @@ def check_sft_config(cfg: Any) -> None:
         _check_int(cfg.eval[key], f"eval.{key}", 0 if key == "num_problems" else 1)
 
 
+def check_eval_length(cfg: Any, tokenizer: Any) -> None:
+    """Raise if `eval.max_new_tokens` cannot hold the completions the run trains on.
+
+    With task records (no `data.path`) the model learns the task's `sft_target` (e.g. ArithChain's
+    worked solution), so a greedy completion cut shorter than the longest held-out target scores 0
+    whatever was learnt; that is a config error, reported before anything compiles.
+    """
+    if int(cfg.eval.num_problems) <= 0 or sft_data_path(cfg.data)[1]:
+        return
+    task = task_from_config(cfg.data)
+    target = getattr(task, "sft_target", lambda p: p.reference)
+    lengths = [len(tokenizer.encode(target(p))) for p in sft_eval_problems(cfg)]
+    budget, longest = int(cfg.eval.max_new_tokens), max(lengths)
+    if budget < longest:
+        cut = sum(n > budget for n in lengths)
+        raise ValueError(
+            f"eval.max_new_tokens={budget} is shorter than the held-out completions of "
+            f"data.task={str(cfg.data.task)!r} (up to {longest} tokens; {cut} of {len(lengths)} longer): greedy "
+            f"exact match would score them 0; set --config.eval.max_new_tokens={longest} or more")
+
+
 def setup_sft(cfg: Any) -> SFTSetup:
     """Build mesh, tokenizer, sharded model, optimizer, `TrainState`, data iterator and step."""
     check_sft_config(cfg)
     tokenizer = build_tokenizer(cfg.data)
+    check_eval_length(cfg, tokenizer)
     if not cfg.model.get("init_from", ""):
         build_model_config(cfg.model, tokenizer)  # bad model fields fail before the data is read
     # The data first: every record is read and checked before the model is built or anything compiles.
