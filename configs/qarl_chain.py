@@ -5,9 +5,11 @@
     python -m jaxrl_llm.cli rl --config configs/qarl_chain.py --config.rl.rollout_quant="" \\
         --config.rl.qarl=false --config.rl.objective=grpo                                     # fp32 reference
 
-The quickstart's model on 4-operand, 2-digit +/- chains solved step by step
-(`"12+7=19;19-30=-11;-11+5=-6;#-6"`, 20-41 characters, 33 on average): long enough for
-quantization error to compound along the response. `rl.steps` is the quickstart's 40; the
+The quickstart's model on 4-operand, 1-digit +/- chains solved step by step
+(`"3+7=10;10-5=5;5+2=7;#7"`, about 22 characters): long enough for quantization error to
+compound along the response, short enough for the warm-up to learn the arithmetic (0.76-0.77
+sampled accuracy after 800 steps; 2-digit chains, `data.task_kwargs.num_digits=2`, give about 34
+characters but only 3-5% accuracy, too few rewarded samples for RL to move). `rl.steps` is the quickstart's 40; the
 experiment in benchmarks/methods/qarl_chain.md ran 8 (`tools/exp_qarl_chain.py --steps 8`).
 Besides `rollout/mismatch_abs_logp` (learner vs sampler log-prob gap) the run logs
 `rollout/error_token_rate` and `eval/error_token_rate`, the share of response tokens after a
@@ -26,10 +28,10 @@ def get_config() -> ConfigDict:
     c = load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "quickstart.py"))
     c.output_dir = "runs/qarl_chain"
     c.data.task = "arith_chain"
-    c.data.task_kwargs = ConfigDict({"num_operands": 4, "num_digits": 2})
+    c.data.task_kwargs = ConfigDict({"num_operands": 4, "num_digits": 1})
     c.data.seq_len = 64  # bos + prompt (<= 12) + worked solution (<= 41) + eos, with spare
     # Warm-up: 800 SFT steps on worked solutions, the schedule decayed to its end. The format is
-    # learnt (about 3% error tokens held out), the arithmetic barely (3-5% sampled accuracy).
+    # learnt (7-8% error tokens held out, mostly tails after the answer) and the arithmetic (0.76-0.77).
     c.sft.train.steps = 800
     c.sft.train.log_every = 100
     c.sft.optimizer.decay_steps = 0  # 0: over sft.train.steps
@@ -44,6 +46,9 @@ def get_config() -> ConfigDict:
     c.rl.reuse_epochs = 2
     c.rl.dgg.enabled = False
     c.rl.optimizer.warmup_steps = 4  # a short ramp: short runs of 2 optimizer steps per RL step
+    # 1e-4, not the quickstart's 3e-4: with 16 prompts a step and this ramp, 3e-4 collapsed every
+    # variant, fp32 GRPO included (0.77 -> 0.60-0.68 held-out in 10 steps; benchmarks/RESULTS.md).
+    c.rl.optimizer.learning_rate = 1e-4
     c.eval.num_problems = 100
     c.eval.batch_size = 100
     c.eval.samples_per_prompt = 4
