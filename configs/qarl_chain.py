@@ -9,8 +9,8 @@ The quickstart's model on 4-operand, 1-digit +/- chains solved step by step
 (`"3+7=10;10-5=5;5+2=7;#7"`, about 22 characters): long enough for quantization error to
 compound along the response, short enough for the warm-up to learn the arithmetic (0.76-0.77
 sampled accuracy after 800 steps; 2-digit chains, `data.task_kwargs.num_digits=2`, give about 34
-characters but only 3-5% accuracy, too few rewarded samples for RL to move). `rl.steps` is the quickstart's 40; the
-experiment in benchmarks/methods/qarl_chain.md ran 8 (`tools/exp_qarl_chain.py --steps 8`).
+characters but only 3-5% accuracy, too few rewarded samples for RL to move). `rl.steps` is the
+quickstart's 40; the experiments in benchmarks/RESULTS.md ran 8-20 (`tools/exp_qarl_chain.py`).
 Besides `rollout/mismatch_abs_logp` (learner vs sampler log-prob gap) the run logs
 `rollout/error_token_rate` and `eval/error_token_rate`, the share of response tokens after a
 response leaves the chain grammar (`envs/error_tokens.py`), and `*/garbled_frac`.
@@ -29,7 +29,7 @@ def get_config() -> ConfigDict:
     c.output_dir = "runs/qarl_chain"
     c.data.task = "arith_chain"
     c.data.task_kwargs = ConfigDict({"num_operands": 4, "num_digits": 1})
-    c.data.seq_len = 64  # bos + prompt (<= 12) + worked solution (<= 41) + eos, with spare
+    c.data.seq_len = 64  # bos + prompt (<= 8) + worked solution (<= 30) + eos; 2-digit chains need 12 + 41
     # Warm-up: 800 SFT steps on worked solutions, the schedule decayed to its end. The format is
     # learnt (7-8% error tokens held out) and the arithmetic (0.76-0.77 sampled accuracy).
     c.sft.train.steps = 800
