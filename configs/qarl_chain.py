@@ -8,9 +8,10 @@
 The quickstart's model on 4-operand, 1-digit +/- chains solved step by step
 (`"3+7=10;10-5=5;5+2=7;#7"`, 23 characters on average, at most 30): long enough for
 quantization error to compound along the response, short enough for the warm-up to learn the
-arithmetic (0.76-0.77 sampled accuracy after 800 steps; 2-digit chains, `data.task_kwargs.num_digits=2`, give about 34
-characters but only 3-5% accuracy, too few rewarded samples for RL to move). `rl.steps` is the
-quickstart's 40; the experiments in benchmarks/RESULTS.md ran 8-20 (`tools/exp_qarl_chain.py`).
+arithmetic (0.76-0.77 sampled accuracy after 800 steps; 2-digit chains,
+`data.task_kwargs.num_digits=2`, give about 34 characters but only 3-5% accuracy, too few
+rewarded samples for RL to move). `rl.steps` is the quickstart's 40; the experiments in
+benchmarks/RESULTS.md ran 8-20 (`tools/exp_qarl_chain.py`).
 Besides `rollout/mismatch_abs_logp` (learner vs sampler log-prob gap) the run logs
 `rollout/error_token_rate` and `eval/error_token_rate`, the share of response tokens after a
 response leaves the chain grammar (`envs/error_tokens.py`), and `*/garbled_frac`.

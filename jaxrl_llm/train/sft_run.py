@@ -51,6 +51,11 @@ def sft_data_path(data_cfg: Mapping[str, Any]) -> tuple[str, str]:
     return ("data.path", path) if path else ("data.jsonl_path", alias) if alias else ("", "")
 
 
+def sft_target_of(task: Any) -> Any:
+    """The task's `sft_target(problem) -> str`, the completion its SFT records teach (default: the reference)."""
+    return getattr(task, "sft_target", lambda p: p.reference)
+
+
 def training_records(data_cfg: Mapping[str, Any], seed: int) -> list[dict[str, str]] | str:
     """SFT records: the `data.path` file if set (JSONL, Parquet or a `save_to_disk` folder of
     {prompt, completion} / {prompt, response} / {question, answer} / {messages} records, read by
@@ -72,7 +77,7 @@ def training_records(data_cfg: Mapping[str, Any], seed: int) -> list[dict[str, s
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"data.privileged_fraction must be in [0, 1]; got {fraction}")
     hinted = np.random.default_rng([seed, 1]).random(len(problems)) < fraction
-    target = getattr(task, "sft_target", lambda p: p.reference)
+    target = sft_target_of(task)
     return [{"prompt": task.privileged_prompt(p) if h else p.prompt, "completion": target(p)}
             for p, h in zip(problems, hinted)]
 
@@ -147,7 +152,7 @@ def check_sft_config(cfg: Any) -> None:
         _check_int(cfg.eval[key], f"eval.{key}", 0 if key == "num_problems" else 1)
 
 
-def check_eval_length(cfg: Any, tokenizer: Any) -> None:
+def check_eval_length(cfg: Any, tokenizer: Tokenizer) -> None:
     """Raise if `eval.max_new_tokens` cannot hold the completions the run trains on.
 
     With task records (no `data.path`) the model learns the task's `sft_target` (e.g. ArithChain's
@@ -156,8 +161,7 @@ def check_eval_length(cfg: Any, tokenizer: Any) -> None:
     """
     if int(cfg.eval.num_problems) <= 0 or sft_data_path(cfg.data)[1]:
         return
-    task = task_from_config(cfg.data)
-    target = getattr(task, "sft_target", lambda p: p.reference)
+    target = sft_target_of(task_from_config(cfg.data))
     lengths = [len(tokenizer.encode(target(p))) for p in sft_eval_problems(cfg)]
     budget, longest = int(cfg.eval.max_new_tokens), max(lengths)
     if budget < longest:
