@@ -7,6 +7,9 @@
     # one process trains and saves the warm-up, others wait for it and train the other variants:
     python tools/exp_bcpg_offline.py --out runs/e/nsa0 --seeds 0 --variants bcpg_nsa --warmup-dir runs/e/w --train-warmup
     python tools/exp_bcpg_offline.py --out runs/e/rft0 --seeds 0 --variants rft --warmup-dir runs/e/w
+    # BCPG-NSA with the PRM head as the second step judge (train it first: configs/prm_arith_chain.py):
+    python tools/exp_bcpg_offline.py --out runs/e/prm0 --seeds 0 --variants bcpg_nsa --warmup-dir runs/e/w \
+        --config configs/bcpg_offline_prm.py --set rl.step_labels.prm_path=runs/prm_arith_chain
 
 For each seed: one SFT warm-up (configs/bcpg_offline.py), one dataset sampled from it and
 written to `<out>/data_s<seed>.jsonl`, then the three variants (`rl.offline.variant` = bcpg_nsa,
@@ -38,13 +41,13 @@ from jaxrl_llm.train.rl import (
 )
 from jaxrl_llm.train.rl_offline import OFFLINE_VARIANTS, run_offline_rl
 
-CONFIG = "configs/bcpg_offline.py"
+CONFIG = "configs/bcpg_offline.py"  # the default of --config
 METRICS = (("accuracy", "sampled acc"), ("greedy_accuracy", "greedy acc"), ("step_accuracy", "step acc"),
            ("greedy_step_accuracy", "greedy step acc"))
 
 
 def configure(seed: int, variant: str, args, out: str):
-    cfg = load_config_file(CONFIG)
+    cfg = load_config_file(args.config)
     overrides = {"seed": seed, "rl.offline.variant": variant, "rl.progress_bar": False,
                  "sft.train.progress_bar": False, "output_dir": os.path.join(out, "runs", f"{variant}_s{seed}"),
                  "rl.offline.dataset_path": os.path.join(args.data_dir or out, f"data_s{seed}.jsonl"),
@@ -142,6 +145,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="runs/exp_bcpg_offline")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--config", default=CONFIG, help="the offline recipe every variant starts from")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a config field")
     p.add_argument("--variants", nargs="+", default=list(OFFLINE_VARIANTS), choices=OFFLINE_VARIANTS)
     p.add_argument("--warmup-dir", default="", help="share each seed's warm-up between processes through this folder")
@@ -163,13 +167,13 @@ def main(argv=None) -> int:
         for seed in args.seeds:
             results += run_seed(seed, args, args.out)
             with open(path, "w") as f:  # after every seed: a cut-short experiment keeps what ran
-                json.dump({"config": CONFIG, "set": args.set, "runs": results}, f, indent=1)
+                json.dump({"config": args.config, "set": args.set, "runs": results}, f, indent=1)
     rows = summarize(results)
     text = table(rows, results)
     with open(os.path.join(args.out, "table.md"), "w") as f:
         f.write(text)
     with open(path, "w") as f:
-        json.dump({"config": CONFIG, "set": args.set, "summary": rows, "runs": results}, f, indent=1)
+        json.dump({"config": args.config, "set": args.set, "summary": rows, "runs": results}, f, indent=1)
     print(text)
     return 0
 
