@@ -79,9 +79,12 @@ def get_config() -> ConfigDict:
     # A task with its own step checker (task.step_labels, e.g. arith_chain) labels the steps instead
     # of the reference-prefix rule. PRM-style consensus hook: a step scorer registered with
     # envs.step_labels.register_step_scorer must also score the step >= prm_threshold ("" = off;
-    # no learned PRM ships yet).
+    # "prm_head": the trained PRM head of train/prm_run.py, configs/bcpg_offline_prm.py).
     c.rl.step_labels.prm = ""
     c.rl.step_labels.prm_threshold = 0.5
+    # Simulation: the first judge calls a wrong step correct with this probability (an erring judge,
+    # as an LLM judge is; envs/step_labels.py: with_judge_false_positives). 0 = the checker as it is.
+    c.rl.step_labels.judge_false_positive = 0.0
     # LANG's decaying prompt hints (train/rl_hints.py; the task needs hinted_prompt(problem, fraction)):
     # the first floor(p_t L) trace words after the question, p_t decaying over decay_steps (0: rl.steps),
     # and a per-resource-group switch that turns a group's hints off once EMA(alpha) of its share of

@@ -79,6 +79,8 @@ def test_bad_sft_fields_are_named(field, value, message, tmp_path):
     ("rl.optimizer.learning_rate", -1e-3, r"rl.optimizer.learning_rate must be > 0"),
     ("rl.advantage", "nope", r"unknown advantage estimator 'nope'"),
     ("sft.train.batch_size", 0, r"train.batch_size must be an integer >= 1"),  # the warm-up's, before it runs
+    ("rl.step_labels.judge_false_positive", 1.5,
+     r"rl.step_labels.judge_false_positive must be a probability in \[0, 1\]; got 1.5"),
 ])
 def test_bad_rl_fields_fail_before_the_warm_up(field, value, message, tmp_path):
     with pytest.raises(ValueError, match=message):

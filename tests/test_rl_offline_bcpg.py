@@ -19,6 +19,7 @@ from jaxrl_llm.envs.step_labels import (
     step_accuracy,
     task_step_labels,
     token_step_ids,
+    with_judge_false_positives,
 )
 from jaxrl_llm.envs.task import Problem
 from jaxrl_llm.train import rl_offline
@@ -46,15 +47,17 @@ def _fixed_prm(problem, response, steps):
     return [0.9, 0.3][:len(steps)] + [1.0] * max(len(steps) - 2, 0)
 
 
-def n1_labels(prm: str):
+def n1_labels(prm: str, judge_false_positive: float = 0.0):
     """The spec's N1 group through the online step-label role: r = [1, 0, 0, 0], 4 response tokens
     each; response 2 is `1+2=3;` `3+4=7;` (both steps right by the checker), tokens 0-1 = step 1."""
     rows = np.array([[3, 4, 5, 7], [3, 4, 5, 6], [8, 8, 8, 8], [8, 8, 8, 8]])
     prompt_width = 2
     rollout = types.SimpleNamespace(response=rows, lengths=np.full(4, 4), prompt_width=prompt_width)
     mask = np.concatenate([np.zeros((4, prompt_width)), np.ones((4, 4))], axis=1).astype(np.float32)
-    rl = ConfigDict({"samples_per_prompt": 4, "step_labels": {"delimiter": "", "prm": prm, "prm_threshold": 0.5}})
-    setup = types.SimpleNamespace(cfg=ConfigDict({"rl": rl}), tokenizer=PieceTokenizer(), task=ArithChainTask(3, 1))
+    rl = ConfigDict({"samples_per_prompt": 4, "step_labels": {"delimiter": "", "prm": prm, "prm_threshold": 0.5,
+                                                               "judge_false_positive": judge_false_positive}})
+    setup = types.SimpleNamespace(cfg=ConfigDict({"rl": rl, "seed": 0}), tokenizer=PieceTokenizer(),
+                                  task=ArithChainTask(3, 1))
     fields = step_label_fields(setup, rollout, [chain_problem()], mask)
     return fields["step_id"][:, prompt_width:], fields["step_ok"]
 
@@ -88,6 +91,33 @@ def test_n1_case_through_the_token_mapping_and_the_prm_consensus():
     # Without the PRM the checker alone judges: both steps of response 2 are correct.
     _, ok_alone = n1_labels("")
     np.testing.assert_array_equal(ok_alone[1, :2], [True, True])
+
+
+def test_judge_false_positives_flip_only_wrong_steps_that_have_tokens():
+    rng = np.random.default_rng(0)
+    step_id = np.array([[0, 0, 1, -1], [0, 1, 1, 2]])
+    step_ok = np.array([[True, False, False], [False, True, False]])
+    np.testing.assert_array_equal(with_judge_false_positives(step_id, step_ok, 1.0, rng),
+                                  [[True, True, False], [True, True, True]])  # row 0's step 2 has no token
+    np.testing.assert_array_equal(with_judge_false_positives(step_id, step_ok, 0.0, rng), step_ok)
+    # At rate 0.5 about half the 20000 wrong, present steps flip, and no correct step changes.
+    ids = np.tile(np.arange(4), (5000, 1))
+    ok = np.zeros((5000, 4), bool)
+    flipped = with_judge_false_positives(ids, ok, 0.5, np.random.default_rng(1))
+    assert abs(flipped.mean() - 0.5) < 0.02
+    with pytest.raises(ValueError, match=r"in \[0, 1\]; got 1.5"):
+        with_judge_false_positives(step_id, step_ok, 1.5, rng)
+
+
+def test_an_erring_first_judge_feeds_the_consensus_deterministically():
+    # Responses 3 and 4 ("xxxx") have one wrong step each; a judge that always errs calls it correct,
+    # and the fixed PRM (0.9 on a first step) agrees, so the consensus keeps it.
+    _, ok = n1_labels("", judge_false_positive=1.0)
+    np.testing.assert_array_equal(ok[2:, 0], [True, True])
+    _, ok_prm = n1_labels("test_prm_09_03", judge_false_positive=1.0)
+    np.testing.assert_array_equal(ok_prm[2:, 0], [True, True])
+    np.testing.assert_array_equal(ok_prm[1, :2], [True, False])  # the PRM's 0.3 still vetoes
+    np.testing.assert_array_equal(n1_labels("", 0.5)[1], n1_labels("", 0.5)[1])
 
 
 def test_tasks_without_a_checker_keep_the_reference_prefix_rule():

@@ -34,6 +34,7 @@ __all__ = [
     "step_accuracy",
     "task_step_labels",
     "token_step_ids",
+    "with_judge_false_positives",
 ]
 
 # (problem, response, steps) -> one score in [0, 1] per step.
@@ -94,6 +95,27 @@ def task_step_labels(task: Any, problems: Sequence[Problem], piece_texts: Sequen
         step_id[i] = token_step_ids(pieces, [(s.start, s.end) for s in kept], num_steps)
         step_ok[i, :len(kept)] = [bool(s.ok) for s in kept]
     return step_id, step_ok
+
+
+def with_judge_false_positives(step_id: np.ndarray, step_ok: np.ndarray, rate: float,
+                               rng: np.random.Generator) -> np.ndarray:
+    """`step_ok [B, N]` as a first judge that errs would give it: each wrong step that has a token in
+    `step_id [B, T]` is called correct with probability `rate` (correct steps stay correct).
+
+    A simulation knob (`rl.step_labels.judge_false_positive`): the task's checker is exact, the
+    paper's LLM judge is not, and the PRM consensus exists to catch those false positives.
+
+    Example: `step_id = [[0, 0, 1, -1]]`, `step_ok = [[True, False, False]]`, rate 1 ->
+    `[[True, True, False]]` (step 2 has no token, so it is left as it is).
+    """
+    step_ok = np.asarray(step_ok, bool)
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"judge false-positive rate must be in [0, 1]; got {rate}")
+    present = np.zeros(step_ok.shape, bool)
+    rows, cols = np.nonzero(np.asarray(step_id) >= 0)
+    present[rows, np.asarray(step_id)[rows, cols]] = True
+    flip = present & ~step_ok & (rng.random(step_ok.shape) < rate)
+    return step_ok | flip
 
 
 def register_step_scorer(name: str, *, overwrite: bool = False, options: bool = False

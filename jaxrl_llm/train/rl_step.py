@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -18,7 +19,12 @@ import numpy as np
 from jaxrl_llm.agents.heavyskill import HEAVYSKILL_KEY_SALT, deliberation_problems, heavyskill_settings
 from jaxrl_llm.envs.error_tokens import error_token_metrics, has_error_definition
 from jaxrl_llm.envs.rewards import overlong_penalty, prefix_step_labels
-from jaxrl_llm.envs.step_labels import has_step_labels, prm_step_scores, task_step_labels
+from jaxrl_llm.envs.step_labels import (
+    has_step_labels,
+    prm_step_scores,
+    task_step_labels,
+    with_judge_false_positives,
+)
 from jaxrl_llm.objectives.preference import nsa_step_consensus
 from jaxrl_llm.rollout.prompts import round_up
 from jaxrl_llm.rollout.sampler import FINISH_STOP
@@ -110,7 +116,8 @@ def step_label_fields(setup: RLSetup, rollout: Any, problems: list, mask: np.nda
 
     The task's own step checker when it has one (`task.step_labels`, e.g. ArithChain's steps ending
     at `;`; `envs/step_labels.py`), else `prefix_step_labels` (a step is correct while the response
-    is a prefix of the reference). With `rl.step_labels.prm` a registered step scorer must also
+    is a prefix of the reference). `rl.step_labels.judge_false_positive` > 0 makes that first judge
+    err (`with_judge_false_positives`). With `rl.step_labels.prm` a registered step scorer must also
     give the step at least `rl.step_labels.prm_threshold` (the consensus of `nsa_step_consensus`).
     """
     rl, tok = setup.cfg.rl, setup.tokenizer
@@ -122,6 +129,11 @@ def step_label_fields(setup: RLSetup, rollout: Any, problems: list, mask: np.nda
     else:
         step_id, step_ok = prefix_step_labels(pieces, [p.reference for p in rows],
                                               delimiter=str(rl.step_labels.delimiter), num_steps=width)
+    false_positive = float(rl.step_labels.get("judge_false_positive", 0.0))
+    if false_positive > 0.0:  # deterministic per batch: the seed and the response texts
+        key = zlib.crc32("\x00".join("".join(p) for p in pieces).encode())
+        step_ok = with_judge_false_positives(step_id, step_ok, false_positive,
+                                             np.random.default_rng([int(setup.cfg.seed), key]))
     prm = str(rl.step_labels.get("prm", ""))
     if prm:
         scores = prm_step_scores(prm, setup.task, rows, pieces, num_steps=width, options=rl.step_labels)

@@ -186,6 +186,9 @@ def check_roles(cfg: Any) -> None:
         raise ValueError(f"rl.condition.source must be one of {CONDITION_SOURCES}; got {rl.condition.source!r}")
     if not 0.0 < float(rl.condition.fraction) < 1.0:
         raise ValueError(f"rl.condition.fraction must be in (0, 1); got {rl.condition.fraction}")
+    if not 0.0 <= float(rl.step_labels.get("judge_false_positive", 0.0)) <= 1.0:
+        raise ValueError("rl.step_labels.judge_false_positive must be a probability in [0, 1]; "
+                         f"got {rl.step_labels.judge_false_positive}")
     prm = str(rl.step_labels.get("prm", ""))
     if prm:
         try:
