@@ -65,6 +65,9 @@ def get_config() -> ConfigDict:
     c.agent.max_prompt_tokens = 192  # fixed prompt width of every turn (longer prompts keep their end)
     c.agent.invalid_penalty = 0.1  # subtracted from the episode reward per invalid action
     c.agent.reward = "score"  # the env's final score ("won": 1 on success)
+    # How an episode's advantage reaches its turn rows: "turn" (every turn carries it) or "episode" (rows
+    # scaled by mean turns / the episode's turns, so a long failed episode weighs as much as a short win).
+    c.agent.turn_credit = "turn"
     c.agent.eval_temperature = 0.4  # held-out success is sampled at this temperature (0: greedy)
     c.agent.skills = ""  # skill library: "" (none), "builtin" (the env's), or a JSON file {general, by_type}
     c.agent.skillc = ConfigDict()  # SkillC curriculum (configs/agents_house_skillc.py)

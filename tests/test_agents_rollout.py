@@ -2,9 +2,11 @@
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from jaxrl_llm.agents.prompt import PromptBuilder, Turn, format_action, privileged_prompt
-from jaxrl_llm.agents.rollout import episode_returns, run_episodes
+from jaxrl_llm.agents.rollout import episode_returns, run_episodes, turn_advantages
 from jaxrl_llm.envs.text_env import BatchedTextEnv
 from jaxrl_llm.envs.text_shop import TextShop
 
@@ -90,3 +92,33 @@ def test_act_must_answer_every_episode():
         run_episodes(env, PromptBuilder(), [(0, 1), (0, 2)], act=lambda p, t: (["x"], [0]), max_turns=3)
     with pytest.raises(ValueError, match="max_turns"):
         run_episodes(env, PromptBuilder(), [(0, 1)], act=lambda p, t: (["x"], [0]), max_turns=0)
+
+
+def test_turn_advantages_hand_case():
+    # Group of 2 episodes: a win in 2 turns (adv +1) and a loss cut at 6 turns (adv -1). Mean turns 4.
+    rows = [0, 0, 1, 1, 1, 1, 1, 1]
+    np.testing.assert_allclose(turn_advantages([1.0, -1.0], rows), [1, 1, -1, -1, -1, -1, -1, -1])
+    np.testing.assert_allclose(turn_advantages([1.0, -1.0], rows, credit="episode"),
+                               [2, 2] + [-4 / 6] * 6, rtol=1e-6)
+    # "turn" credit: the rows of a zero-mean group sum to 2 - 6 = -4; "episode": to 0.
+    assert turn_advantages([1.0, -1.0], rows).sum() == -4.0
+    assert abs(turn_advantages([1.0, -1.0], rows, credit="episode").sum()) < 1e-6
+    # An episode without rows (here episode 2) does not enter the mean of turns.
+    np.testing.assert_allclose(turn_advantages([1.0, -1.0, 5.0], [0, 1, 1], credit="episode"), [1.5, -0.75, -0.75])
+    with pytest.raises(ValueError, match="agent.turn_credit"):
+        turn_advantages([1.0], [0], credit="trajectory")
+    with pytest.raises(ValueError, match="row_episode"):
+        turn_advantages([1.0], [1])
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.integers(1, 8), min_size=1, max_size=12), st.integers(0, 2**31 - 1))
+def test_turn_advantages_episode_credit_weighs_every_episode_alike(turns, seed):
+    rng = np.random.default_rng(seed)
+    adv = rng.normal(size=len(turns)).astype(np.float32)
+    rows = np.repeat(np.arange(len(turns)), turns)
+    out = turn_advantages(adv, rows, credit="episode")
+    per_episode = np.bincount(rows, weights=out, minlength=len(turns))
+    # Each episode's rows sum to mean(turns) x its advantage, whatever its length.
+    np.testing.assert_allclose(per_episode, np.mean(turns) * adv, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(turn_advantages(adv, rows), adv[rows])

@@ -101,6 +101,19 @@ def test_turn_rows_fill_a_fixed_batch_and_only_actions_train(one_step):
     assert 0.0 <= metrics["invalid_rate"] <= 1.0 and "success" in metrics
 
 
+def test_episode_turn_credit_balances_each_group(tmp_path):
+    # agent.turn_credit="episode": each episode's rows share its advantage scaled by mean turns / its
+    # turns, so the rows of a group (GRPO: zero-mean episode advantages) sum to 0 whatever the lengths.
+    cfg = _config(**{"output_dir": str(tmp_path / "e"), "agent.turn_credit": "episode"})
+    setup = setup_rl(cfg, warm_up=False)
+    _, batch, metrics = collect_agent_batch(setup, setup.state)
+    real = int(metrics["rollout/turn_samples"])
+    adv, groups = np.asarray(batch.advantages)[:real], np.asarray(batch.group_ids)[:real]
+    for g in np.unique(groups):
+        assert abs(adv[groups == g].sum()) < 1e-4
+    assert np.isfinite(adv).all() and np.asarray(batch.advantages)[real:].tolist() == [0.0] * (len(batch.advantages) - real)
+
+
 def test_bad_agent_input_fails_before_anything_compiles(tmp_path):
     with pytest.raises(ValueError, match="data.task_kwargs.env"):
         check_rl_config(_config(**{"data.task_kwargs.env": "alfworld_online"}))
@@ -110,6 +123,8 @@ def test_bad_agent_input_fails_before_anything_compiles(tmp_path):
         check_rl_config(_config("configs/agents_house_skillc.py", **{"agent.skills": str(tmp_path / "no_such_skills.json")}))
     with pytest.raises(ValueError, match="agent.reward"):
         check_rl_config(_config(**{"agent.reward": "steps"}))
+    with pytest.raises(ValueError, match="agent.turn_credit"):
+        check_rl_config(_config(**{"agent.turn_credit": "trajectory"}))
     with pytest.raises(ValueError, match="rl.advantage='skillc'"):
         check_rl_config(_config(**{"agent.skillc.enabled": True, "agent.skills": "builtin"}))
 

@@ -24,10 +24,10 @@ import numpy as np
 from jaxrl_llm.agents.prompt import PromptBuilder, Turn
 from jaxrl_llm.envs.text_env import extract_action
 
-__all__ = ["AgentRollout", "run_episodes", "episode_returns", "NO_ACTION"]
+__all__ = ["AgentRollout", "run_episodes", "episode_returns", "turn_advantages", "NO_ACTION", "TURN_CREDITS"]
 
-NO_ACTION = "(no action)"
-REWARD_KINDS = ("score", "won", "return")  # what an episode's reward is made of (episode_returns)  # what the history shows for a turn whose response held no action
+NO_ACTION = "(no action)"  # what the history shows for a turn whose response held no action
+REWARD_KINDS = ("score", "won", "return")  # what an episode's reward is made of (episode_returns)
 
 # act(prompts [E] str, turn) -> (responses [E] str, payloads [E]): one response per episode.
 ActFn = Callable[[list[str], int], tuple[list[str], Sequence[Any]]]
@@ -140,6 +140,43 @@ def run_episodes(env: Any, builder: PromptBuilder, episodes: Sequence[tuple[int,
         invalid=np.asarray(rows["invalid"], bool), skill_injected=np.asarray(rows["skill_injected"], bool),
         payloads=rows["payloads"], won=won, score=score, env_return=env_return, num_turns=num_turns,
         invalid_turns=invalid_turns, cut=~done, task_type=task_types, goal=goals, trajectories=trajectories)
+
+
+TURN_CREDITS = ("turn", "episode")
+
+
+def turn_advantages(episode_adv, row_episode, *, credit: str = "turn") -> np.ndarray:
+    """`[R]` float32 advantage of each turn row from its episode's advantage.
+
+    Args:
+      episode_adv: `[E]` per-episode advantages (e.g. group-normalised returns).
+      row_episode: `[R]` int in `[0, E)`, the episode of each turn row.
+      credit: "turn" copies the episode's advantage onto every one of its turns, so a long episode
+        counts once per turn; "episode" scales the rows of an episode with n turns by `n_mean / n`
+        (`n_mean`: the mean over the episodes that have rows), so every episode's rows sum to
+        `n_mean` times its advantage. Why: failed episodes run to the turn limit and won ones stop
+        early, so under "turn" the rows of a zero-mean group sum to a negative advantage, which pushes
+        down the probability of every sampled action.
+
+    Returns:
+      `[R]` float32: `episode_adv[row_episode]`, scaled under "episode".
+
+    Examples:
+      >>> turn_advantages([1.0, -1.0], [0, 1, 1, 1], credit="episode").tolist()
+      [2.0, -0.6666666865348816, -0.6666666865348816, -0.6666666865348816]
+    """
+    if credit not in TURN_CREDITS:
+        raise ValueError(f"agent.turn_credit must be one of {TURN_CREDITS}; got {credit!r}")
+    adv = np.asarray(episode_adv, np.float32)
+    ep = np.asarray(row_episode, np.int64)
+    if ep.size and (ep.min() < 0 or ep.max() >= adv.shape[0]):
+        raise ValueError(f"turn_advantages: row_episode must lie in [0, {adv.shape[0]}); got "
+                         f"[{ep.min()}, {ep.max()}]")
+    out = adv[ep]
+    if credit == "episode" and ep.size:
+        turns = np.bincount(ep, minlength=adv.shape[0]).astype(np.float64)
+        out = out * (turns[turns > 0].mean() / turns[ep])
+    return out.astype(np.float32)
 
 
 def episode_returns(rollout: AgentRollout, *, invalid_penalty: float = 0.1, reward: str = "score") -> np.ndarray:
