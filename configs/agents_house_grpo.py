@@ -68,6 +68,9 @@ def get_config() -> ConfigDict:
     # How an episode's advantage reaches its turn rows: "turn" (every turn carries it) or "episode" (rows
     # scaled by mean turns / the episode's turns, so a long failed episode weighs as much as a short win).
     c.agent.turn_credit = "turn"
+    # Where agent.invalid_penalty lands: "episode" (subtracted from the episode's return, so every turn
+    # of the episode shares it) or "turn" (subtracted from the advantage of the invalid turn's row only).
+    c.agent.invalid_credit = "episode"
     c.agent.eval_temperature = 0.4  # held-out success is sampled at this temperature (0: greedy)
     c.agent.skills = ""  # skill library: "" (none), "builtin" (the env's), or a JSON file {general, by_type}
     c.agent.skillc = ConfigDict()  # SkillC curriculum (configs/agents_house_skillc.py)

@@ -105,6 +105,12 @@ def test_turn_advantages_hand_case():
     assert abs(turn_advantages([1.0, -1.0], rows, credit="episode").sum()) < 1e-6
     # An episode without rows (here episode 2) does not enter the mean of turns.
     np.testing.assert_allclose(turn_advantages([1.0, -1.0, 5.0], [0, 1, 1], credit="episode"), [1.5, -0.75, -0.75])
+    # The invalid penalty on the invalid rows only, after the episode credit.
+    np.testing.assert_allclose(turn_advantages([1.0, -1.0], rows, credit="episode", invalid=[0, 0, 1, 0, 0, 0, 0, 1],
+                                               invalid_penalty=0.5),
+                               [2, 2, -4 / 6 - 0.5] + [-4 / 6] * 4 + [-4 / 6 - 0.5], rtol=1e-6)
+    with pytest.raises(ValueError, match="invalid must be"):
+        turn_advantages([1.0, -1.0], rows, invalid=[True], invalid_penalty=0.5)
     with pytest.raises(ValueError, match="agent.turn_credit"):
         turn_advantages([1.0], [0], credit="trajectory")
     with pytest.raises(ValueError, match="row_episode"):

@@ -104,13 +104,18 @@ def test_turn_rows_fill_a_fixed_batch_and_only_actions_train(one_step):
 def test_episode_turn_credit_balances_each_group(tmp_path):
     # agent.turn_credit="episode": each episode's rows share its advantage scaled by mean turns / its
     # turns, so the rows of a group (GRPO: zero-mean episode advantages) sum to 0 whatever the lengths.
-    cfg = _config(**{"output_dir": str(tmp_path / "e"), "agent.turn_credit": "episode"})
+    # agent.invalid_credit="turn": the penalty leaves the returns and lands on the invalid rows only.
+    cfg = _config(**{"output_dir": str(tmp_path / "e"), "agent.turn_credit": "episode", "agent.invalid_credit": "turn",
+                     "agent.invalid_penalty": 0.25})
     setup = setup_rl(cfg, warm_up=False)
     _, batch, metrics = collect_agent_batch(setup, setup.state)
     real = int(metrics["rollout/turn_samples"])
-    adv, groups = np.asarray(batch.advantages)[:real], np.asarray(batch.group_ids)[:real]
-    for g in np.unique(groups):
-        assert abs(adv[groups == g].sum()) < 1e-4
+    adv = np.asarray(batch.advantages)[:real]
+    rewards = np.asarray(batch.rewards)[:real]
+    assert rewards.min() >= 0.0  # the env's score alone: no penalty in the returns
+    invalid_rows = round(metrics["invalid_rate"] * real)
+    assert invalid_rows > 0  # the random policy's actions are mostly invalid
+    assert adv.sum() == pytest.approx(-0.25 * invalid_rows, abs=1e-4)
     assert np.isfinite(adv).all() and np.asarray(batch.advantages)[real:].tolist() == [0.0] * (len(batch.advantages) - real)
 
 
@@ -125,6 +130,8 @@ def test_bad_agent_input_fails_before_anything_compiles(tmp_path):
         check_rl_config(_config(**{"agent.reward": "steps"}))
     with pytest.raises(ValueError, match="agent.turn_credit"):
         check_rl_config(_config(**{"agent.turn_credit": "trajectory"}))
+    with pytest.raises(ValueError, match="agent.invalid_credit"):
+        check_rl_config(_config(**{"agent.invalid_credit": "row"}))
     with pytest.raises(ValueError, match="rl.advantage='skillc'"):
         check_rl_config(_config(**{"agent.skillc.enabled": True, "agent.skills": "builtin"}))
 

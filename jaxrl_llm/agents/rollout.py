@@ -24,7 +24,7 @@ import numpy as np
 from jaxrl_llm.agents.prompt import PromptBuilder, Turn
 from jaxrl_llm.envs.text_env import extract_action
 
-__all__ = ["AgentRollout", "run_episodes", "episode_returns", "turn_advantages", "NO_ACTION", "TURN_CREDITS"]
+__all__ = ["AgentRollout", "run_episodes", "episode_returns", "turn_advantages", "NO_ACTION", "TURN_CREDITS", "INVALID_CREDITS"]
 
 NO_ACTION = "(no action)"  # what the history shows for a turn whose response held no action
 REWARD_KINDS = ("score", "won", "return")  # what an episode's reward is made of (episode_returns)
@@ -143,9 +143,11 @@ def run_episodes(env: Any, builder: PromptBuilder, episodes: Sequence[tuple[int,
 
 
 TURN_CREDITS = ("turn", "episode")
+INVALID_CREDITS = ("episode", "turn")
 
 
-def turn_advantages(episode_adv, row_episode, *, credit: str = "turn") -> np.ndarray:
+def turn_advantages(episode_adv, row_episode, *, credit: str = "turn", invalid=None,
+                    invalid_penalty: float = 0.0) -> np.ndarray:
     """`[R]` float32 advantage of each turn row from its episode's advantage.
 
     Args:
@@ -157,13 +159,18 @@ def turn_advantages(episode_adv, row_episode, *, credit: str = "turn") -> np.nda
         `n_mean` times its advantage. Why: failed episodes run to the turn limit and won ones stop
         early, so under "turn" the rows of a zero-mean group sum to a negative advantage, which pushes
         down the probability of every sampled action.
+      invalid: `[R]` bool, the rows whose action the env rejected (None: none).
+      invalid_penalty: subtracted from the advantage of each invalid row only (`agent.invalid_credit =
+        "turn"`): the penalty lands on the action that earned it, not on the episode's valid turns.
 
     Returns:
-      `[R]` float32: `episode_adv[row_episode]`, scaled under "episode".
+      `[R]` float32: `episode_adv[row_episode]`, scaled under "episode", minus the invalid rows' penalty.
 
     Examples:
       >>> turn_advantages([1.0, -1.0], [0, 1, 1, 1], credit="episode").tolist()
       [2.0, -0.6666666865348816, -0.6666666865348816, -0.6666666865348816]
+      >>> turn_advantages([0.0, 0.0], [0, 1, 1], invalid=[False, True, False], invalid_penalty=0.5).tolist()
+      [0.0, -0.5, 0.0]
     """
     if credit not in TURN_CREDITS:
         raise ValueError(f"agent.turn_credit must be one of {TURN_CREDITS}; got {credit!r}")
@@ -176,6 +183,11 @@ def turn_advantages(episode_adv, row_episode, *, credit: str = "turn") -> np.nda
     if credit == "episode" and ep.size:
         turns = np.bincount(ep, minlength=adv.shape[0]).astype(np.float64)
         out = out * (turns[turns > 0].mean() / turns[ep])
+    if invalid is not None:
+        bad = np.asarray(invalid, bool)
+        if bad.shape != ep.shape:
+            raise ValueError(f"turn_advantages: invalid must be [R] = {ep.shape}; got {bad.shape}")
+        out = out - float(invalid_penalty) * bad
     return out.astype(np.float32)
 
 

@@ -33,7 +33,7 @@ import jax
 import numpy as np
 
 from jaxrl_llm.agents.prompt import privileged_prompt
-from jaxrl_llm.agents.rollout import REWARD_KINDS, TURN_CREDITS, AgentRollout, episode_returns, turn_advantages
+from jaxrl_llm.agents.rollout import INVALID_CREDITS, REWARD_KINDS, TURN_CREDITS, AgentRollout, episode_returns, turn_advantages
 from jaxrl_llm.rollout.sampler import FINISH_STOP
 from jaxrl_llm.train.agent_skills import (_EPISODE_SEED_STRIDE, SKILL1_SEGMENT_ROWS, D2SkillPrompts,
                                           _curriculum_p_with, _episode_types, _restored_bank, _skill_blocks,
@@ -82,6 +82,8 @@ def check_agent_config(cfg: Any, task: Any) -> None:
         raise ValueError(f"agent.invalid_penalty must be >= 0; got {a.invalid_penalty}")
     if a.get("turn_credit", "turn") not in TURN_CREDITS:
         raise ValueError(f"agent.turn_credit must be one of {TURN_CREDITS}; got {a.get('turn_credit')!r}")
+    if a.get("invalid_credit", "episode") not in INVALID_CREDITS:
+        raise ValueError(f"agent.invalid_credit must be one of {INVALID_CREDITS}; got {a.get('invalid_credit')!r}")
     if not 0.0 <= float(a.eval_temperature):
         raise ValueError(f"agent.eval_temperature must be >= 0 (0: greedy); got {a.eval_temperature}")
     rl = cfg.rl
@@ -276,7 +278,11 @@ def collect_agent_batch(setup: RLSetup, state: TrainState) -> tuple[TrainState, 
     if getattr(task, "context", "") == "map":
         metrics["map/explore_steps"] = float(np.mean([task.exploration(t, s).steps for t, s in groups]))
     rollout_s = time.perf_counter() - t0
-    returns = episode_returns(out, invalid_penalty=float(cfg.agent.invalid_penalty), reward=str(cfg.agent.reward))
+    # agent.invalid_credit: the invalid penalty joins the episode's return ("episode") or only the rows
+    # of the invalid turns, after the advantage ("turn").
+    turn_penalty = float(cfg.agent.invalid_penalty) if cfg.agent.get("invalid_credit", "episode") == "turn" else 0.0
+    returns = episode_returns(out, invalid_penalty=float(cfg.agent.invalid_penalty) - turn_penalty,
+                              reward=str(cfg.agent.reward))
     if d2 is not None:
         success = out.won.astype(np.float32) if cfg.agent.reward == "won" else out.score
         intrinsic, d2_metrics = d2skill_update(setup, out, d2, success, step, n)
@@ -296,7 +302,9 @@ def collect_agent_batch(setup: RLSetup, state: TrainState) -> tuple[TrainState, 
     rows_total = agent_rows(cfg, task)
     # Row i: payload (sampler call, row), its episode, reward and advantage; padding rows copy row 0.
     payloads, row_ep = list(out.payloads), np.asarray(out.episode, np.int32)
-    row_reward, row_adv = returns[row_ep], turn_advantages(ep_adv, row_ep, credit=str(cfg.agent.get("turn_credit", "turn")))
+    row_adv = turn_advantages(ep_adv, row_ep, credit=str(cfg.agent.get("turn_credit", "turn")), invalid=out.invalid,
+                              invalid_penalty=turn_penalty)
+    row_reward = returns[row_ep]
     if s1_eps is not None:
         payloads, row_ep, row_reward, row_adv = skill1_rows(setup, s1_eps, out, returns, step, kwargs, metrics,
                                                             (payloads, row_ep, row_reward, row_adv))
