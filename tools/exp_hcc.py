@@ -102,7 +102,9 @@ def run_seed(seed: int, args: argparse.Namespace, workdir: str) -> dict:
     fit_scored = hm.score_traces(scorer, CharTokenizer(), [t.prompt for t in fit], [t.completion for t in fit],
                                  batch_size=64)
     labels = [None if t.boundary == len(t.steps) - 1 else t.boundary for t in fit]
-    tau = hcc.fit_tau([s.m for s in fit_scored], [s.k_ans for s in fit_scored], labels)
+    tau = hcc.fit_tau([s.m for s in fit_scored], [s.k_ans for s in fit_scored], labels, candidates=args.tau_grid)
+    if tau == min(args.tau_grid):
+        print(f"seed {seed}: the fitted tau {tau} is the smallest of --tau-grid; extend the grid downwards", flush=True)
     scored = hm.score_traces(scorer, CharTokenizer(), prompts, [t.completion for t in traces], batch_size=64)
     edits = [hm.scored_cut(s, tau) for s in scored]
     write_jsonl(files["hcc"], prompts, [e.text for e in edits])
@@ -115,7 +117,7 @@ def run_seed(seed: int, args: argparse.Namespace, workdir: str) -> dict:
     row["hcc"], _ = train_and_eval(files["hcc"], seed, problems, task, args)
     row["editor"], _ = train_and_eval(files["editor"], seed, problems, task, args)
     print(f"seed {seed}: " + ", ".join(f"{c} acc {row[c]['accuracy']:.3f} len {row[c]['mean_length']:.1f}"
-                                       for c in CONDITIONS) + f"; tau {tau:.2f}", flush=True)
+                                       for c in CONDITIONS) + f"; tau {tau:g}", flush=True)
     return row
 
 
@@ -141,7 +143,7 @@ def table(rows: list[dict]) -> str:
                      f"{s[f'{c}_post_answer_steps_mean']:.2f}")
     lines.append(f"HCC vs editor boundary: exact {s['hcc_boundary_exact_mean']:.3f}, mean abs step error "
                  f"{s['hcc_boundary_mae_mean']:.2f}; steps removed per trace: HCC {s['hcc_removed_steps_mean']:.2f}, "
-                 f"editor {s['editor_removed_steps_mean']:.2f}; tau {s['hcc_tau_mean']:.2f}")
+                 f"editor {s['editor_removed_steps_mean']:.2f}; tau {s['hcc_tau_mean']:.3g}")
     return "\n".join(lines)
 
 
@@ -174,6 +176,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--num-digits", type=int, default=1)
     p.add_argument("--num-train", type=int, default=1500, help="training traces per condition")
     p.add_argument("--fit-tau", type=int, default=100, help="labelled traces that fit HCC's tau")
+    # A well-trained scorer gives post-answer steps a mismatch below 0.05, the smallest of fit_tau's
+    # default grid, so the grid reaches down to 0.001 here.
+    p.add_argument("--tau-grid", type=float, nargs="+",
+                   default=[0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.04] + [round(0.05 * k, 2) for k in range(1, 21)],
+                   help="tau candidates hcc.fit_tau chooses from")
     p.add_argument("--num-eval", type=int, default=100, help="held-out problems")
     p.add_argument("--error-rate", type=float, default=0.15)
     p.add_argument("--continuation-rate", type=float, default=0.7)
