@@ -155,6 +155,7 @@ def test_hcc_command_writes_the_edit_and_the_report(tmp_path):
     for key in ("share_records_cut", "step_share", "step_share_mean", "token_share", "token_share_mean"):
         assert 0.0 <= cut[key] <= 1.0, key
     assert report["tau_fitted"] and report["fit_records"] == 4
+    assert report["tau_at_grid_edge"] == (report["tau"] == 0.05)
     agree = report["agreement"]
     assert agree["all"]["num_labelled"] == 10 and agree["held_out"]["num_labelled"] == 6
     assert 0.0 <= agree["all"]["exact_match"] <= 1.0 and agree["all"]["mean_abs_step_error"] >= 0.0

@@ -37,6 +37,7 @@ from jaxrl_llm.envs.thinking import THINK_CLOSE, split_think
 
 __all__ = [
     "TAU_FALLBACK",
+    "TAU_GRID",
     "HCCEdit",
     "HCCTrace",
     "answer_step",
@@ -54,6 +55,7 @@ __all__ = [
 ]
 
 TAU_FALLBACK = 0.3  # the spec's tau when no editor labels are available to fit it
+TAU_GRID = tuple(np.round(np.arange(1, 21) * 0.05, 10).tolist())  # fit_tau's default candidates: 0.05 ... 1.00
 _BLANK_LINES = re.compile(r"\n[ \t\r]*\n\s*")  # one or more blank lines end a step
 
 
@@ -247,7 +249,7 @@ def fit_tau(ms: Sequence, k_ans: Sequence[int | None], editor_b: Sequence[int | 
                          f"{len(k_ans)}, {len(editor_b)}")
     if not ms:
         return TAU_FALLBACK
-    grid = np.round(np.arange(1, 21) * 0.05, 10) if candidates is None else np.asarray(candidates, np.float64)
+    grid = np.asarray(TAU_GRID if candidates is None else candidates, np.float64)
     scores = [sum(cut_boundary(m, k, t) == b for m, k, b in zip(ms, k_ans, editor_b)) for t in grid]
     return float(grid[int(np.argmax(scores))])
 

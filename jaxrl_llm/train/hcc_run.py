@@ -156,6 +156,13 @@ def run_hcc(cfg: Any) -> dict[str, Any]:
     if fitted:
         tau = hcc.fit_tau([scored[i].m for i in fit_ids], [scored[i].k_ans for i in fit_ids],
                           [_editor_label(records[i], scored[i]) for i in fit_ids])
+    # A fit on the grid's smallest tau means a smaller one might agree better: the scorer is too
+    # certain of the continuation steps for the mismatch to separate them at this grid.
+    at_edge = fitted and tau == min(hcc.TAU_GRID)
+    if at_edge:
+        print(f"hcc: warning: the fitted tau {tau} is the smallest candidate of hcc.fit_tau's grid; the scorer's "
+              "mismatch is below it on most steps, so the cut is near empty (fix hcc.tau lower, or score with a "
+              "less certain model)", flush=True)
     edits = [scored_cut(s, tau) for s in scored]
     removed_tok = [removed_tokens(s, e) for s, e in zip(scored, edits)]
     os.makedirs(os.path.dirname(os.path.abspath(settings["output"])), exist_ok=True)
@@ -174,7 +181,8 @@ def run_hcc(cfg: Any) -> dict[str, Any]:
         return boundary_agreement([edits[i].boundary for i in ids], [records[i]["boundary"] for i in ids],
                                   [steps[i] for i in ids])
 
-    report = {"num_records": len(records), "tau": tau, "tau_fitted": fitted, "fit_records": len(fit_ids),
+    report = {"num_records": len(records), "tau": tau, "tau_fitted": fitted, "tau_at_grid_edge": at_edge,
+              "fit_records": len(fit_ids),
               "uncertainty": settings["uncertainty"],
               "cut": cut_summary([e.removed_steps for e in edits], steps, removed_tok, reasoning_tokens),
               "agreement": {"all": agreement(labelled), "held_out": agreement(held_out)} if labelled else None,
