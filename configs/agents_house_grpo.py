@@ -63,7 +63,7 @@ def get_config() -> ConfigDict:
     c.agent = ConfigDict()
     c.agent.max_turns = 10  # 0: the env's max_steps; each turn is one row of the update
     c.agent.max_prompt_tokens = 192  # fixed prompt width of every turn (longer prompts keep their end)
-    c.agent.invalid_penalty = 0.1  # subtracted from the episode reward per invalid action
+    c.agent.invalid_penalty = 0.1  # per invalid action: from the episode reward, or that turn only (agent.invalid_credit)
     c.agent.reward = "score"  # the env's final score ("won": 1 on success)
     # How an episode's advantage reaches its turn rows: "turn" (every turn carries it) or "episode" (rows
     # scaled by mean turns / the episode's turns, so a long failed episode weighs as much as a short win).
