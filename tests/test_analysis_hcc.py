@@ -170,6 +170,9 @@ def test_fit_tau_picks_best_agreement():
     # b* = None: the smallest tau above every qualifying suffix (c = 4 needs .46125) agrees
     assert hcc.fit_tau([m], [2], [None], candidates=[0.3, 0.5, 0.6]) == pytest.approx(0.5)
     assert hcc.fit_tau([], [], []) == hcc.TAU_FALLBACK == 0.3
+    # The first fit lands on the default grid's smallest tau (0.05), the second on [0.3, 0.5, 0.6]'s 0.5.
+    assert hcc.tau_at_grid_edge(hcc.fit_tau([m], [2], [3])) and hcc.TAU_GRID[0] == 0.05
+    assert not hcc.tau_at_grid_edge(0.5, [0.3, 0.5, 0.6]) and hcc.tau_at_grid_edge(0.3, [0.3, 0.5, 0.6])
     with pytest.raises(ValueError, match="one entry per trace"):
         hcc.fit_tau([m], [], [3])
 

@@ -103,7 +103,7 @@ def run_seed(seed: int, args: argparse.Namespace, workdir: str) -> dict:
                                  batch_size=64)
     labels = [None if t.boundary == len(t.steps) - 1 else t.boundary for t in fit]
     tau = hcc.fit_tau([s.m for s in fit_scored], [s.k_ans for s in fit_scored], labels, candidates=args.tau_grid)
-    if tau == min(args.tau_grid):
+    if hcc.tau_at_grid_edge(tau, args.tau_grid):
         print(f"seed {seed}: the fitted tau {tau} is the smallest of --tau-grid; extend the grid downwards", flush=True)
     scored = hm.score_traces(scorer, CharTokenizer(), prompts, [t.completion for t in traces], batch_size=64)
     edits = [hm.scored_cut(s, tau) for s in scored]

@@ -79,47 +79,47 @@ def run_seed(seed: int, args: argparse.Namespace, workdir: str) -> dict:
     def right(prompt: str, answer: str) -> float:
         return float(np.argmax(kn.answer_prob(model, tok.encode_prompt(prompt))) == first_id(answer))
 
+    def p_and_acc(tokens, answer_id: int, scale=None) -> tuple[float, float]:
+        """Mean P(answer) and accuracy over the prompts `tokens`, FFN activations scaled by `scale [L, F]`."""
+        probs = [kn.answer_prob(model, t, scale=scale) for t in tokens]
+        return (float(np.mean([p[answer_id] for p in probs])),
+                float(np.mean([np.argmax(p) == answer_id for p in probs])))
+
+    def score(attr_prompt, attr_single, neurons) -> float:
+        return kn.kn_score(attr_prompt, attr_single, neurons) if neurons else float("nan")
+
     by_hop = {hop: fact_hop.questions(world, hop) for hop in fact_hop.HOPS}
     countries = []
     for i in range(args.countries):
         asked = {hop: [q for q in qs if q.country == i] for hop, qs in by_hop.items()}
         answer = world.mayors[i]
+        answer_id = first_id(answer)
         two_hop = asked["two_hop"]
+        tokens = [tok.encode_prompt(q.prompt) for q in two_hop]
         attr_2hop = np.mean([attribution(q.prompt, answer) for q in two_hop], axis=0)
-        row: dict = {"country": world.countries[i], "group": "taught" if i < args.taught else "composed",
-                     "acc_2hop": float(np.mean([right(q.prompt, answer) for q in two_hop])),
-                     "acc_single": float(np.mean([right(q.prompt, q.answer) for q in asked["capital"] + asked["mayor"]]))}
-        neurons = {}
+        row: dict = {"country": world.countries[i], "group": "taught" if i < args.taught else "composed"}
+        row["p_base"], row["acc_2hop"] = p_and_acc(tokens, answer_id)
+        row["acc_single"] = float(np.mean([right(q.prompt, q.answer) for q in asked["capital"] + asked["mayor"]]))
+        neurons, single = {}, {}
         for j, hop in ((1, "capital"), (2, "mayor")):
             attrs = [attribution(q.prompt, q.answer) for q in asked[hop]]
             neurons[j] = kn.shared_neurons([kn.knowledge_neurons(a) for a in attrs])
+            single[j] = np.mean(attrs, axis=0)
             row[f"num_neurons{j}"] = len(neurons[j])
-            row[f"kn{j}"] = kn.kn_score(attr_2hop, np.mean(attrs, axis=0), neurons[j]) if neurons[j] else float("nan")
-            if j == 2:
-                cots = [cot_prompt(world, i, p) for p in range(len(two_hop))]
-                attr_cot = np.mean([attribution(c, answer) for c in cots], axis=0)
-                row["acc_cot"] = float(np.mean([right(c, answer) for c in cots]))
-                row["kn2_cot"] = kn.kn_score(attr_cot, np.mean(attrs, axis=0), neurons[j]) if neurons[j] else float("nan")
-        tokens = [tok.encode_prompt(q.prompt) for q in two_hop]
-        answer_id = first_id(answer)
-
-        def p_and_acc(scale=None) -> tuple[float, float]:
-            """Mean P(answer) and accuracy over the 2-hop paraphrases, activations scaled by `scale [L, F]`."""
-            probs = [kn.answer_prob(model, t, scale=scale) for t in tokens]
-            return (float(np.mean([p[answer_id] for p in probs])),
-                    float(np.mean([np.argmax(p) == answer_id for p in probs])))
-
-        row["p_base"], _ = p_and_acc()
+            row[f"kn{j}"] = score(attr_2hop, single[j], neurons[j])
+        cots = [cot_prompt(world, i, p) for p in range(len(two_hop))]
+        row["acc_cot"] = float(np.mean([right(c, answer) for c in cots]))
+        row["kn2_cot"] = score(np.mean([attribution(c, answer) for c in cots], axis=0), single[2], neurons[2])
         for j in (1, 2):
             for f in args.factors:
                 row[f"p_hop{j}_x{f:g}"], row[f"acc_hop{j}_x{f:g}"] = p_and_acc(
-                    kn.neuron_scale(neurons[j], shape, f)) if neurons[j] else (float("nan"), float("nan"))
+                    tokens, answer_id, kn.neuron_scale(neurons[j], shape, f)) if neurons[j] else (float("nan"),) * 2
         # Control: as many random neurons, layer for layer, as hop 2's knowledge neurons, suppressed.
         if neurons[2]:
             per_layer = np.bincount([layer for layer, _ in neurons[2]], minlength=shape[0])
             control = {(int(layer), int(idx)) for layer, n in enumerate(per_layer)
                        for idx in rng.choice(shape[1], size=n, replace=False)}
-            row["p_random_x0"], row["acc_random_x0"] = p_and_acc(kn.neuron_scale(control, shape, 0.0))
+            row["p_random_x0"], row["acc_random_x0"] = p_and_acc(tokens, answer_id, kn.neuron_scale(control, shape, 0.0))
         else:
             row["p_random_x0"], row["acc_random_x0"] = float("nan"), float("nan")
         countries.append(row)
@@ -138,7 +138,7 @@ def run_seed(seed: int, args: argparse.Namespace, workdir: str) -> dict:
 
 
 def summary(rows: list[dict], args: argparse.Namespace) -> dict:
-    keys = [k for k in rows[0]["taught"]]
+    keys = list(rows[0]["taught"])
     out = {g: {k: (float(np.nanmean([r[g][k] for r in rows])), float(np.nanstd([r[g][k] for r in rows])))
                for k in keys} for g in GROUPS}
     for name in ("right", "wrong"):

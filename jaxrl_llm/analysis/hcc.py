@@ -51,6 +51,7 @@ __all__ = [
     "step_means",
     "step_mentions_answer",
     "step_uncertainty",
+    "tau_at_grid_edge",
     "terminal_progress",
 ]
 
@@ -252,6 +253,13 @@ def fit_tau(ms: Sequence, k_ans: Sequence[int | None], editor_b: Sequence[int | 
     grid = np.asarray(TAU_GRID if candidates is None else candidates, np.float64)
     scores = [sum(cut_boundary(m, k, t) == b for m, k, b in zip(ms, k_ans, editor_b)) for t in grid]
     return float(grid[int(np.argmax(scores))])
+
+
+def tau_at_grid_edge(tau: float, candidates=None) -> bool:
+    """Whether a fitted `tau` is the smallest of `fit_tau`'s candidates (default `TAU_GRID`): a smaller
+    tau might agree better, i.e. the scorer's mismatch is below the grid on most steps and the cut is
+    near empty."""
+    return float(tau) == float(np.min(np.asarray(TAU_GRID if candidates is None else candidates, np.float64)))
 
 
 def hcc_edit(trace: str, boundary: int | None) -> HCCEdit:

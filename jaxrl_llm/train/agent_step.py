@@ -6,9 +6,11 @@
    times (a GRPO group = one house played n times);
 2. `agents/rollout.py: run_episodes` steps them turn by turn through the sampler: every turn samples
    one `[E, agent.max_prompt_tokens]` batch (fixed shape: one compile for every turn of every step);
-3. episode rewards: the env's final score minus `agent.invalid_penalty` per invalid turn; the
+3. episode rewards: the env's final score minus `agent.invalid_penalty` per invalid turn (with
+   `agent.invalid_credit="turn"` the penalty goes on the invalid turns' rows instead); the
    registered estimator turns them into per-episode advantages (SkillC's reads the skill flags);
-4. each live turn is one row of the `RolloutBatch` carrying its episode's advantage; the prompt
+4. each live turn is one row of the `RolloutBatch` carrying its episode's advantage
+   (`agents/rollout.py: turn_advantages`, `agent.turn_credit`); the prompt
    (observation, history, skills) is outside the loss mask, only the action tokens train. Rows are
    padded to `E * agent.max_turns` (copies of row 0 with an empty loss mask), so the jitted update
    compiles once.
@@ -279,10 +281,10 @@ def collect_agent_batch(setup: RLSetup, state: TrainState) -> tuple[TrainState, 
         metrics["map/explore_steps"] = float(np.mean([task.exploration(t, s).steps for t, s in groups]))
     rollout_s = time.perf_counter() - t0
     # agent.invalid_credit: the invalid penalty joins the episode's return ("episode") or only the rows
-    # of the invalid turns, after the advantage ("turn").
-    turn_penalty = float(cfg.agent.invalid_penalty) if cfg.agent.get("invalid_credit", "episode") == "turn" else 0.0
-    returns = episode_returns(out, invalid_penalty=float(cfg.agent.invalid_penalty) - turn_penalty,
-                              reward=str(cfg.agent.reward))
+    # of the invalid turns, after the advantage ("turn"). `.get`: configs saved before the field existed.
+    penalty = float(cfg.agent.invalid_penalty)
+    penalty_on_turns = cfg.agent.get("invalid_credit", "episode") == "turn"
+    returns = episode_returns(out, invalid_penalty=0.0 if penalty_on_turns else penalty, reward=str(cfg.agent.reward))
     if d2 is not None:
         success = out.won.astype(np.float32) if cfg.agent.reward == "won" else out.score
         intrinsic, d2_metrics = d2skill_update(setup, out, d2, success, step, n)
@@ -302,8 +304,8 @@ def collect_agent_batch(setup: RLSetup, state: TrainState) -> tuple[TrainState, 
     rows_total = agent_rows(cfg, task)
     # Row i: payload (sampler call, row), its episode, reward and advantage; padding rows copy row 0.
     payloads, row_ep = list(out.payloads), np.asarray(out.episode, np.int32)
-    row_adv = turn_advantages(ep_adv, row_ep, credit=str(cfg.agent.get("turn_credit", "turn")), invalid=out.invalid,
-                              invalid_penalty=turn_penalty)
+    row_adv = turn_advantages(ep_adv, row_ep, credit=str(cfg.agent.get("turn_credit", "turn")),
+                              invalid=out.invalid if penalty_on_turns else None, invalid_penalty=penalty)
     row_reward = returns[row_ep]
     if s1_eps is not None:
         payloads, row_ep, row_reward, row_adv = skill1_rows(setup, s1_eps, out, returns, step, kwargs, metrics,

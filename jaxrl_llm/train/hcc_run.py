@@ -156,9 +156,7 @@ def run_hcc(cfg: Any) -> dict[str, Any]:
     if fitted:
         tau = hcc.fit_tau([scored[i].m for i in fit_ids], [scored[i].k_ans for i in fit_ids],
                           [_editor_label(records[i], scored[i]) for i in fit_ids])
-    # A fit on the grid's smallest tau means a smaller one might agree better: the scorer is too
-    # certain of the continuation steps for the mismatch to separate them at this grid.
-    at_edge = fitted and tau == min(hcc.TAU_GRID)
+    at_edge = fitted and hcc.tau_at_grid_edge(tau)
     if at_edge:
         print(f"hcc: warning: the fitted tau {tau} is the smallest candidate of hcc.fit_tau's grid; the scorer's "
               "mismatch is below it on most steps, so the cut is near empty (fix hcc.tau lower, or score with a "
